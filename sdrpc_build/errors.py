@@ -1,0 +1,132 @@
+"""One error root for sdrpc: every fatal condition is an :class:`SdrpcError`.
+
+Each class carries a documented exit code (see README, "Exit codes") and a hint
+that tells the user what to try. Only ``sdrpc_build.cli`` turns these into
+output and process exit codes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SdrpcError",
+    "UsageError",
+    "PinsError",
+    "RecipeError",
+    "SourceError",
+    "ToolError",
+    "BuildError",
+    "VerifyError",
+    "StoreError",
+    "ProtocolError",
+    "CheckError",
+    "LaunchError",
+    "Interrupted",
+    "EXIT_CODES",
+]
+
+
+class SdrpcError(Exception):
+    """Base of every error sdrpc reports to users.
+
+    ``message`` is one line saying what went wrong; ``hint`` is one line (or a
+    short paragraph) saying what to try; ``details`` is optional extra text
+    such as the tail of a build log, shown below the message.
+    """
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, hint: str | None = None, details: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(SdrpcError):
+    """A command-line value or combination of options is invalid."""
+
+    exit_code = 2
+
+
+class PinsError(SdrpcError):
+    """The sd.cpp tree (or remote ref) does not yield valid pins."""
+
+    exit_code = 3
+
+
+class RecipeError(SdrpcError):
+    """A backend recipe is unknown or invalid."""
+
+    exit_code = 4
+
+
+class SourceError(SdrpcError):
+    """llama.cpp sources could not be fetched or verified at the pinned commit."""
+
+    exit_code = 5
+
+
+class ToolError(SdrpcError):
+    """A tool the build needs (compiler, cmake, nvcc, glslc, ...) is missing."""
+
+    exit_code = 6
+
+
+class BuildError(SdrpcError):
+    """CMake configure or the compile failed."""
+
+    exit_code = 7
+
+
+class VerifyError(SdrpcError):
+    """A built server did not pass the handshake verification."""
+
+    exit_code = 8
+
+
+class StoreError(SdrpcError):
+    """The artifact store could not be read or written."""
+
+    exit_code = 9
+
+
+class ProtocolError(SdrpcError):
+    """Bytes from a peer do not form a valid ggml RPC message."""
+
+    exit_code = 10
+
+
+class CheckError(SdrpcError):
+    """One or more servers are not compatible (sdrpc-check)."""
+
+    exit_code = 10
+
+
+class LaunchError(SdrpcError):
+    """A server could not be started or supervised (sdrpc-launch)."""
+
+    exit_code = 20
+
+
+class Interrupted(SdrpcError):
+    """The user pressed Ctrl-C (or the process got SIGTERM)."""
+
+    exit_code = 130
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "unexpected internal error (run again with --debug and report it)",
+    2: "usage error: bad option or value",
+    3: "sd.cpp tree or remote ref gave invalid pins",
+    4: "unknown or invalid recipe",
+    5: "llama.cpp source could not be fetched or verified",
+    6: "a required tool is missing",
+    7: "cmake configure or compile failed",
+    8: "the built server failed verification",
+    9: "artifact store error (permissions, lock, corrupt entry)",
+    130: "interrupted",
+}

@@ -1,0 +1,29 @@
+"""Where sdrpc keeps its caches. Pure: the environment is passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import platformdirs
+
+__all__ = ["artifacts_dir", "cache_dir", "sources_dir"]
+
+
+def cache_dir(env: Mapping[str, str], override: str | Path | None = None) -> Path:
+    """The root cache directory: ``--cache-dir`` > ``$SDRPC_CACHE_DIR`` > user cache dir."""
+    if override:
+        return Path(override).expanduser().resolve()
+    if env.get("SDRPC_CACHE_DIR"):
+        return Path(env["SDRPC_CACHE_DIR"]).expanduser().resolve()
+    return Path(platformdirs.user_cache_dir("sdrpc", appauthor=False))
+
+
+def sources_dir(root: Path) -> Path:
+    """Fetched llama.cpp sources, one directory per commit."""
+    return root / "sources"
+
+
+def artifacts_dir(root: Path) -> Path:
+    """Built servers, one directory per cache key, each with ``manifest.json``."""
+    return root / "artifacts"

