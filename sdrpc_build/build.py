@@ -1,0 +1,273 @@
+"""The build pipeline: pins + recipe -> plan -> source -> cmake -> verify -> store.
+
+Library code: takes an environment mapping and a reporter, returns values or
+raises :class:`SdrpcError`. The command line lives in :mod:`sdrpc_build.cli.build`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform as _platform
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Protocol
+
+from filelock import FileLock
+
+from sdrpc_build import __version__
+from sdrpc_build.cmake import (
+    Toolchain,
+    ccache_env,
+    current_platform,
+    discover_toolchain,
+    parse_ninja_progress,
+    run_logged,
+)
+from sdrpc_build.errors import BuildError, ToolError, VerifyError
+from sdrpc_build.paths import artifacts_dir, sources_dir
+from sdrpc_build.pins import SdPins, format_version
+from sdrpc_build.plan import (
+    PROJECT_INCLUDE_NAME,
+    BuildPlan,
+    BuildRequest,
+    build_argv,
+    cache_key,
+    configure_argv,
+    make_plan,
+    project_include_text,
+    read_tree_facts,
+)
+from sdrpc_build.recipes import Recipe, load_recipe, load_recipe_file
+from sdrpc_build.source import (
+    DEFAULT_LLAMA_REPO,
+    Source,
+    cached_source,
+    fetch_git,
+    from_local_checkout,
+    from_sdist,
+)
+from sdrpc_build.store import Manifest, install_entry, lookup
+from sdrpc_build.verify import VerifyResult, verify_binary
+
+__all__ = ["BuildOptions", "BuildResult", "Reporter", "build", "dry_run", "resolve_recipe"]
+
+
+class Reporter(Protocol):
+    def phase(self, name: str) -> None: ...
+    def progress(self, done: int, total: int) -> None: ...
+    def log(self, message: str) -> None: ...
+
+
+class _Quiet:
+    def phase(self, name: str) -> None:
+        pass
+
+    def progress(self, done: int, total: int) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    cache_root: Path
+    backend: str = "cpu"
+    recipe_file: Optional[Path] = None
+    defines: tuple[tuple[str, str], ...] = ()
+    portable: bool = False
+    force: bool = False
+    llama_repo: str = DEFAULT_LLAMA_REPO
+    llama_src: Optional[Path] = None
+    allow_dirty: bool = False
+    llama_sdist: Optional[str] = None
+    jobs: Optional[int] = None
+    verify: bool = True
+    fetch_retries: int = 3
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    manifest: Manifest
+    cache_hit: bool
+    plan: Optional[BuildPlan]
+    verify: Optional[VerifyResult]
+    seconds: float
+    warnings: tuple[str, ...] = field(default=())
+
+
+def resolve_recipe(opts: BuildOptions) -> Recipe:
+    return load_recipe_file(opts.recipe_file) if opts.recipe_file else load_recipe(opts.backend)
+
+
+def _request(pins: SdPins, recipe: Recipe, opts: BuildOptions, tools: Toolchain | None,
+             source_state: str) -> BuildRequest:
+    return BuildRequest(
+        commit=pins.llama_commit.value,
+        max_name=pins.max_name.value,
+        recipe=recipe,
+        user_defines=opts.defines,
+        portable=opts.portable,
+        generator="Ninja" if tools is None or tools.ninja else "Unix Makefiles",
+        tool_versions=tools.versions() if tools else (),
+        source_state=source_state,
+    )
+
+
+def dry_run(pins: SdPins, opts: BuildOptions, env: Mapping[str, str]) -> tuple[BuildPlan, list[str]]:
+    """The plan without network or build; the tree facts only if the source is cached."""
+    recipe = resolve_recipe(opts)
+    notes: list[str] = []
+    try:
+        tools: Optional[Toolchain] = discover_toolchain(recipe, env)
+    except ToolError as exc:
+        tools = None
+        notes.append(f"{exc.message} ({exc.hint})")
+    source: Optional[Source] = None
+    if opts.llama_src is not None:
+        source = Source(opts.llama_src, pins.llama_commit.value, "local", str(opts.llama_src))
+    else:
+        source = cached_source(sources_dir(opts.cache_root), pins.llama_commit.value)
+    facts = read_tree_facts(source.tree) if source and source.tree.is_dir() else None
+    if facts is None:
+        notes.append("source not cached yet: it would be fetched from "
+                      + (opts.llama_sdist or opts.llama_repo))
+    req = _request(pins, recipe, opts, tools, "clean")
+    return make_plan(req, facts), notes
+
+
+def _get_source(pins: SdPins, opts: BuildOptions, reporter: Reporter) -> Source:
+    commit = pins.llama_commit.value
+    sroot = sources_dir(opts.cache_root)
+    if opts.llama_src is not None:
+        return from_local_checkout(opts.llama_src, commit, opts.allow_dirty)
+    if opts.llama_sdist is not None:
+        return from_sdist(sroot, opts.cache_root / "downloads", opts.llama_sdist, commit,
+                          log=reporter.log)
+    return fetch_git(sroot, commit, opts.llama_repo, retries=opts.fetch_retries,
+                     log=reporter.log)
+
+
+def _find_binary(build_dir: Path, target: str) -> Path:
+    for cand in (build_dir / "bin" / target, build_dir / "bin" / f"{target}.exe",
+                 build_dir / "bin" / "Release" / f"{target}.exe"):
+        if cand.is_file():
+            return cand
+    raise BuildError(f"the build finished but {target} is not in {build_dir / 'bin'}",
+                     hint="see build.log; rebuild with --force")
+
+
+def _prepare_build_dir(build_dir: Path, source: Source, plan: BuildPlan) -> None:
+    """Wipe a stale build directory when its source or plan changed (stamp file)."""
+    stamp = build_dir / ".sdrpc-stamp.json"
+    want = {"source": str(source.tree), "defines": list(plan.defines)}
+    try:
+        have = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        have = None
+    if have != want and build_dir.exists():
+        shutil.rmtree(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(want))
+    (build_dir / PROJECT_INCLUDE_NAME).write_text(project_include_text(plan.request.max_name))
+
+
+def build(
+    pins: SdPins,
+    opts: BuildOptions,
+    env: Mapping[str, str],
+    reporter: Optional[Reporter] = None,
+) -> BuildResult:
+    """Build (or find in the store) a verified server for ``pins``."""
+    rep: Reporter = reporter or _Quiet()
+    t0 = time.monotonic()
+    recipe = resolve_recipe(opts)
+    rep.phase("toolchain")
+    tools = discover_toolchain(recipe, env)
+    state = "clean"
+    local: Optional[Source] = None
+    if opts.llama_src is not None:
+        local = from_local_checkout(opts.llama_src, pins.llama_commit.value, opts.allow_dirty)
+        state = local.state
+    req = _request(pins, recipe, opts, tools, state)
+    key = cache_key(req)
+    arts = artifacts_dir(opts.cache_root)
+    locks = opts.cache_root / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / f"{key}.lock")):
+        if not opts.force:
+            hit = lookup(arts, key)
+            if hit is not None:
+                return BuildResult(hit, True, None, None, time.monotonic() - t0)
+        rep.phase("source")
+        source = local or _get_source(pins, opts, rep)
+        facts = read_tree_facts(source.tree)
+        plan = make_plan(req, facts)
+        build_dir = opts.cache_root / "builds" / key
+        _prepare_build_dir(build_dir, source, plan)
+        log_path = build_dir / "build.log"
+        benv = ccache_env(env, source.tree) if tools.ccache else dict(env)
+        tb = time.monotonic()
+        with log_path.open("w") as log:
+            rep.phase("configure")
+            run_logged(
+                configure_argv(plan, tools.cmake, source.tree, build_dir, tools.ninja),
+                log=log, env=benv, what="cmake configure",
+                hint=f"full log: {log_path}",
+            )
+            rep.phase("compile")
+
+            def on_line(line: str) -> None:
+                p = parse_ninja_progress(line)
+                if p:
+                    rep.progress(*p)
+
+            run_logged(build_argv(plan, tools.cmake, build_dir, opts.jobs), log=log, env=benv,
+                       on_line=on_line, what=f"building {facts.target}",
+                       hint=f"full log: {log_path}")
+        build_seconds = time.monotonic() - tb
+        binary = _find_binary(build_dir, facts.target)
+        vres: Optional[VerifyResult] = None
+        if opts.verify:
+            rep.phase("verify")
+            vres = verify_binary(
+                binary, max_name=req.max_name, tree_protocol=facts.protocol,
+                client_protocol=pins.client_protocol.value,
+                device_prefix=recipe.device_prefix, env=env,
+            )
+            if not vres.ok:
+                raise VerifyError(
+                    "the built server failed verification: " + "; ".join(vres.problems),
+                    hint="nothing was stored; check the pins (--max-name, --llama-commit) "
+                    f"and the log {log_path}",
+                )
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest = {
+            "sdrpc_version": __version__,
+            "backend": recipe.name,
+            "recipe": {"name": recipe.name, "source": recipe.source, "sha256": recipe.sha256},
+            "commit": req.commit,
+            "max_name": req.max_name,
+            "target": facts.target,
+            "server_dir": facts.server_dir,
+            "protocol": format_version(facts.protocol) if facts.protocol else None,
+            "pins": pins.as_dict(),
+            "pins_origin": pins.origin,
+            "source": {"method": source.method, "origin": source.origin, "state": source.state},
+            "defines": dict(plan.defines),
+            "portable": req.portable,
+            "notes": list(plan.notes),
+            "tools": {"cmake": tools.cmake_version, "ninja": tools.ninja_version,
+                      "compiler": tools.compiler, "ccache": bool(tools.ccache)},
+            "platform": f"{current_platform()}-{_platform.machine().lower()}",
+            "build_seconds": round(build_seconds, 2),
+            "created": now,
+            "verify": vres.as_dict() if vres else {"ok": False, "skipped": True},
+        }
+        rep.phase("store")
+        entry = install_entry(arts, key, binary, manifest, log_path)
+    warnings = tuple(vres.warnings) if vres else ("verification skipped (--no-verify)",)
+    return BuildResult(entry, False, plan, vres, time.monotonic() - t0, warnings)

@@ -1,0 +1,280 @@
+"""sdrpc-build: from a stable-diffusion.cpp checkout to a cached, verified rpc-server.
+
+Exit codes: 0 ok, 2 usage, 3 pins, 4 recipe, 5 source, 6 tool missing,
+7 configure/compile, 8 verification, 9 store, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Optional
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sdrpc_build import __version__
+from sdrpc_build.build import BuildOptions, BuildResult, build, dry_run
+from sdrpc_build.cli._common import err_console, out_console, run_main
+from sdrpc_build.errors import EXIT_CODES, PinsError, UsageError
+from sdrpc_build.paths import artifacts_dir, cache_dir
+from sdrpc_build.pins import DEFAULT_MAX_NAME, Pin, SdPins, is_full_sha, read_sd_tree
+from sdrpc_build.plan import configure_argv, parse_define
+from sdrpc_build.recipes import list_recipes
+from sdrpc_build.source import DEFAULT_LLAMA_REPO
+from sdrpc_build.store import list_manifests
+
+__all__ = ["main", "make_parser"]
+
+PROG = "sdrpc-build"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    codes = "\n".join(f"  {k:>3}  {v}" for k, v in EXIT_CODES.items())
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Build a ggml rpc-server that matches a stable-diffusion.cpp client, "
+        "cache it, and verify it with a real handshake.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"exit codes:\n{codes}",
+    )
+    src = p.add_argument_group("pins (where the client's requirements come from)")
+    src.add_argument("--sd-cpp", metavar="PATH", type=Path,
+                     help="sd.cpp checkout or unpacked tree (default: the current directory)")
+    src.add_argument("--sd-ref", metavar="OWNER/REPO@REF",
+                     help="resolve the pins remotely, e.g. leejet/stable-diffusion.cpp@master")
+    src.add_argument("--llama-commit", metavar="SHA", help="override the llama.cpp commit (40 hex)")
+    src.add_argument("--max-name", type=int, metavar="N", help="override GGML_MAX_NAME")
+    src.add_argument("--github-api", metavar="URL", default=None,
+                     help="base URL of the GitHub API (default https://api.github.com; "
+                     "env SDRPC_GITHUB_API)")
+    src.add_argument("--github-raw", metavar="URL", default=None,
+                     help="base URL for raw files (default https://raw.githubusercontent.com; "
+                     "env SDRPC_GITHUB_RAW)")
+    b = p.add_argument_group("build")
+    b.add_argument("--backend", default="cpu", help="recipe name (default cpu; --list-backends)")
+    b.add_argument("--recipe", metavar="FILE", type=Path, help="use a custom recipe file")
+    b.add_argument("-D", dest="defines", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra CMake define (repeatable); wins over the recipe")
+    b.add_argument("--portable", action="store_true",
+                   help="GGML_NATIVE=OFF: a binary for other machines' CPUs")
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    b.add_argument("-j", "--jobs", type=int, help="parallel compile jobs")
+    b.add_argument("--no-verify", action="store_true", help="skip the handshake verification")
+    s = p.add_argument_group("llama.cpp source")
+    s.add_argument("--llama-repo", default=DEFAULT_LLAMA_REPO, metavar="URL|PATH",
+                   help="git URL or path to fetch from (default: %(default)s)")
+    s.add_argument("--llama-src", type=Path, metavar="PATH", help="use an existing checkout")
+    s.add_argument("--allow-dirty", action="store_true", help="accept a modified --llama-src")
+    s.add_argument("--llama-sdist", metavar="NAME==VERSION",
+                   help="use the llama.cpp vendored in a PyPI sdist, e.g. llama-cpp-python==0.3.35")
+    o = p.add_argument_group("output")
+    o.add_argument("--cache-dir", type=Path, help="cache root (env SDRPC_CACHE_DIR)")
+    o.add_argument("--dry-run", action="store_true", help="print pins, plan and cmake lines only")
+    o.add_argument("--json", action="store_true", help="print one JSON object")
+    o.add_argument("--list-backends", action="store_true", help="list recipes and exit")
+    o.add_argument("--list", action="store_true", help="list cached builds and exit")
+    o.add_argument("--debug", action="store_true", help="tracebacks for errors")
+    o.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def _pins(args: argparse.Namespace, env: Mapping[str, str]) -> SdPins:
+    if args.llama_commit is not None and not is_full_sha(args.llama_commit):
+        raise UsageError(f"--llama-commit {args.llama_commit!r} is not a full 40-hex commit",
+                         hint="pinned means a full SHA; abbreviations and branch names are refused")
+    if args.max_name is not None and not 1 <= args.max_name <= 4096:
+        raise UsageError(f"--max-name {args.max_name} is out of range",
+                         hint="sd.cpp uses 160 (128 before 2026-07); ggml's default is 64")
+    if args.sd_ref:
+        from sdrpc_build.remote import RemoteConfig, read_remote_ref
+
+        cfg = RemoteConfig.from_env(env, api=args.github_api, raw=args.github_raw)
+        return read_remote_ref(args.sd_ref, cfg, llama_commit=args.llama_commit,
+                               max_name=args.max_name)
+    if args.sd_cpp is None and args.llama_commit is not None:
+        # no tree needed: the commit and name length are given
+        return SdPins(
+            llama_commit=Pin(args.llama_commit, "--llama-commit"),
+            max_name=Pin(args.max_name if args.max_name is not None else DEFAULT_MAX_NAME,
+                         "--max-name" if args.max_name is not None
+                         else f"ggml default ({DEFAULT_MAX_NAME}); pass --max-name"),
+            client_protocol=Pin(None, "unknown (no sd.cpp tree)"),
+            ggml_url=Pin(None, "unknown (no sd.cpp tree)"),
+            ggml_commit=Pin(None, "unknown (no sd.cpp tree)"),
+            sd_commit=Pin(None, "unknown (no sd.cpp tree)"),
+            rpc_client=Pin(None, "unknown (no sd.cpp tree)"),
+            origin="command line",
+        )
+    tree = args.sd_cpp or Path(os.getcwd())
+    try:
+        return read_sd_tree(tree, llama_commit=args.llama_commit, max_name=args.max_name)
+    except PinsError as exc:
+        if args.sd_cpp is None and "not a stable-diffusion.cpp tree" in exc.message:
+            raise PinsError(
+                "the current directory is not a stable-diffusion.cpp tree",
+                hint="cd into an sd.cpp checkout, pass --sd-cpp PATH or --sd-ref OWNER/REPO@REF, "
+                "or give --llama-commit SHA --max-name N",
+            ) from None
+        raise
+
+
+def _options(args: argparse.Namespace, env: Mapping[str, str]) -> BuildOptions:
+    if args.llama_src and args.llama_sdist:
+        raise UsageError("--llama-src and --llama-sdist are exclusive", hint="pick one source")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be at least 1", hint="e.g. -j 4")
+    return BuildOptions(
+        cache_root=cache_dir(env, args.cache_dir),
+        backend=args.backend,
+        recipe_file=args.recipe,
+        defines=tuple(parse_define(d) for d in args.defines),
+        portable=args.portable,
+        force=args.force,
+        llama_repo=args.llama_repo,
+        llama_src=args.llama_src,
+        allow_dirty=args.allow_dirty,
+        llama_sdist=args.llama_sdist,
+        jobs=args.jobs,
+        verify=not args.no_verify,
+    )
+
+
+def _print_pins(pins: SdPins) -> None:
+    t = Table(title="pins", show_header=True)
+    t.add_column("pin")
+    t.add_column("value")
+    t.add_column("from")
+    for name, d in pins.as_dict().items():
+        t.add_row(name, "unknown" if d["value"] is None else str(d["value"]), str(d["source"]))
+    out_console().print(t)
+
+
+class _RichReporter:
+    def __init__(self, progress: Optional[Progress]) -> None:
+        self.p = progress
+        self.task = progress.add_task("starting", total=None) if progress else None
+
+    def phase(self, name: str) -> None:
+        if self.p is not None and self.task is not None:
+            self.p.update(self.task, description=name, completed=0, total=None)
+
+    def progress(self, done: int, total: int) -> None:
+        if self.p is not None and self.task is not None:
+            self.p.update(self.task, completed=done, total=total)
+
+    def log(self, message: str) -> None:
+        if self.p is not None:
+            self.p.console.print(f"[dim]{message}[/dim]")
+
+
+def _result_json(res: BuildResult) -> dict[str, object]:
+    m = res.manifest
+    return {
+        "binary": str(m.binary),
+        "manifest": str(m.path / "manifest.json"),
+        "key": m.key,
+        "commit": m.commit,
+        "backend": m.backend,
+        "max_name": m.max_name,
+        "target": m.target,
+        "protocol": m.protocol,
+        "cache_hit": res.cache_hit,
+        "verified": m.verified,
+        "seconds": round(res.seconds, 3),
+        "warnings": list(res.warnings),
+    }
+
+
+def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    if args.list_backends:
+        recipes = list_recipes()
+        if args.json:
+            print(json.dumps([{"backend": r.name, "description": r.description,
+                               "platforms": list(r.platforms),
+                               "tools": [t.name for t in r.tools]} for r in recipes]))
+            return 0
+        t = Table(title="backends")
+        for col in ("backend", "platforms", "needs", "description"):
+            t.add_column(col)
+        for r in recipes:
+            t.add_row(r.name, ", ".join(r.platforms), ", ".join(x.name for x in r.tools) or "-",
+                      r.description)
+        out_console().print(t)
+        return 0
+    if args.list:
+        ms = list_manifests(artifacts_dir(cache_dir(env, args.cache_dir)))
+        if args.json:
+            print(json.dumps([{"key": m.key, "binary": str(m.binary), "backend": m.backend,
+                               "commit": m.commit, "max_name": m.max_name,
+                               "protocol": m.protocol, "created": m.created,
+                               "verified": m.verified} for m in ms]))
+            return 0
+        t = Table(title="cached builds (newest first)")
+        for col in ("key", "backend", "commit", "max_name", "protocol", "verified", "created"):
+            t.add_column(col)
+        for m in ms:
+            t.add_row(m.key, m.backend, m.commit[:12], str(m.max_name), m.protocol,
+                      "yes" if m.verified else "no", m.created)
+        out_console().print(t)
+        return 0
+    pins = _pins(args, env)
+    opts = _options(args, env)
+    if args.dry_run:
+        plan, notes = dry_run(pins, opts, env)
+        build_dir = opts.cache_root / "builds" / plan.key
+        src = opts.llama_src or (opts.cache_root / "sources" / pins.llama_commit.value)
+        cfg = configure_argv(plan, "cmake", src, build_dir, None)
+        target = plan.target or "<target read from the fetched tree>"
+        bld = ["cmake", "--build", str(build_dir), "--target", target, "--config", "Release"]
+        if args.json:
+            print(json.dumps({"pins": pins.as_dict(), "plan": plan.describe(),
+                              "configure": cfg, "build": bld, "notes": notes}, indent=2))
+            return 0
+        _print_pins(pins)
+        con = out_console()
+        con.print(f"plan key: {plan.key}")
+        for n in (*plan.notes, *notes):
+            con.print(f"note: {n}")
+        con.print("configure: " + " ".join(cfg))
+        con.print("build:     " + " ".join(bld))
+        return 0
+    show = not args.json and sys.stderr.isatty()
+    err = err_console()
+    if not args.json:
+        _print_pins(pins)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, transient=True) if show else None
+    reporter = _RichReporter(progress)
+    if progress is not None:
+        with progress:
+            res = build(pins, opts, env, reporter)
+    else:
+        res = build(pins, opts, env, reporter)
+    for w in res.warnings:
+        err.print(f"[bold yellow]warning:[/bold yellow] {w}")
+    if args.json:
+        print(json.dumps(_result_json(res)))
+        return 0
+    m = res.manifest
+    how = "cache hit" if res.cache_hit else f"built in {res.seconds:.1f}s"
+    verified = "verified" if m.verified else "NOT verified"
+    print(f"{m.target} {m.protocol} ({m.backend}, GGML_MAX_NAME={m.max_name}, "
+          f"llama.cpp {m.commit[:12]}): {how}, {verified}")
+    print(f"manifest: {m.path / 'manifest.json'}")
+    print(str(m.binary))
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    return run_main(PROG, lambda: _cmd(args, os.environ), args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""ggml RPC health check: :func:`probe` (HELLO, device inventory, GGML_MAX_NAME).
+
+:func:`probe` never raises for network or protocol faults: it reports them in
+:attr:`ProbeResult.status` and :attr:`ProbeResult.problems`. The socket work is
+done by :class:`~sdrpc_build.protocol.session.RpcClient`, re-exported here.
+
+GGML_MAX_NAME is not on the wire; it is detected with GET_ALLOC_SIZE, whose
+request embeds ``rpc_tensor`` structs of ``232 + GGML_MAX_NAME`` bytes: a server
+built with another length checks the request size, hangs up, and has no side
+effects. Candidates are tried on throw-away connections: the expected value
+first, then 64, 128, 160, 256.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from sdrpc_build.errors import ProtocolError
+from sdrpc_build.protocol.codec import Version, format_version
+from sdrpc_build.protocol.session import (
+    Closed,
+    DeviceInfo,
+    NotRpcServer,
+    RpcClient,
+    Timeout,
+    TransportError,
+    Unreachable,
+    format_endpoint,
+)
+from sdrpc_build.protocol.tensor import RpcTensor
+
+__all__ = [
+    "MAX_DEVICES",
+    "NAME_CANDIDATES",
+    "Closed",
+    "DeviceInfo",
+    "NotRpcServer",
+    "ProbeResult",
+    "ProbeStatus",
+    "RpcClient",
+    "Timeout",
+    "TransportError",
+    "Unreachable",
+    "format_endpoint",
+    "probe",
+]
+
+NAME_CANDIDATES = (64, 128, 160, 256)
+MAX_DEVICES = 64  # devices queried per server; a peer may claim 2**32 - 1
+ProbeStatus = Literal["ok", "unreachable", "busy", "not-rpc", "error"]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    endpoint: str
+    host: str
+    port: int
+    status: ProbeStatus
+    protocol: Version | None = None
+    max_name: int | None = None
+    devices: tuple[DeviceInfo, ...] = ()
+    problems: tuple[str, ...] = ()
+    hello_shape: Literal["caps", "empty"] | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def reachable(self) -> bool:
+        """A TCP connection could be made (the server may still be busy or not RPC)."""
+        return self.status != "unreachable"
+
+
+def _probe_tensor() -> RpcTensor:
+    # A 1-element F32 tensor in no buffer: the server only computes its size.
+    return RpcTensor.f32(1, name=b"sdrpc-probe")
+
+
+def _name_candidates(expect: int | None) -> list[int]:
+    order = ([expect] if expect else []) + [n for n in NAME_CANDIDATES if n != expect]
+    return [n for n in order if n % 8 == 0 and 8 <= n <= 1 << 16]
+
+
+def _detect_max_name(
+    first: RpcClient, timeout: float, expect: int | None
+) -> tuple[int | None, list[str]]:
+    """Try GET_ALLOC_SIZE per candidate name length; a wrong one makes the server hang up."""
+    candidates = _name_candidates(expect)
+    shape = first.hello_shape or "caps"
+    for i, n in enumerate(candidates):
+        try:
+            if i == 0:
+                client = first  # its inventory is done: the main connection is expendable
+                client.use_max_name(n)
+            else:
+                client = RpcClient(timeout=timeout, max_name=n).connect(first.host, first.port)
+            with client:
+                if i:
+                    client.hello(shape)
+                client.get_alloc_size(_probe_tensor())
+                return n, []
+        except Closed:
+            continue
+        except (Timeout, Unreachable, ProtocolError) as exc:
+            return None, [f"GGML_MAX_NAME probe stopped at {n}: {exc}"]
+    tried = ", ".join(str(n) for n in candidates)
+    return None, [f"GGML_MAX_NAME unknown: the server refused every tried length ({tried})"]
+
+
+def probe(
+    host: str,
+    port: int,
+    *,
+    timeout: float = 3.0,
+    expect_max_name: int | None = None,
+    detect_max_name: bool = True,
+) -> ProbeResult:
+    """Check one server: HELLO, device inventory, GGML_MAX_NAME. Never raises for faults."""
+    start = time.monotonic()
+    endpoint = format_endpoint(host, port)
+
+    def result(
+        status: ProbeStatus,
+        *problems: str,
+        protocol: Version | None = None,
+        max_name: int | None = None,
+        devices: tuple[DeviceInfo, ...] = (),
+        shape: Literal["caps", "empty"] | None = None,
+    ) -> ProbeResult:
+        return ProbeResult(
+            endpoint=endpoint,
+            host=host,
+            port=port,
+            status=status,
+            protocol=protocol,
+            max_name=max_name,
+            devices=devices,
+            problems=tuple(problems),
+            hello_shape=shape,
+            elapsed_s=time.monotonic() - start,
+        )
+
+    client = RpcClient(timeout=timeout)
+    try:
+        client.connect(host, port)
+        version = client.hello()
+    except Unreachable as exc:
+        client.close()
+        return result("unreachable", str(exc))
+    except Timeout as exc:
+        client.close()
+        if exc.received == 0:
+            return result(
+                "busy",
+                f"no reply to HELLO within {timeout:g} s: the server is "
+                "probably serving another client (rpc-server serves one at a time), "
+                "or the port belongs to a service that never answers",
+            )
+        return result("error", str(exc))
+    except NotRpcServer as exc:
+        client.close()
+        return result("not-rpc", str(exc))
+    except (ProtocolError, OSError) as exc:
+        client.close()
+        return result("error", f"HELLO failed: {exc}")
+
+    proto = version
+    problems: list[str] = []
+    devices: list[DeviceInfo] = []
+    status: ProbeStatus = "ok"
+    try:
+        count = client.device_count()
+        if count > MAX_DEVICES:
+            problems.append(
+                f"server reports {count} devices; only the first {MAX_DEVICES} were queried"
+            )
+        devices.extend(client.device_info(i) for i in range(min(count, MAX_DEVICES)))
+    except (ProtocolError, OSError) as exc:
+        status = "error"
+        problems.append(f"device inventory failed after HELLO ({format_version(proto)}): {exc}")
+    max_name: int | None = None
+    if detect_max_name and status == "ok":
+        max_name, more = _detect_max_name(client, timeout, expect_max_name)
+        problems.extend(more)
+    client.close()
+    return result(
+        status,
+        *problems,
+        protocol=proto,
+        max_name=max_name,
+        devices=tuple(devices),
+        shape=client.hello_shape,
+    )

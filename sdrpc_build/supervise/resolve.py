@@ -1,0 +1,190 @@
+"""From what the user asked (:class:`ServerOptions`) to runnable :class:`ServerSpec` values.
+
+Checks everything that can be checked before starting: the binary (or a build from the
+artifact store), the host (literal IPv4), ports (free, no duplicates), devices (offered by the
+binary), cache directories. I/O is injected so unit tests stay pure.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+from sdrpc_build.errors import SdrpcError, UsageError
+from sdrpc_build.supervise.banner import BannerDevice
+from sdrpc_build.supervise.config import ServerOptions
+from sdrpc_build.supervise.errors import DeviceError, NoServerBinaryError
+from sdrpc_build.supervise.spec import (
+    Resolver,
+    ServerSpec,
+    backend_from_devices,
+    build_env,
+    check_host,
+    valid_name,
+)
+
+__all__ = ["Build", "Environment", "resolve_build", "resolve_servers"]
+
+DeviceLister = Callable[[Path, Mapping[str, str]], Optional[tuple[BannerDevice, ...]]]
+
+
+@dataclass(frozen=True)
+class Build:
+    binary: Path
+    backend: Optional[str] = None
+    max_name: Optional[int] = None
+    protocol: Optional[str] = None
+    key: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The outside world, injected: environment, store, resolver, port and device probes."""
+
+    env: Mapping[str, str]
+    artifacts_root: Path
+    cache_root: Path  # default root of per-server -c cache dirs
+    resolve_host: Optional[Resolver]
+    ensure_port_free: Callable[[str, int], None]
+    pick_free_port: Callable[[str], int]
+    list_devices: DeviceLister
+    warn: Callable[[str], None]
+
+
+def _this_platform() -> str:
+    from sdrpc_build.cmake import current_platform
+
+    return f"{current_platform()}-{platform.machine().lower()}"
+
+
+def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
+    """``binary`` as given, else a build from the store: by key, by backend, or the newest."""
+    if o.binary is not None:
+        b = o.binary.expanduser()
+        if not b.is_file():
+            raise NoServerBinaryError(f"{o.origin}: server binary {b} does not exist")
+        if not os.access(b, os.X_OK):
+            raise NoServerBinaryError(f"{o.origin}: {b} is not executable",
+                                      hint=f"chmod +x {b}")
+        return Build(b.resolve(), o.backend)
+    from sdrpc_build import store
+
+    if o.build is not None:
+        try:
+            m = store.find_manifest(artifacts_root, o.build)
+        except SdrpcError as exc:
+            raise NoServerBinaryError(f"{o.origin}: {exc.message}", hint=exc.hint) from None
+    else:
+        here = _this_platform()
+        found = [m for m in store.list_manifests(artifacts_root)
+                 if not m.platform or m.platform == here]
+        if o.backend is not None:
+            found = [m for m in found if m.backend == o.backend]
+        if not found:
+            what = f"no {o.backend} build" if o.backend else "no build"
+            raise NoServerBinaryError(
+                f"{o.origin}: {what} for {here} in {artifacts_root}",
+                hint="build one with sdrpc-build"
+                     + (f" --backend {o.backend}" if o.backend else "")
+                     + ", or give --binary PATH",
+            )
+        m = found[0]
+    return Build(m.binary, m.backend, m.max_name, m.protocol, m.key)
+
+
+def _check_devices(o: ServerOptions, offered: Optional[tuple[BannerDevice, ...]],
+                   binary: Path, warn: Callable[[str], None]) -> None:
+    if not o.devices:
+        return
+    if offered is None:
+        warn(f"{o.origin}: cannot list the devices of {binary.name} (too old for -d?); "
+             "starting anyway")
+        return
+    names = [d.name for d in offered]
+    unknown = [d for d in o.devices if d not in names]
+    if unknown:
+        listing = "\n".join(f"  {d.name}: {d.description} ({d.total_mib} MiB)" for d in offered)
+        raise DeviceError(
+            f"{o.origin}: unknown device {unknown[0]!r}; {binary.name} offers: "
+            + (", ".join(names) or "no devices"),
+            hint="device names are case-sensitive; pick from the list above",
+            details=listing or None,
+        )
+
+
+def _expand(o: ServerOptions, build: Build, per_device: bool, world: Environment,
+            host: str) -> list[ServerSpec]:
+    spec = ServerSpec(
+        name=o.name or "", binary=build.binary, host=host, port=o.port, devices=o.devices,
+        threads=o.threads, visible_devices=o.visible_devices, backend=build.backend,
+        env=o.env, restart=o.restart, max_name=build.max_name, protocol=build.protocol,
+        cache_max_size=o.cache_max_size,
+    )
+    offered: Optional[tuple[BannerDevice, ...]] = None
+    if spec.visible_devices is not None and spec.backend is None:
+        offered = world.list_devices(build.binary, build_env(replace(spec, visible_devices=None),
+                                                             world.env))
+        guess = backend_from_devices([d.name for d in offered or ()])
+        spec = replace(spec, backend=guess)
+        offered = None
+    if o.devices or per_device:
+        offered = world.list_devices(build.binary, build_env(spec, world.env))
+        _check_devices(o, offered, build.binary, world.warn)
+    if not per_device:
+        return [spec]
+    if offered is None:
+        raise UsageError(f"--per-device: cannot list the devices of {build.binary}",
+                         hint="start servers one by one with -d DEVICE, or use --config")
+    devices = [d for d in offered if not o.devices or d.name in o.devices]
+    gpus = [d for d in devices if not d.name.startswith("CPU")] or devices
+    out = []
+    for i, d in enumerate(gpus):
+        name = f"{o.name}-{d.name.lower()}" if o.name else d.name.lower()
+        port = 0 if o.port == 0 else o.port + i
+        out.append(replace(spec, name=name, port=port, devices=(d.name,)))
+    return out
+
+
+def resolve_servers(options: Sequence[ServerOptions], world: Environment,
+                    per_device: bool = False) -> list[ServerSpec]:
+    """Resolve, expand (``--per-device``), name, place and check every server."""
+    pairs: list[tuple[ServerSpec, ServerOptions]] = []
+    for o in options:
+        host, note = check_host(o.host, world.resolve_host)
+        if note:
+            world.warn(note)
+        build = resolve_build(o, world.artifacts_root)
+        pairs += [(spec, o) for spec in _expand(o, build, per_device, world, host)]
+    taken: dict[int, str] = {}
+    named: list[tuple[ServerSpec, ServerOptions]] = []
+    for s, o in pairs:
+        port = s.port if s.port != 0 else world.pick_free_port(s.host)
+        name = s.name or f"rpc-{port}"
+        if port in taken:
+            raise UsageError(f"port {port} is given to two servers ({taken[port]} and {name})",
+                             hint="give each server its own port, or -p 0 for free ones")
+        taken[port] = name
+        named.append((replace(s, port=port, name=name), o))
+    specs: list[ServerSpec] = []
+    dirs: dict[Path, str] = {}
+    for s, o in named:
+        if not valid_name(s.name):
+            raise UsageError(f"server name {s.name!r} must be letters, digits, '.', '_' or '-'")
+        if any(x.name == s.name for x in specs):
+            raise UsageError(f"server name {s.name!r} is used twice")
+        if o.cache:
+            root = o.cache_path or world.cache_root
+            cache_dir = (root / s.name) if o.cache_per_server else root
+            if cache_dir in dirs:
+                raise UsageError(f"servers {dirs[cache_dir]} and {s.name} would share the "
+                                 f"cache dir {cache_dir}", hint="give each its own 'cache'")
+            dirs[cache_dir] = s.name
+            s = replace(s, cache_dir=cache_dir)
+        specs.append(s)
+    for s in specs:
+        world.ensure_port_free(s.host, s.port)
+    return specs

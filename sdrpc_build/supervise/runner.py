@@ -1,0 +1,290 @@
+"""The supervisor's I/O loop: processes, output, probes, signals, timers.
+
+One thread owns every process (so the Linux parent-death signal stays tied to it); readiness
+probes run on worker threads and report back through a self-pipe. The loop sleeps in
+``select`` until output, a child exit (SIGCHLD), a signal, a probe result or the next timer:
+an idle supervisor costs (almost) no CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import selectors
+import signal
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, Optional
+
+from sdrpc_build.supervise.cache import prune
+from sdrpc_build.supervise.procs import Child, ProcessFactory, spawn
+from sdrpc_build.supervise.readiness import Readiness, ReadinessCheck
+from sdrpc_build.supervise.spec import ServerSpec, build_argv, build_env
+from sdrpc_build.supervise.supervisor import Action, Event, Kill, Probe, Prune, Spawn, Supervisor
+
+__all__ = ["Runner"]
+
+MAX_SLEEP = 5.0
+
+
+class Runner:
+    """Drive a :class:`Supervisor` until every server is EXITED or FATAL."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        *,
+        base_env: Mapping[str, str],
+        on_event: Callable[[Event], None],
+        on_output: Callable[[str, str], None],
+        log_dir: Optional[Path] = None,
+        line_buffer: Optional[list[str]] = None,
+        factory: ProcessFactory = spawn,
+        readiness: Optional[ReadinessCheck] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if readiness is None:
+            from sdrpc_build.supervise.readiness import probe_readiness
+
+            readiness = probe_readiness
+        self.sup = supervisor
+        self.base_env = dict(base_env)
+        self.on_event = on_event
+        self.on_output = on_output
+        self.log_dir = log_dir
+        self.line_buffer = line_buffer or []
+        self.factory = factory
+        self.readiness = readiness
+        self.clock = clock
+        self.children: dict[str, Child] = {}
+        self._partial: dict[str, bytes] = {}
+        self._logs: dict[str, IO[str]] = {}
+        self._results: queue.SimpleQueue[tuple[str, int, Readiness]] = queue.SimpleQueue()
+        self._stop_requests = 0
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(supervisor.servers)),
+                                        thread_name_prefix="sdrpc-probe")
+
+    # -- public -----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop_requests += 1
+        self._wake()
+
+    def run(self, install_signals: bool = True) -> None:
+        saved: dict[int, Any] = {}
+        old_wakeup = -1
+        if install_signals:
+            old_wakeup = signal.set_wakeup_fd(self._wake_w)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                saved[sig] = signal.signal(sig, self._on_signal)
+            if hasattr(signal, "SIGCHLD"):
+                saved[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        try:
+            self._open_logs()
+            self._do(self.sup.begin(self.clock()))
+            self._loop()
+        finally:
+            self._kill_all()
+            if install_signals:
+                signal.set_wakeup_fd(old_wakeup)
+                for sig, handler in saved.items():
+                    signal.signal(sig, handler)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._sel.close()
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            for f in self._logs.values():
+                f.close()
+
+    # -- loop -------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        stops_seen = 0
+        while not self.sup.done:
+            now = self.clock()
+            if self._stop_requests > stops_seen:
+                if stops_seen == 0:
+                    self._do(self.sup.stop(now))
+                else:  # a second Ctrl-C: do not wait for the polite stop
+                    for name in list(self.children):
+                        self._do([Kill(name, signal.SIGKILL)])
+                stops_seen = self._stop_requests
+            deadline = self.sup.next_deadline()
+            timeout = MAX_SLEEP if deadline is None else min(MAX_SLEEP, max(0.0, deadline - now))
+            for key, _ in self._sel.select(timeout):
+                if key.data is None:
+                    self._drain_wake()
+                else:
+                    self._read(key.data)
+            now = self.clock()
+            while True:
+                try:
+                    name, gen, result = self._results.get_nowait()
+                except queue.Empty:
+                    break
+                self._do(self.sup.probed(name, gen, result, now))
+            self._reap(now)
+            self._do(self.sup.tick(self.clock()))
+
+    def _reap(self, now: float) -> None:
+        for name, child in list(self.children.items()):
+            rc = child.poll()
+            if rc is None:
+                continue
+            self._read(name, final=True)
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(child.fd)
+            child.close()
+            del self.children[name]
+            self._do(self.sup.exited(name, rc, now))
+
+    def _read(self, name: str, final: bool = False) -> None:
+        child = self.children.get(name)
+        if child is None:
+            return
+        buf = self._partial.get(name, b"")
+        eof = False
+        while True:
+            try:
+                chunk = os.read(child.fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:  # EIO: the pty's other side is gone
+                eof = True
+                break
+            if not chunk:
+                eof = True
+                break
+            buf += chunk
+            if not final:
+                break
+        *lines, buf = buf.split(b"\n")
+        if (eof or final) and buf:
+            lines.append(buf)
+            buf = b""
+        self._partial[name] = buf
+        now = self.clock()
+        for raw in lines:
+            text = raw.decode(errors="replace").rstrip("\r")
+            self._log(name, text)
+            self.on_output(name, text)
+            self._do(self.sup.line(name, text, now))
+        if eof:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(child.fd)
+
+    # -- actions ----------------------------------------------------------------------------
+    def _do(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Event):
+                self._log_event(a)
+                self.on_event(a)
+            elif isinstance(a, Spawn):
+                self._spawn(a.server)
+            elif isinstance(a, Probe):
+                self._probe(a.server, a.generation)
+            elif isinstance(a, Kill):
+                child = self.children.get(a.server)
+                if child is not None:
+                    child.signal_group(a.sig)
+            elif isinstance(a, Prune):
+                self._prune(a.server)
+
+    def _spawn(self, name: str) -> None:
+        spec = self.sup.servers[name].spec
+        argv = build_argv(spec, self.line_buffer)
+        env = build_env(spec, self.base_env)
+        if spec.cache_dir is not None:
+            with contextlib.suppress(OSError):
+                spec.cache_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            child = self.factory(argv, env, None)
+        except OSError as exc:
+            self._do(self.sup.spawn_failed(
+                name, f"cannot start {spec.binary}: {exc.strerror or exc}", self.clock()))
+            return
+        self.children[name] = child
+        self._partial[name] = b""
+        self._sel.register(child.fd, selectors.EVENT_READ, name)
+        self._do(self.sup.spawned(name, child.pid, self.clock()))
+
+    def _probe(self, name: str, generation: int) -> None:
+        spec = self.sup.servers[name].spec
+        check = self.readiness
+
+        def work() -> None:
+            try:
+                result = check(spec)
+            except Exception as exc:  # a probe bug must not kill the supervisor
+                result = Readiness("fail", f"readiness probe failed: {type(exc).__name__}: {exc}")
+            self._results.put((name, generation, result))
+            self._wake()
+
+        self._pool.submit(work)
+
+    def _prune(self, name: str) -> None:
+        spec = self.sup.servers[name].spec
+        where = spec.cache_files_dir
+        if where is None or spec.cache_max_size is None:
+            return
+        try:
+            result = prune(where, spec.cache_max_size)
+        except OSError as exc:
+            self._do([Event("warning", name, self.clock(),
+                            {"message": f"cache prune of {where} failed: {exc}"})])
+            return
+        if result.count:
+            self._do([Event("cache-pruned", name, self.clock(), {
+                "removed": result.count, "freed": result.freed, "remaining": result.remaining,
+                "limit": spec.cache_max_size, "dir": str(where)})])
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
+        self._stop_requests += 1
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+    def _kill_all(self) -> None:
+        """Last line of defence (also on internal errors): no server outlives the loop."""
+        for child in self.children.values():
+            child.signal_group(signal.SIGKILL)
+        for child in self.children.values():
+            with contextlib.suppress(Exception):
+                child.popen.wait(timeout=5)
+            child.close()
+        self.children.clear()
+
+    def _open_logs(self) -> None:
+        if self.log_dir is None:
+            return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in self.sup.servers:
+            self._logs[name] = open(  # noqa: SIM115 - closed in run()
+                self.log_dir / f"{name}.log", "a", encoding="utf-8", buffering=1)
+
+    def _log(self, name: str, text: str) -> None:
+        f = self._logs.get(name)
+        if f is not None:
+            f.write(f"{datetime.now().isoformat(timespec='milliseconds')} {text}\n")
+
+    def _log_event(self, e: Event) -> None:
+        names = [e.server] if e.server else list(self._logs)
+        detail = " ".join(f"{k}={v}" for k, v in e.data.items() if k not in ("tail", "devices"))
+        for n in names:
+            self._log(n, f"--- sdrpc: {e.kind} {detail}".rstrip())
