@@ -87,6 +87,12 @@ def _install(tmp: Path, dest: Path, commit: str, method: str, origin: str) -> No
     os.replace(tmp, dest)
 
 
+def _lock(root: Path, name: str) -> FileLock:
+    d = root / ".locks"
+    d.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(d / f"{name}.lock"))
+
+
 def _git_env() -> dict[str, str]:
     env = dict(os.environ)
     env["GIT_TERMINAL_PROMPT"] = "0"  # never hang on a password prompt
@@ -106,7 +112,7 @@ def fetch_git(
     import git  # GitPython
 
     sources_root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(sources_root / f"{commit}.lock")):
+    with _lock(sources_root, commit):
         hit = cached_source(sources_root, commit)
         if hit is not None:
             return hit
@@ -245,7 +251,7 @@ def from_sdist(
     stem = f"{project.replace('-', '_')}-{version}"
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / f"{stem}.tar.gz"
-    with FileLock(str(downloads / f"{stem}.lock")):
+    with _lock(downloads, stem):
         if not archive.is_file():
             log(f"downloading {spec} with pip")
             proc = subprocess.run(
@@ -277,7 +283,7 @@ def from_sdist(
                     hint=f"pass --llama-commit {found} to build that commit, or pick the sdist "
                     "whose vendored commit matches",
                 )
-            with FileLock(str(sources_root / f"{found}.lock")):
+            with _lock(sources_root, found):
                 hit = cached_source(sources_root, found)
                 if hit is not None:
                     return hit

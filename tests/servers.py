@@ -112,26 +112,30 @@ def bare_repo(version: str) -> Path:
     return dest
 
 
+def sdrpc_cache() -> Path:
+    """The sdrpc cache the tests share (sources, builds, artifacts)."""
+    return cache_root() / "sdrpc-cache"
+
+
 def build_server(version: str, max_name: int) -> Path:
-    """A real CPU rpc-server for llama-cpp-python==version at GGML_MAX_NAME=max_name."""
-    root = cache_root() / "servers"
-    root.mkdir(exist_ok=True)
-    name = f"v{version}-n{max_name}"
-    binary = root / name / "bin" / "ggml-rpc-server"
-    with FileLock(str(root / f"{name}.lock")):
-        if binary.exists():
-            return binary
-        tree = llama_tree(version)
-        build = root / name
-        defs = f"-DGGML_MAX_NAME={max_name}"
-        subprocess.run(
-            ["cmake", "-S", str(tree), "-B", str(build), "-G", "Ninja",
-             "-DCMAKE_BUILD_TYPE=Release", "-DGGML_RPC=ON", "-DBUILD_SHARED_LIBS=OFF",
-             "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-             "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_NATIVE=OFF", "-DGGML_RPC_RDMA=OFF",
-             f"-DCMAKE_C_FLAGS={defs}", f"-DCMAKE_CXX_FLAGS={defs}"],
-            check=True, stdout=subprocess.DEVNULL,
-        )
-        subprocess.run(["cmake", "--build", str(build), "--target", "ggml-rpc-server"],
-                       check=True, stdout=subprocess.DEVNULL)
-    return binary
+    """A real CPU server built *by sdrpc-build* from the llama-cpp-python==version sdist."""
+    from sdrpc_build.build import BuildOptions, build
+    from sdrpc_build.pins import Pin, SdPins
+
+    commit = LLAMA_SDISTS[version][0]
+    unknown: Pin[None] = Pin(None, "test")
+    pins = SdPins(
+        llama_commit=Pin(commit, "test"), max_name=Pin(max_name, "test"),
+        client_protocol=unknown, ggml_url=unknown, ggml_commit=unknown, sd_commit=unknown,
+        rpc_client=unknown, origin="tests",
+    )
+    sdist_path("llama-cpp-python", version)  # pre-seed pip's download into our cache
+    opts = BuildOptions(cache_root=sdrpc_cache(), llama_sdist=f"llama-cpp-python=={version}")
+    downloads = sdrpc_cache() / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    archive = downloads / f"llama_cpp_python-{version}.tar.gz"
+    if not archive.exists():
+        import shutil
+
+        shutil.copy2(sdist_path("llama-cpp-python", version), archive)
+    return build(pins, opts, os.environ).manifest.binary

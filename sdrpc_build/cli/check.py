@@ -139,6 +139,12 @@ def exit_code(verdicts: list[Verdict]) -> int:
     return max((EXIT_CODES[v.kind] for v in verdicts), default=0)
 
 
+def _problems(r: ProbeResult, v: Verdict) -> list[str]:
+    """Verdict reasons (failures already quote the probe's problems), then the rest."""
+    lines = [*v.reasons] if r.status != "ok" else [*r.problems, *v.reasons]
+    return list(dict.fromkeys(lines))
+
+
 def _mib(n: int) -> str:
     return f"{n / 1048576:,.0f} MiB"
 
@@ -175,7 +181,7 @@ def _to_json(
                 ],
                 "compatible": v.compatible,
                 "verdict": v.kind,
-                "problems": list(dict.fromkeys([*r.problems, *v.reasons])),
+                "problems": _problems(r, v),
                 "elapsed_s": round(r.elapsed_s, 4),
             }
         )
@@ -222,7 +228,7 @@ def _print_tables(
     con.print(f"client: {want or 'no expectations (reachability only)'} [{spec.source}]")
     t = Table(title="servers")
     for col in ("endpoint", "status", "protocol", "MAX_NAME", "devices", "verdict"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for r, v in zip(results, verdicts):
         style = "green" if v.compatible else "red"
         t.add_row(
@@ -242,7 +248,7 @@ def _print_tables(
             d.add_row(m.name, m.endpoint, str(m.index), _mib(m.free), _mib(m.total))
         con.print(d)
     for r, v in zip(results, verdicts):
-        for line in dict.fromkeys([*r.problems, *v.reasons]):
+        for line in _problems(r, v):
             con.print(f"{r.endpoint}: {line}", markup=False)
 
 

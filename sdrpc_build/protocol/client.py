@@ -13,6 +13,7 @@ first, then 64, 128, 160, 256.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -142,7 +143,8 @@ def probe(
 
     client = RpcClient(timeout=timeout)
     try:
-        client.connect(host, port)
+        with contextlib.suppress(Closed):  # accepted, then reset: hello() reconnects
+            client.connect(host, port)
         version = client.hello()
     except Unreachable as exc:
         client.close()

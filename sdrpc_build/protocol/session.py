@@ -146,6 +146,8 @@ class RpcClient:
             sock = socket.create_connection((host, port), timeout=self.timeout)
         except socket.gaierror as exc:
             raise Unreachable(f"cannot resolve host {host!r}: {exc.strerror or exc}") from None
+        except (ConnectionResetError, ConnectionAbortedError):
+            raise Closed(f"{where} accepted and at once reset the connection") from None
         except ConnectionRefusedError:
             raise Unreachable(f"connection refused by {where} (nothing listens there)") from None
         except (socket.timeout, TimeoutError):
@@ -262,9 +264,9 @@ class RpcClient:
             ("caps", "empty") if shape == "auto" else (shape,)
         )
         for i, s in enumerate(shapes):
-            if i:
-                self.connect(self.host, self.port)
             try:
+                if i or self._sock is None:
+                    self.connect(self.host, self.port)
                 reply = self._exchange(hello_request(s == "caps"), f"{s} HELLO reply")
             except Closed as exc:
                 if exc.received:  # cut off mid-reply: a fault, not a refusal

@@ -18,8 +18,15 @@ __all__ = [
 ]
 
 LineKind = Literal[
-    "version", "endpoint", "cache", "devices", "device", "transport",
-    "client-connected", "client-closed", "other",
+    "version",
+    "endpoint",
+    "cache",
+    "devices",
+    "device",
+    "transport",
+    "client-connected",
+    "client-closed",
+    "other",
 ]
 
 _VERSION = re.compile(r"^Starting RPC server v(\d+)\.(\d+)\.(\d+)\s*$")
@@ -122,9 +129,9 @@ def classify_failure(lines: Iterable[str]) -> tuple[bool, Optional[str]]:
     text = [ln.rstrip("\r\n") for ln in lines]
     for ln in text:
         if ln.startswith("error: unknown argument") or ln.startswith("error: invalid"):
-            return True, ln[len("error: "):]
+            return True, ln[len("error: ") :]
         if ln.startswith("error: unknown device"):
-            return True, ln[len("error: "):]
+            return True, ln[len("error: ") :]
         if ln.startswith("Invalid host address") or ln == "Invalid parameters":
             return True, ln
         if ln == "No devices found":

@@ -8,6 +8,7 @@ send that tensor again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -92,10 +93,8 @@ def prune(directory: Path, max_bytes: int) -> PruneResult:
     for e in entries:
         if total <= max_bytes:
             break
-        try:
+        with contextlib.suppress(FileNotFoundError):
             e.path.unlink()
-        except FileNotFoundError:
-            pass
         removed.append(e.path)
         total -= e.size
         freed += e.size

@@ -1,16 +1,16 @@
 """``servers.toml``: one ``[[server]]`` table per rpc-server, validated strictly.
 
-    [[server]]
-    name = "cuda"
-    backend = "cuda"
-    port = 50052
-    visible-devices = "0"
+[[server]]
+name = "cuda"
+backend = "cuda"
+port = 50052
+visible-devices = "0"
 
-    [[server]]
-    name = "vulkan"
-    backend = "vulkan"
-    port = 50053
-    device = "Vulkan1,Vulkan2"
+[[server]]
+name = "vulkan"
+backend = "vulkan"
+port = 50053
+device = "Vulkan1,Vulkan2"
 """
 
 from __future__ import annotations
@@ -34,8 +34,19 @@ else:  # pragma: no cover - exercised on 3.9/3.10
 __all__ = ["SERVER_KEYS", "ServerOptions", "did_you_mean", "load_config", "parse_config"]
 
 SERVER_KEYS = (
-    "name", "binary", "backend", "build", "host", "port", "device", "threads", "cache",
-    "cache-max-size", "visible-devices", "env", "restart",
+    "name",
+    "binary",
+    "backend",
+    "build",
+    "host",
+    "port",
+    "device",
+    "threads",
+    "cache",
+    "cache-max-size",
+    "visible-devices",
+    "env",
+    "restart",
 )
 
 
@@ -95,8 +106,11 @@ def _server(table: Any, where: str, base_dir: Path) -> ServerOptions:
         raise _fail(where, "must be a table")
     for key in table:
         if key not in SERVER_KEYS:
-            raise _fail(where, f"unknown key {key!r}{did_you_mean(key, SERVER_KEYS)}",
-                        hint="valid keys: " + ", ".join(SERVER_KEYS))
+            raise _fail(
+                where,
+                f"unknown key {key!r}{did_you_mean(key, SERVER_KEYS)}",
+                hint="valid keys: " + ", ".join(SERVER_KEYS),
+            )
     o = ServerOptions(origin=where)
     t: Mapping[str, Any] = table
     if "name" in t:
@@ -135,7 +149,7 @@ def _server(table: Any, where: str, base_dir: Path) -> ServerOptions:
         try:
             size = parse_size(v)
         except Exception as exc:
-            raise _fail(where, str(exc), hint="use a size such as \"20G\" or \"512M\"") from None
+            raise _fail(where, str(exc), hint='use a size such as "20G" or "512M"') from None
         o = replace(o, cache=True, cache_max_size=size)
     if "visible-devices" in t:
         o = replace(o, visible_devices=_list(where, "visible-devices", t["visible-devices"]))
@@ -144,18 +158,22 @@ def _server(table: Any, where: str, base_dir: Path) -> ServerOptions:
         if not isinstance(env, dict):
             raise _fail(where, "'env' must be a table such as { GGML_RPC_DEBUG = \"1\" }")
         pairs: list[tuple[str, str]] = []
-        for k, v in env.items():
-            if isinstance(v, bool):
-                v = "1" if v else "0"
-            if not isinstance(v, (str, int, float)):
+        for k, raw in env.items():
+            if isinstance(raw, bool):
+                pairs.append((k, "1" if raw else "0"))
+            elif isinstance(raw, (str, int, float)):
+                pairs.append((k, str(raw)))
+            else:
                 raise _fail(where, f"env value for {k!r} must be a string or number")
-            pairs.append((k, str(v)))
         o = replace(o, env=tuple(pairs))
     if "restart" in t:
         r = t["restart"]
         if r not in RESTART_POLICIES:
-            raise _fail(where, f"'restart' must be one of {', '.join(RESTART_POLICIES)}, "
-                        f"not {r!r}{did_you_mean(str(r), RESTART_POLICIES)}")
+            raise _fail(
+                where,
+                f"'restart' must be one of {', '.join(RESTART_POLICIES)}, "
+                f"not {r!r}{did_you_mean(str(r), RESTART_POLICIES)}",
+            )
         o = replace(o, restart=r)
     return o
 
@@ -164,13 +182,15 @@ def parse_config(data: Mapping[str, Any], source: str, base_dir: Path) -> list[S
     """Validate a parsed TOML document; relative paths are relative to ``base_dir``."""
     for key in data:
         if key != "server":
-            raise _fail(source, f"unknown top-level key {key!r}{did_you_mean(key, ['server'])}",
-                        hint="each server is a [[server]] table")
+            raise _fail(
+                source,
+                f"unknown top-level key {key!r}{did_you_mean(key, ['server'])}",
+                hint="each server is a [[server]] table",
+            )
     tables = data.get("server")
     if not isinstance(tables, list) or not tables:
         raise _fail(source, "no [[server]] tables", hint="add one [[server]] table per server")
-    servers = [_server(t, f"{source}: [[server]] #{i + 1}", base_dir)
-               for i, t in enumerate(tables)]
+    servers = [_server(t, f"{source}: [[server]] #{i + 1}", base_dir) for i, t in enumerate(tables)]
     names = [s.name for s in servers if s.name]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

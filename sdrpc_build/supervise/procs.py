@@ -44,6 +44,12 @@ def line_buffer_prefix(which: Callable[[str], Optional[str]] = shutil.which) -> 
 
 
 def _pdeathsig_preexec() -> Optional[Callable[[], None]]:
+    """A preexec hook asking for SIGKILL when the spawning thread dies (Linux only).
+
+    preexec hooks are unsafe with threads only when they take locks or allocate: this one calls
+    two pre-resolved functions (libc ``prctl``, ``getppid``) and nothing else. Spawns happen on
+    the supervisor's main thread, which lives as long as the supervisor does.
+    """
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -86,6 +92,12 @@ class Child:
             with contextlib.suppress(ProcessLookupError):
                 self.popen.send_signal(sig)
 
+    def wait(self, timeout: float) -> Optional[int]:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def close(self) -> None:
         if self._closed:
             return
@@ -108,8 +120,14 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path] = Non
         master, slave = os.openpty()
         try:
             popen = subprocess.Popen(
-                list(argv), stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
-                env=dict(env), cwd=cwd, start_new_session=True, preexec_fn=preexec,
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=slave,
+                stderr=slave,
+                env=dict(env),
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=preexec,  # noqa: PLW1509 - see _pdeathsig_preexec
             )
         except BaseException:
             os.close(master)
@@ -119,8 +137,14 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path] = Non
         os.set_blocking(master, False)
         return Child(popen, master, owned_fd=True)
     popen = subprocess.Popen(
-        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env=dict(env), cwd=cwd, start_new_session=True, preexec_fn=preexec,
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(env),
+        cwd=cwd,
+        start_new_session=True,
+        preexec_fn=preexec,  # noqa: PLW1509 - see _pdeathsig_preexec
     )
     assert popen.stdout is not None
     fd = popen.stdout.fileno()
@@ -138,8 +162,12 @@ def list_devices(
     """
     try:
         proc = subprocess.run(
-            [str(binary), "-d", _LIST_PROBE_DEVICE], stdin=subprocess.DEVNULL,
-            capture_output=True, env=dict(env), timeout=timeout, check=False,
+            [str(binary), "-d", _LIST_PROBE_DEVICE],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=dict(env),
+            timeout=timeout,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -57,7 +57,10 @@ def probe_readiness(spec: ServerSpec, timeout: float = 3.0) -> Readiness:
             return Readiness(
                 "fail",
                 f"GGML_MAX_NAME is {result.max_name}, the build says {spec.max_name}",
-                protocol, result.max_name, devices, problems,
+                protocol,
+                result.max_name,
+                devices,
+                problems,
             )
         return Readiness("ready", None, protocol, result.max_name, devices, problems)
     if result.status in ("unreachable", "busy", "error"):

@@ -66,10 +66,9 @@ def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
     if o.binary is not None:
         b = o.binary.expanduser()
         if not b.is_file():
-            raise NoServerBinaryError(f"{o.origin}: server binary {b} does not exist")
+            raise NoServerBinaryError(f"{_where(o)}server binary {b} does not exist")
         if not os.access(b, os.X_OK):
-            raise NoServerBinaryError(f"{o.origin}: {b} is not executable",
-                                      hint=f"chmod +x {b}")
+            raise NoServerBinaryError(f"{_where(o)}{b} is not executable", hint=f"chmod +x {b}")
         return Build(b.resolve(), o.backend)
     from sdrpc_build import store
 
@@ -77,57 +76,80 @@ def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
         try:
             m = store.find_manifest(artifacts_root, o.build)
         except SdrpcError as exc:
-            raise NoServerBinaryError(f"{o.origin}: {exc.message}", hint=exc.hint) from None
+            raise NoServerBinaryError(f"{_where(o)}{exc.message}", hint=exc.hint) from None
     else:
         here = _this_platform()
-        found = [m for m in store.list_manifests(artifacts_root)
-                 if not m.platform or m.platform == here]
+        found = [
+            m for m in store.list_manifests(artifacts_root) if not m.platform or m.platform == here
+        ]
         if o.backend is not None:
             found = [m for m in found if m.backend == o.backend]
         if not found:
             what = f"no {o.backend} build" if o.backend else "no build"
             raise NoServerBinaryError(
-                f"{o.origin}: {what} for {here} in {artifacts_root}",
+                f"{_where(o)}{what} for {here} in {artifacts_root}",
                 hint="build one with sdrpc-build"
-                     + (f" --backend {o.backend}" if o.backend else "")
-                     + ", or give --binary PATH",
+                + (f" --backend {o.backend}" if o.backend else "")
+                + ", or give --binary PATH",
             )
         m = found[0]
-    return Build(m.binary, m.backend, m.max_name, m.protocol, m.key)
+    protocol = m.protocol if m.protocol and m.protocol != "unknown" else None
+    return Build(m.binary, m.backend, m.max_name, protocol, m.key)
 
 
-def _check_devices(o: ServerOptions, offered: Optional[tuple[BannerDevice, ...]],
-                   binary: Path, warn: Callable[[str], None]) -> None:
+def _where(o: ServerOptions) -> str:
+    return "" if o.origin == "command line" else f"{o.origin}: "
+
+
+def _check_devices(
+    o: ServerOptions,
+    offered: Optional[tuple[BannerDevice, ...]],
+    binary: Path,
+    warn: Callable[[str], None],
+) -> None:
     if not o.devices:
         return
     if offered is None:
-        warn(f"{o.origin}: cannot list the devices of {binary.name} (too old for -d?); "
-             "starting anyway")
+        warn(
+            f"{_where(o)}cannot list the devices of {binary.name} (too old for -d?); "
+            "starting anyway"
+        )
         return
     names = [d.name for d in offered]
     unknown = [d for d in o.devices if d not in names]
     if unknown:
         listing = "\n".join(f"  {d.name}: {d.description} ({d.total_mib} MiB)" for d in offered)
         raise DeviceError(
-            f"{o.origin}: unknown device {unknown[0]!r}; {binary.name} offers: "
+            f"{_where(o)}unknown device {unknown[0]!r}; {binary.name} offers: "
             + (", ".join(names) or "no devices"),
             hint="device names are case-sensitive; pick from the list above",
             details=listing or None,
         )
 
 
-def _expand(o: ServerOptions, build: Build, per_device: bool, world: Environment,
-            host: str) -> list[ServerSpec]:
+def _expand(
+    o: ServerOptions, build: Build, per_device: bool, world: Environment, host: str
+) -> list[ServerSpec]:
     spec = ServerSpec(
-        name=o.name or "", binary=build.binary, host=host, port=o.port, devices=o.devices,
-        threads=o.threads, visible_devices=o.visible_devices, backend=build.backend,
-        env=o.env, restart=o.restart, max_name=build.max_name, protocol=build.protocol,
+        name=o.name or "",
+        binary=build.binary,
+        host=host,
+        port=o.port,
+        devices=o.devices,
+        threads=o.threads,
+        visible_devices=o.visible_devices,
+        backend=build.backend,
+        env=o.env,
+        restart=o.restart,
+        max_name=build.max_name,
+        protocol=build.protocol,
         cache_max_size=o.cache_max_size,
     )
     offered: Optional[tuple[BannerDevice, ...]] = None
     if spec.visible_devices is not None and spec.backend is None:
-        offered = world.list_devices(build.binary, build_env(replace(spec, visible_devices=None),
-                                                             world.env))
+        offered = world.list_devices(
+            build.binary, build_env(replace(spec, visible_devices=None), world.env)
+        )
         guess = backend_from_devices([d.name for d in offered or ()])
         spec = replace(spec, backend=guess)
         offered = None
@@ -137,8 +159,10 @@ def _expand(o: ServerOptions, build: Build, per_device: bool, world: Environment
     if not per_device:
         return [spec]
     if offered is None:
-        raise UsageError(f"--per-device: cannot list the devices of {build.binary}",
-                         hint="start servers one by one with -d DEVICE, or use --config")
+        raise UsageError(
+            f"--per-device: cannot list the devices of {build.binary}",
+            hint="start servers one by one with -d DEVICE, or use --config",
+        )
     devices = [d for d in offered if not o.devices or d.name in o.devices]
     gpus = [d for d in devices if not d.name.startswith("CPU")] or devices
     out = []
@@ -149,8 +173,9 @@ def _expand(o: ServerOptions, build: Build, per_device: bool, world: Environment
     return out
 
 
-def resolve_servers(options: Sequence[ServerOptions], world: Environment,
-                    per_device: bool = False) -> list[ServerSpec]:
+def resolve_servers(
+    options: Sequence[ServerOptions], world: Environment, per_device: bool = False
+) -> list[ServerSpec]:
     """Resolve, expand (``--per-device``), name, place and check every server."""
     pairs: list[tuple[ServerSpec, ServerOptions]] = []
     for o in options:
@@ -165,8 +190,10 @@ def resolve_servers(options: Sequence[ServerOptions], world: Environment,
         port = s.port if s.port != 0 else world.pick_free_port(s.host)
         name = s.name or f"rpc-{port}"
         if port in taken:
-            raise UsageError(f"port {port} is given to two servers ({taken[port]} and {name})",
-                             hint="give each server its own port, or -p 0 for free ones")
+            raise UsageError(
+                f"port {port} is given to two servers ({taken[port]} and {name})",
+                hint="give each server its own port, or -p 0 for free ones",
+            )
         taken[port] = name
         named.append((replace(s, port=port, name=name), o))
     specs: list[ServerSpec] = []
@@ -180,11 +207,14 @@ def resolve_servers(options: Sequence[ServerOptions], world: Environment,
             root = o.cache_path or world.cache_root
             cache_dir = (root / s.name) if o.cache_per_server else root
             if cache_dir in dirs:
-                raise UsageError(f"servers {dirs[cache_dir]} and {s.name} would share the "
-                                 f"cache dir {cache_dir}", hint="give each its own 'cache'")
+                raise UsageError(
+                    f"servers {dirs[cache_dir]} and {s.name} would share the cache dir {cache_dir}",
+                    hint="give each its own 'cache'",
+                )
             dirs[cache_dir] = s.name
-            s = replace(s, cache_dir=cache_dir)
-        specs.append(s)
+            specs.append(replace(s, cache_dir=cache_dir))
+        else:
+            specs.append(s)
     for s in specs:
         world.ensure_port_free(s.host, s.port)
     return specs

@@ -24,7 +24,7 @@ from typing import IO, Any, Optional
 from sdrpc_build.supervise.cache import prune
 from sdrpc_build.supervise.procs import Child, ProcessFactory, spawn
 from sdrpc_build.supervise.readiness import Readiness, ReadinessCheck
-from sdrpc_build.supervise.spec import ServerSpec, build_argv, build_env
+from sdrpc_build.supervise.spec import build_argv, build_env
 from sdrpc_build.supervise.supervisor import Action, Event, Kill, Probe, Prune, Spawn, Supervisor
 
 __all__ = ["Runner"]
@@ -70,8 +70,9 @@ class Runner:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, len(supervisor.servers)),
-                                        thread_name_prefix="sdrpc-probe")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, len(supervisor.servers)), thread_name_prefix="sdrpc-probe"
+        )
 
     # -- public -----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -96,8 +97,8 @@ class Runner:
             self._kill_all()
             if install_signals:
                 signal.set_wakeup_fd(old_wakeup)
-                for sig, handler in saved.items():
-                    signal.signal(sig, handler)
+                for signum, handler in saved.items():
+                    signal.signal(signum, handler)
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._sel.close()
             for fd in (self._wake_r, self._wake_w):
@@ -209,8 +210,11 @@ class Runner:
         try:
             child = self.factory(argv, env, None)
         except OSError as exc:
-            self._do(self.sup.spawn_failed(
-                name, f"cannot start {spec.binary}: {exc.strerror or exc}", self.clock()))
+            self._do(
+                self.sup.spawn_failed(
+                    name, f"cannot start {spec.binary}: {exc.strerror or exc}", self.clock()
+                )
+            )
             return
         self.children[name] = child
         self._partial[name] = b""
@@ -239,13 +243,34 @@ class Runner:
         try:
             result = prune(where, spec.cache_max_size)
         except OSError as exc:
-            self._do([Event("warning", name, self.clock(),
-                            {"message": f"cache prune of {where} failed: {exc}"})])
+            self._do(
+                [
+                    Event(
+                        "warning",
+                        name,
+                        self.clock(),
+                        {"message": f"cache prune of {where} failed: {exc}"},
+                    )
+                ]
+            )
             return
         if result.count:
-            self._do([Event("cache-pruned", name, self.clock(), {
-                "removed": result.count, "freed": result.freed, "remaining": result.remaining,
-                "limit": spec.cache_max_size, "dir": str(where)})])
+            self._do(
+                [
+                    Event(
+                        "cache-pruned",
+                        name,
+                        self.clock(),
+                        {
+                            "removed": result.count,
+                            "freed": result.freed,
+                            "remaining": result.remaining,
+                            "limit": spec.cache_max_size,
+                            "dir": str(where),
+                        },
+                    )
+                ]
+            )
 
     # -- plumbing ---------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
@@ -265,8 +290,7 @@ class Runner:
         for child in self.children.values():
             child.signal_group(signal.SIGKILL)
         for child in self.children.values():
-            with contextlib.suppress(Exception):
-                child.popen.wait(timeout=5)
+            child.wait(5.0)
             child.close()
         self.children.clear()
 
@@ -276,7 +300,8 @@ class Runner:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for name in self.sup.servers:
             self._logs[name] = open(  # noqa: SIM115 - closed in run()
-                self.log_dir / f"{name}.log", "a", encoding="utf-8", buffering=1)
+                self.log_dir / f"{name}.log", "a", encoding="utf-8", buffering=1
+            )
 
     def _log(self, name: str, text: str) -> None:
         f = self._logs.get(name)

@@ -191,4 +191,3 @@ def check_host(host: str, resolve: Resolver | None = None) -> tuple[str, str | N
 def client_host(host: str) -> str:
     """The address a local client uses to reach a server bound to ``host``."""
     return "127.0.0.1" if host == "0.0.0.0" else host
-

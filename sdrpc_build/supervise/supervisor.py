@@ -33,8 +33,18 @@ __all__ = [
 ]
 
 EventKind = Literal[
-    "starting", "ready", "all-ready", "exited", "restarting", "fatal", "stopping", "stopped",
-    "busy", "idle", "cache-pruned", "warning",
+    "starting",
+    "ready",
+    "all-ready",
+    "exited",
+    "restarting",
+    "fatal",
+    "stopping",
+    "stopped",
+    "busy",
+    "idle",
+    "cache-pruned",
+    "warning",
 ]
 TAIL_LINES = 40
 PRUNE_INTERVAL = 60.0
@@ -75,15 +85,17 @@ Action = Union[Spawn, Probe, Kill, Prune, Event]
 
 @dataclass(frozen=True)
 class DeviceRow:
-    """One remote device as sd-cli numbers it: ``RPC<index>``."""
+    """One remote device as sd-cli numbers it: ``RPC<index>``, one counter across servers."""
 
     index: int
     server: str
+    position: int  # the server's place in --rpc-servers
+    device_index: int  # the device's index on that server
     endpoint: str
-    name: str
+    name: str  # ggml's device name from the banner ("CUDA0", "CPU"), "?" when not seen
     description: str
-    total: Optional[int]  # bytes
-    free: Optional[int]
+    total: int  # bytes
+    free: int
 
     @property
     def rpc_name(self) -> str:
@@ -102,21 +114,31 @@ class Server:
 
 
 def device_rows(servers: Sequence[Server]) -> list[DeviceRow]:
-    """Devices in ``--rpc-servers`` order, one counter across servers (as sd-cli numbers them)."""
+    """Devices in ``--rpc-servers`` order as the probe saw them (before v3: one per server)."""
     rows: list[DeviceRow] = []
-    for s in servers:
+    for pos, s in enumerate(servers):
+        r = s.readiness
+        if r is None:
+            continue
+        remote = r.devices
+        if r.protocol is not None and int(r.protocol.split(".")[0]) < 3:
+            remote = remote[:1]
         banner = s.parser.banner.devices
-        remote = s.readiness.devices if s.readiness else ()
-        count = len(remote) or len(banner) or 1
-        for i in range(count):
+        for i, d in enumerate(remote):
             b = banner[i] if i < len(banner) else None
-            r = remote[i] if i < len(remote) else None
-            rows.append(DeviceRow(
-                len(rows), s.spec.name, f"{client_host(s.spec.host)}:{s.spec.port}",
-                b.name if b else "?", b.description if b else "",
-                r.total if r else (b.total_mib * 1024**2 if b else None),
-                r.free if r else (b.free_mib * 1024**2 if b else None),
-            ))
+            rows.append(
+                DeviceRow(
+                    len(rows),
+                    s.spec.name,
+                    pos,
+                    d.index,
+                    f"{client_host(s.spec.host)}:{s.spec.port}",
+                    b.name if b else "?",
+                    b.description if b else "",
+                    d.total,
+                    d.free,
+                )
+            )
     return rows
 
 
@@ -185,7 +207,12 @@ class Supervisor:
         if kind == "transport" and m.state is State.STARTING and not m.probe_in_flight:
             m.next_probe_at = now  # the socket is about to listen: probe right away
         if kind in ("client-connected", "client-closed"):
-            m.busy = kind == "client-connected"
+            # Before READY these are our own probes; a close without an accept is the tail
+            # of the last probe.
+            busy = kind == "client-connected"
+            if m.state is not State.READY or busy == m.busy:
+                return []
+            m.busy = busy
             out: list[Action] = [Event("busy" if m.busy else "idle", name, now)]
             if not m.busy and s.spec.cache_max_size is not None:
                 out.append(Prune(name))
@@ -210,18 +237,30 @@ class Supervisor:
             s.next_prune_at = now + PRUNE_INTERVAL
         banner = s.parser.banner
         data: dict[str, object] = {
-            "endpoint": s.spec.endpoint, "pid": s.pid, "protocol": result.protocol,
-            "version": banner.version_str, "max_name": result.max_name,
+            "endpoint": s.spec.endpoint,
+            "pid": s.pid,
+            "protocol": result.protocol,
+            "version": banner.version_str,
+            "max_name": result.max_name,
             "devices": [d.name for d in banner.devices] or len(result.devices),
-            "startup_s": round(now - m.started_at, 3), "restarts": m.restarts,
+            "startup_s": round(now - m.started_at, 3),
+            "restarts": m.restarts,
         }
         out: list[Action] = [Event("ready", name, now, data)]
         for p in result.problems:
             out.append(Event("warning", name, now, {"message": p}))
         if s.spec.protocol and result.protocol and result.protocol != s.spec.protocol:
-            out.append(Event("warning", name, now, {
-                "message": f"server reports protocol {result.protocol}, "
-                           f"its build manifest says {s.spec.protocol}"}))
+            out.append(
+                Event(
+                    "warning",
+                    name,
+                    now,
+                    {
+                        "message": f"server reports protocol {result.protocol}, "
+                        f"its build manifest says {s.spec.protocol}"
+                    },
+                )
+            )
         live = [x for x in self.servers.values() if x.machine.state is not State.FATAL]
         if live and all(x.machine.state is State.READY for x in live):
             out.append(self._all_ready(now))
@@ -241,8 +280,9 @@ class Supervisor:
                     t = m.policy.ready_timeout
                     m.mark_killing(f"not ready after {t:g} s (no answer to HELLO)")
                     out.append(Kill(s.spec.name, signal.SIGKILL))
-                elif (m.next_probe_at is not None and not m.probe_in_flight
-                      and now >= m.next_probe_at):
+                elif (
+                    m.next_probe_at is not None and not m.probe_in_flight and now >= m.next_probe_at
+                ):
                     m.probe_in_flight = True
                     m.next_probe_at = None
                     out.append(Probe(s.spec.name, m.generation))
@@ -279,8 +319,7 @@ class Supervisor:
         out: list[Action] = []
         if s.spec.cache_max_size is not None:
             out.append(Prune(s.spec.name))
-        data = {"endpoint": s.spec.endpoint, "attempt": s.machine.restarts + 1,
-                "restart": restart}
+        data = {"endpoint": s.spec.endpoint, "attempt": s.machine.restarts + 1, "restart": restart}
         out += [Event("starting", s.spec.name, now, data), Spawn(s.spec.name)]
         return out
 
@@ -289,10 +328,16 @@ class Supervisor:
         self._all_ready_sent = True
         live = [s for s in self.servers.values() if s.machine.state is State.READY]
         rows = device_rows(live)
-        return Event("all-ready", None, now, {
-            "rpc_servers": ",".join(f"{client_host(s.spec.host)}:{s.spec.port}" for s in live),
-            "devices": rows, "first": first,
-        })
+        return Event(
+            "all-ready",
+            None,
+            now,
+            {
+                "rpc_servers": ",".join(f"{client_host(s.spec.host)}:{s.spec.port}" for s in live),
+                "devices": rows,
+                "first": first,
+            },
+        )
 
     def _after_exit(self, s: Server, returncode: int, now: float) -> list[Action]:
         m = s.machine
@@ -303,22 +348,43 @@ class Supervisor:
         info = m.exited(now, returncode, reason, permanent)
         s.pid = None
         s.readiness = None
-        out: list[Action] = [Event("exited", name, now, {
-            "returncode": returncode, "how": describe_exit(returncode),
-            "was_ready": info.was_ready, "failure": info.failure, "reason": info.reason,
-        })]
+        out: list[Action] = [
+            Event(
+                "exited",
+                name,
+                now,
+                {
+                    "returncode": returncode,
+                    "how": describe_exit(returncode),
+                    "was_ready": info.was_ready,
+                    "failure": info.failure,
+                    "reason": info.reason,
+                },
+            )
+        ]
         if m.state is State.BACKOFF and m.next_start_at is not None:
-            out.append(Event("restarting", name, now, {
-                "delay_s": round(m.next_start_at - now, 3), "attempt": m.restarts + 2,
-                "tail": tail[-10:] if info.failure and not info.was_ready else [],
-            }))
+            out.append(
+                Event(
+                    "restarting",
+                    name,
+                    now,
+                    {
+                        "delay_s": round(m.next_start_at - now, 3),
+                        "attempt": m.restarts + 2,
+                        "tail": tail[-10:] if info.failure and not info.was_ready else [],
+                    },
+                )
+            )
         elif m.state is State.FATAL:
             out.append(Event("fatal", name, now, {"reason": m.fatal_reason, "tail": tail[-15:]}))
         elif m.state is State.EXITED:
             out.append(Event("stopped", name, now, {"how": describe_exit(returncode)}))
         if not self.stopping:
             live = [x for x in self.servers.values() if x.machine.state is not State.FATAL]
-            if m.state is State.FATAL and live and all(
-                    x.machine.state is State.READY for x in live):
+            if (
+                m.state is State.FATAL
+                and live
+                and all(x.machine.state is State.READY for x in live)
+            ):
                 out.append(self._all_ready(now))
         return out

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sdrpc_build.errors import StoreError
+from sdrpc_build.store import find_manifest, install_entry, list_manifests, lookup
+
+
+def _manifest(created: str, backend: str = "cpu") -> dict[str, object]:
+    return {"backend": backend, "commit": "a" * 40, "max_name": 160, "protocol": "5.0.0",
+            "target": "ggml-rpc-server", "created": created, "platform": "linux-x86_64",
+            "verify": {"ok": True}}
+
+
+def test_install_and_lookup(tmp_path: Path) -> None:
+    binary = tmp_path / "ggml-rpc-server"
+    binary.write_bytes(b"\x7fELF fake")
+    arts = tmp_path / "arts"
+    m = install_entry(arts, "k1", binary, _manifest("2026-01-01T00:00:00Z"))
+    assert m.binary.read_bytes() == b"\x7fELF fake"
+    assert m.verified and m.max_name == 160
+    data = json.loads((arts / "k1" / "manifest.json").read_text())
+    assert len(data["binary_sha256"]) == 64
+    assert lookup(arts, "k1") == m
+    assert lookup(arts, "missing") is None
+    assert not list(arts.glob(".tmp-*"))
+
+
+def test_leftovers_and_damage_are_not_entries(tmp_path: Path) -> None:
+    arts = tmp_path / "arts"
+    (arts / ".tmp-k1-999" / "bin").mkdir(parents=True)  # an interrupted write
+    (arts / "k2").mkdir()
+    (arts / "k2" / "manifest.json").write_text("{not json")
+    assert list_manifests(arts) == []
+    binary = tmp_path / "b"
+    binary.write_bytes(b"x")
+    install_entry(arts, "k1", binary, _manifest("2026-01-01T00:00:00Z"))
+    assert not (arts / ".tmp-k1-999").exists()  # cleaned by the next write
+
+
+def test_newest_first_and_find(tmp_path: Path) -> None:
+    arts = tmp_path / "arts"
+    binary = tmp_path / "b"
+    binary.write_bytes(b"x")
+    install_entry(arts, "cpu-old", binary, _manifest("2026-01-01T00:00:00Z"))
+    install_entry(arts, "cpu-new", binary, _manifest("2026-02-01T00:00:00Z"))
+    assert [m.key for m in list_manifests(arts)] == ["cpu-new", "cpu-old"]
+    assert find_manifest(arts, "cpu-n").key == "cpu-new"
+    assert find_manifest(arts, str(arts / "cpu-old" / "manifest.json")).key == "cpu-old"
+    with pytest.raises(StoreError, match="matches 2"):
+        find_manifest(arts, "cpu-")
+    with pytest.raises(StoreError, match="no build"):
+        find_manifest(arts, "zzz")

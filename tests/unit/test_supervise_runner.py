@@ -1,0 +1,138 @@
+"""The I/O loop with fake processes (pipes, no real children) and a fake readiness check."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from sdrpc_build.supervise.readiness import Readiness, RemoteDevice
+from sdrpc_build.supervise.runner import Runner
+from sdrpc_build.supervise.spec import ServerSpec
+from sdrpc_build.supervise.state import Policy
+from sdrpc_build.supervise.supervisor import Event, Supervisor
+
+BANNER = (b"Starting RPC server v5.0.0\n  endpoint       : 127.0.0.1:1\nDevices:\n"
+          b"  CPU: Fake (100 MiB, 90 MiB free)\n  transport      : TCP\n")
+
+
+class FakeChild:
+    count = 0
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        FakeChild.count += 1
+        self.pid = 1000 + FakeChild.count
+        self.argv = list(argv)
+        self.env = dict(env)
+        self.fd, self._w = os.pipe()
+        os.set_blocking(self.fd, False)
+        self.rc: int | None = None
+        self.signals: list[int] = []
+        os.write(self._w, BANNER)
+
+    def die(self, rc: int, last: bytes = b"") -> None:
+        if last:
+            os.write(self._w, last)
+        os.close(self._w)
+        self.rc = rc
+        os.kill(os.getpid(), signal.SIGCHLD)  # what the kernel would do
+
+    def poll(self) -> int | None:
+        return self.rc
+
+    def signal_group(self, sig: int) -> None:
+        self.signals.append(sig)
+        if self.rc is None:
+            self.die(-sig)
+
+    def wait(self, timeout: float) -> int | None:
+        return self.rc
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def test_runner_starts_restarts_and_stops(tmp_path: Path) -> None:
+    children: list[FakeChild] = []
+    seen: list[Event] = []
+    lines: list[tuple[str, str]] = []
+
+    def factory(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None) -> FakeChild:
+        c = FakeChild(argv, env)
+        children.append(c)
+        return c
+
+    def ready(spec: ServerSpec) -> Readiness:
+        return Readiness("ready", protocol="5.0.0", devices=(RemoteDevice(0, 9, 10),))
+
+    spec = ServerSpec(name="a", binary=Path("/x/rpc"), port=50999, cache_dir=tmp_path / "c",
+                      cache_max_size=10)
+    sup = Supervisor([spec], Policy(backoff_initial=0.01, probe_interval=0.01))
+    runner: Runner
+
+    def on_event(e: Event) -> None:
+        seen.append(e)
+        readies = [x for x in seen if x.kind == "all-ready"]
+        if e.kind == "all-ready" and len(readies) == 1:
+            children[0].die(-9, b"Segmentation fault\n")
+        elif e.kind == "all-ready":
+            runner.request_stop()
+
+    runner = Runner(sup, base_env={"A": "1"}, on_event=on_event,
+                    on_output=lambda n, t: lines.append((n, t)), log_dir=tmp_path / "logs",
+                    line_buffer=["stdbuf", "-oL"], factory=factory,  # type: ignore[arg-type]
+                    readiness=ready)
+    runner.run(install_signals=False)
+
+    kinds = [e.kind for e in seen]
+    assert kinds == ["starting", "ready", "all-ready", "exited", "restarting", "starting",
+                     "ready", "all-ready", "stopping", "exited", "stopped"]
+    assert children[0].argv == ["stdbuf", "-oL", "/x/rpc", "-H", "127.0.0.1", "-p", "50999",
+                                "-c"]
+    assert children[0].env == {"A": "1", "LLAMA_CACHE": str(tmp_path / "c")}
+    assert children[1].signals == [signal.SIGTERM]
+    assert ("a", "Segmentation fault") in lines
+    assert ("a", "  CPU: Fake (100 MiB, 90 MiB free)") in lines
+    log = (tmp_path / "logs" / "a.log").read_text()
+    assert "Segmentation fault" in log
+    assert "--- sdrpc: restarting" in log
+    assert sup.done
+    assert sup.fatal == []
+
+
+def test_runner_kills_everything_on_an_internal_error(tmp_path: Path) -> None:
+    children: list[FakeChild] = []
+
+    def factory(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None) -> FakeChild:
+        children.append(FakeChild(argv, env))
+        return children[-1]
+
+    def boom(e: Event) -> None:
+        if e.kind == "all-ready":
+            raise RuntimeError("reporter bug")
+
+    sup = Supervisor([ServerSpec(name="a", binary=Path("/x"))], Policy(probe_interval=0.01))
+    runner = Runner(sup, base_env={}, on_event=boom, on_output=lambda n, t: None,
+                    factory=factory,  # type: ignore[arg-type]
+                    readiness=lambda s: Readiness("ready"))
+    try:
+        runner.run(install_signals=False)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the error should propagate")
+    assert children[0].signals == [signal.SIGKILL]
+
+
+def test_spawn_failure_is_fatal(tmp_path: Path) -> None:
+    def factory(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None) -> FakeChild:
+        raise PermissionError(13, "Permission denied")
+
+    seen: list[Event] = []
+    sup = Supervisor([ServerSpec(name="a", binary=Path("/x"))], Policy())
+    Runner(sup, base_env={}, on_event=seen.append, on_output=lambda n, t: None,
+           factory=factory, readiness=lambda s: Readiness("ready")).run(  # type: ignore[arg-type]
+        install_signals=False)
+    assert [e.kind for e in seen] == ["starting", "exited", "fatal"]
+    assert "Permission denied" in str(seen[-1].data["reason"])
