@@ -254,12 +254,14 @@ def from_sdist(
     with _lock(downloads, stem):
         if not archive.is_file():
             log(f"downloading {spec} with pip")
-            proc = subprocess.run(
-                [python, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                 "--no-build-isolation", "--disable-pip-version-check", spec,
-                 "-d", str(downloads)],
-                capture_output=True, text=True, check=False,
-            )
+            base = [python, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                    "--disable-pip-version-check", spec, "-d", str(downloads)]
+            # without build isolation pip reuses the installed scikit-build-core (fast,
+            # offline-friendly); fall back to an isolated metadata build if that fails
+            proc = subprocess.run([*base, "--no-build-isolation"], capture_output=True,
+                                  text=True, check=False)
+            if proc.returncode != 0 and not archive.is_file():
+                proc = subprocess.run(base, capture_output=True, text=True, check=False)
             if proc.returncode != 0 or not archive.is_file():
                 tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
                 raise SourceError(f"pip could not download {spec}", details=tail,

@@ -31,8 +31,13 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from sdrpc_build.errors import ProtocolError
-from sdrpc_build.protocol.tensor import GGML_MAX_SRC, RpcTensor, pack_tensor, tensor_size
+from sdrpc_build.protocol.tensor import (
+    GGML_MAX_SRC,
+    CodecError,
+    RpcTensor,
+    pack_tensor,
+    tensor_size,
+)
 
 __all__ = [
     "CAPS_SIZE",
@@ -71,10 +76,6 @@ _REQ = struct.Struct("<BQ")
 _DEV = struct.Struct("<I")
 _U64_U8 = struct.Struct("<QB")
 _U64X2 = struct.Struct("<QQ")
-
-
-class CodecError(ProtocolError):
-    """Bytes that do not form the expected ggml RPC message."""
 
 
 class SizeMismatch(CodecError):

@@ -9,8 +9,8 @@ Layout (little-endian, ``#pragma pack(1)``), byte offsets for name length ``N``:
 so ``sizeof(rpc_tensor) == 232 + N``. The trailing four bytes were padding up to
 v5.0 and became ``use_count`` in v5.1; the size never changed.
 
-Standard library only; raises :class:`~sdrpc_build.protocol.codec.CodecError`'s
-base :class:`~sdrpc_build.errors.ProtocolError` subclasses only.
+Standard library only; raises :class:`CodecError` (a
+:class:`~sdrpc_build.errors.ProtocolError`) only.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = [
     "GGML_MAX_OP_PARAMS",
     "GGML_MAX_SRC",
     "MAX_NAME_LIMIT",
+    "CodecError",
     "RpcTensor",
     "TensorLayoutError",
     "pack_tensor",
@@ -42,7 +43,11 @@ _HEAD = struct.Struct("<QIQ4I4II16ii10QQQQ")
 assert _HEAD.size == 228
 
 
-class TensorLayoutError(ProtocolError):
+class CodecError(ProtocolError):
+    """Bytes or values that do not form the expected ggml RPC message."""
+
+
+class TensorLayoutError(CodecError):
     """An ``rpc_tensor`` cannot be packed or unpacked with the given name length."""
 
 

@@ -32,10 +32,13 @@ def test_banner_fields() -> None:
 
 def test_banner_multi_gpu_pty_line_endings_and_restart_reset() -> None:
     p = BannerParser()
-    for line in ["Starting RPC server v3.0.0\r\n", "Devices:\r\n",
-                 "  Vulkan0: NVIDIA GeForce RTX 3090 (24576 MiB, 23000 MiB free)\r\n",
-                 "  Vulkan1: AMD Radeon (Mesa: RADV) (16368 MiB, 16000 MiB free)\r\n",
-                 "  local cache    : n/a\r\n"]:
+    for line in [
+        "Starting RPC server v3.0.0\r\n",
+        "Devices:\r\n",
+        "  Vulkan0: NVIDIA GeForce RTX 3090 (24576 MiB, 23000 MiB free)\r\n",
+        "  Vulkan1: AMD Radeon (Mesa: RADV) (16368 MiB, 16000 MiB free)\r\n",
+        "  local cache    : n/a\r\n",
+    ]:
         p.feed(line)
     assert [d.name for d in p.banner.devices] == ["Vulkan0", "Vulkan1"]
     assert p.banner.devices[1].description == "AMD Radeon (Mesa: RADV)"
@@ -53,19 +56,26 @@ def test_client_lines() -> None:
 
 
 def test_device_listing_of_unknown_device() -> None:
-    out = ("error: unknown device: sdrpc-list-devices\navailable devices:\n"
-           "  CUDA0: NVIDIA A100 (81920 MiB, 80000 MiB free)\n"
-           "  CPU: AMD EPYC (24105 MiB, 24105 MiB free)\nNo devices found\n")
+    out = (
+        "error: unknown device: sdrpc-list-devices\navailable devices:\n"
+        "  CUDA0: NVIDIA A100 (81920 MiB, 80000 MiB free)\n"
+        "  CPU: AMD EPYC (24105 MiB, 24105 MiB free)\nNo devices found\n"
+    )
     assert [d.name for d in parse_device_list(out)] == ["CUDA0", "CPU"]
 
 
 def test_classify_failures() -> None:
     assert classify_failure(["error: unknown argument: --bogus", "Usage: x"]) == (
-        True, "unknown argument: --bogus")
+        True,
+        "unknown argument: --bogus",
+    )
     assert classify_failure(["error: unknown device: Foo", "available devices:"]) == (
-        True, "unknown device: Foo")
-    permanent, reason = classify_failure(["Starting RPC server v5.0.0",
-                                          "Failed to create server socket"])
+        True,
+        "unknown device: Foo",
+    )
+    permanent, reason = classify_failure(
+        ["Starting RPC server v5.0.0", "Failed to create server socket"]
+    )
     assert not permanent
     assert reason is not None
     assert "bind" in reason

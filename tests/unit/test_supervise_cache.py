@@ -9,10 +9,19 @@ from sdrpc_build.errors import UsageError
 from sdrpc_build.supervise.cache import cache_entries, format_size, parse_size, prune
 
 
-@pytest.mark.parametrize(("text", "n"), [
-    ("123", 123), (123, 123), ("1k", 1024), ("10M", 10 * 1024**2), ("20G", 20 * 1024**3),
-    ("1.5GiB", int(1.5 * 1024**3)), ("2tb", 2 * 1024**4), ("512 MiB", 512 * 1024**2),
-])
+@pytest.mark.parametrize(
+    ("text", "n"),
+    [
+        ("123", 123),
+        (123, 123),
+        ("1k", 1024),
+        ("10M", 10 * 1024**2),
+        ("20G", 20 * 1024**3),
+        ("1.5GiB", int(1.5 * 1024**3)),
+        ("2tb", 2 * 1024**4),
+        ("512 MiB", 512 * 1024**2),
+    ],
+)
 def test_parse_size(text: str | int, n: int) -> None:
     assert parse_size(text) == n
 

@@ -32,8 +32,12 @@ def test_seed_machine(tmp_path: Path) -> None:
     f = tmp_path / "servers.toml"
     f.write_text(SEED)
     cuda, vulkan = load_config(f)
-    assert (cuda.name, cuda.backend, cuda.port, cuda.visible_devices) == ("cuda", "cuda", 50052,
-                                                                          "0")
+    assert (cuda.name, cuda.backend, cuda.port, cuda.visible_devices) == (
+        "cuda",
+        "cuda",
+        50052,
+        "0",
+    )
     assert cuda.host == "0.0.0.0"
     assert not cuda.cache
     assert vulkan.devices == ("Vulkan1", "Vulkan2")
@@ -52,23 +56,27 @@ def test_paths_are_relative_to_the_file(tmp_path: Path) -> None:
 
 
 def test_lists_and_numbers_for_devices() -> None:
-    (s,) = parse_config({"server": [{"device": ["Vulkan1", "Vulkan2"],
-                                     "visible-devices": 1}]}, "f", Path())
+    (s,) = parse_config(
+        {"server": [{"device": ["Vulkan1", "Vulkan2"], "visible-devices": 1}]}, "f", Path()
+    )
     assert s.devices == ("Vulkan1", "Vulkan2")
     assert s.visible_devices == "1"
 
 
-@pytest.mark.parametrize(("table", "message"), [
-    ({"devcie": "x"}, "unknown key 'devcie' (did you mean 'device'?)"),
-    ({"port": "50052"}, "'port' must be an integer"),
-    ({"port": 70000}, "'port' must be an integer from 0 to 65535"),
-    ({"threads": 0}, "'threads'"),
-    ({"restart": "alway"}, "did you mean 'always'"),
-    ({"cache-max-size": "lots"}, "invalid size"),
-    ({"name": "a b"}, "name 'a b'"),
-    ({"env": ["A=1"]}, "'env' must be a table"),
-    ({"binary": "x", "build": "y"}, "either 'binary' or 'build'"),
-])
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"devcie": "x"}, "unknown key 'devcie' (did you mean 'device'?)"),
+        ({"port": "50052"}, "'port' must be an integer"),
+        ({"port": 70000}, "'port' must be an integer from 0 to 65535"),
+        ({"threads": 0}, "'threads'"),
+        ({"restart": "alway"}, "did you mean 'always'"),
+        ({"cache-max-size": "lots"}, "invalid size"),
+        ({"name": "a b"}, "name 'a b'"),
+        ({"env": ["A=1"]}, "'env' must be a table"),
+        ({"binary": "x", "build": "y"}, "either 'binary' or 'build'"),
+    ],
+)
 def test_invalid_tables(table: dict[str, object], message: str) -> None:
     with pytest.raises(LaunchConfigError, match="#1") as info:
         parse_config({"server": [table]}, "servers.toml", Path())

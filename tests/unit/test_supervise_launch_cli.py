@@ -35,24 +35,29 @@ def test_ipv6_host_exit_24(capsys: pytest.CaptureFixture[str], binary: Path) -> 
     assert "IPv6" in err
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--env", "NOEQUALS"], "is not KEY=VALUE"),
-    (["--threads", "0"], "--threads must be at least 1"),
-    (["-p", "70000"], "out of range"),
-    (["--cache-max-size", "lots"], "invalid size"),
-    (["--build", "abc"], "--binary or --build"),
-])
-def test_usage_errors(capsys: pytest.CaptureFixture[str], binary: Path, argv: list[str],
-                      message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--env", "NOEQUALS"], "is not KEY=VALUE"),
+        (["--threads", "0"], "--threads must be at least 1"),
+        (["-p", "70000"], "out of range"),
+        (["--cache-max-size", "lots"], "invalid size"),
+        (["--build", "abc"], "--binary or --build"),
+    ],
+)
+def test_usage_errors(
+    capsys: pytest.CaptureFixture[str], binary: Path, argv: list[str], message: str
+) -> None:
     code, err = run(capsys, "--binary", str(binary), *argv)
     assert code == 2
     assert message in err
 
 
-def test_config_refuses_per_server_flags(capsys: pytest.CaptureFixture[str],
-                                         tmp_path: Path) -> None:
+def test_config_refuses_per_server_flags(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     cfg = tmp_path / "s.toml"
-    cfg.write_text('[[server]]\nport = 1\n')
+    cfg.write_text("[[server]]\nport = 1\n")
     code, err = run(capsys, "--config", str(cfg), "-p", "5")
     assert code == 2
     assert "--port cannot be combined with --config" in err
@@ -60,7 +65,7 @@ def test_config_refuses_per_server_flags(capsys: pytest.CaptureFixture[str],
 
 def test_config_error_exit_21(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     cfg = tmp_path / "s.toml"
-    cfg.write_text('[[server]]\nprot = 1\n')
+    cfg.write_text("[[server]]\nprot = 1\n")
     code, err = run(capsys, "--config", str(cfg))
     assert code == 21
     assert "did you mean 'port'" in err

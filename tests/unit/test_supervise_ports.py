@@ -9,12 +9,17 @@ import pytest
 from sdrpc_build.supervise.errors import PortInUseError
 from sdrpc_build.supervise.ports import ensure_port_free, find_listener, listening_inodes
 
-HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+HEADER = (
+    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
+    "   uid  timeout inode\n"
+)
 
 
 def _row(port: int, state: str, inode: int) -> str:
-    return (f"   0: 0100007F:{port:04X} 00000000:0000 {state} 00000000:00000000 00:00000000 "
-            f"00000000     0        0 {inode} 1 0000000000000000 100 0 0 10 0\n")
+    return (
+        f"   0: 0100007F:{port:04X} 00000000:0000 {state} 00000000:00000000 00:00000000 "
+        f"00000000     0        0 {inode} 1 0000000000000000 100 0 0 10 0\n"
+    )
 
 
 def _fake_proc(tmp_path: Path) -> Path:
@@ -22,8 +27,10 @@ def _fake_proc(tmp_path: Path) -> Path:
     (proc / "net").mkdir(parents=True)
     (proc / "net" / "tcp").write_text(HEADER + _row(50052, "0A", 777) + _row(50053, "01", 888))
     (proc / "net" / "tcp6").write_text(HEADER)
-    for pid, target, cmd in [(10, "socket:[1]", b"other\0"),
-                             (42, "socket:[777]", b"/opt/rpc-server\0-p\x0050052\0")]:
+    for pid, target, cmd in [
+        (10, "socket:[1]", b"other\0"),
+        (42, "socket:[777]", b"/opt/rpc-server\0-p\x0050052\0"),
+    ]:
         fd = proc / str(pid) / "fd"
         fd.mkdir(parents=True)
         os.symlink(target, fd / "3")
@@ -47,8 +54,9 @@ def test_port_in_use_is_refused_and_holder_named() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         port = s.getsockname()[1]
-        with pytest.raises(PortInUseError, match=f"port {port} on 127.0.0.1 is already in use") \
-                as info:
+        with pytest.raises(
+            PortInUseError, match=f"port {port} on 127.0.0.1 is already in use"
+        ) as info:
             ensure_port_free("127.0.0.1", port)
         assert f"pid {os.getpid()}" in info.value.message
         assert info.value.exit_code == 22

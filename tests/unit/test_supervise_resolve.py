@@ -12,8 +12,11 @@ from sdrpc_build.supervise.config import ServerOptions
 from sdrpc_build.supervise.errors import DeviceError, NoServerBinaryError, PortInUseError
 from sdrpc_build.supervise.resolve import Environment, resolve_build, resolve_servers
 
-GPUS = (BannerDevice("CUDA0", "A", 100, 90), BannerDevice("CUDA1", "B", 100, 90),
-        BannerDevice("CPU", "EPYC", 100, 90))
+GPUS = (
+    BannerDevice("CUDA0", "A", 100, 90),
+    BannerDevice("CUDA1", "B", 100, 90),
+    BannerDevice("CPU", "EPYC", 100, 90),
+)
 
 
 class World:
@@ -25,10 +28,15 @@ class World:
         self.busy: set[int] = set()
         self.next_port = 40000
         self.env = Environment(
-            env={"PATH": "/bin"}, artifacts_root=tmp / "artifacts", cache_root=tmp / "rc",
+            env={"PATH": "/bin"},
+            artifacts_root=tmp / "artifacts",
+            cache_root=tmp / "rc",
             resolve_host=lambda h: "127.0.0.1" if h == "localhost" else None,
-            ensure_port_free=self.port_free, pick_free_port=self.pick,
-            list_devices=self.list, warn=self.warnings.append)
+            ensure_port_free=self.port_free,
+            pick_free_port=self.pick,
+            list_devices=self.list,
+            warn=self.warnings.append,
+        )
 
     def port_free(self, host: str, port: int) -> None:
         self.checked.append((host, port))
@@ -78,21 +86,26 @@ def test_unknown_device_lists_what_the_binary_offers(tmp_path: Path, binary: Pat
 
 def test_per_device_one_server_each_on_consecutive_ports(tmp_path: Path, binary: Path) -> None:
     w = World(tmp_path)
-    specs = resolve_servers([ServerOptions(binary=binary, port=50060, cache=True)], w.env,
-                            per_device=True)
+    specs = resolve_servers(
+        [ServerOptions(binary=binary, port=50060, cache=True)], w.env, per_device=True
+    )
     assert [(s.name, s.port, s.devices) for s in specs] == [
-        ("cuda0", 50060, ("CUDA0",)), ("cuda1", 50061, ("CUDA1",))]  # CPU left out
+        ("cuda0", 50060, ("CUDA0",)),
+        ("cuda1", 50061, ("CUDA1",)),
+    ]  # CPU left out
     assert [s.cache_dir for s in specs] == [tmp_path / "rc" / "cuda0", tmp_path / "rc" / "cuda1"]
 
 
 def test_port_zero_duplicates_and_busy(tmp_path: Path, binary: Path) -> None:
     w = World(tmp_path)
-    specs = resolve_servers([ServerOptions(binary=binary, port=0),
-                             ServerOptions(binary=binary, port=0)], w.env)
+    specs = resolve_servers(
+        [ServerOptions(binary=binary, port=0), ServerOptions(binary=binary, port=0)], w.env
+    )
     assert [s.port for s in specs] == [40001, 40002]
     with pytest.raises(UsageError, match="port 5 is given to two servers"):
-        resolve_servers([ServerOptions(binary=binary, port=5), ServerOptions(binary=binary,
-                                                                             port=5)], w.env)
+        resolve_servers(
+            [ServerOptions(binary=binary, port=5), ServerOptions(binary=binary, port=5)], w.env
+        )
     w.busy.add(7)
     with pytest.raises(PortInUseError):
         resolve_servers([ServerOptions(binary=binary, port=7)], w.env)
@@ -110,10 +123,10 @@ def test_visible_devices_backend_guessed_from_devices(tmp_path: Path, binary: Pa
 def test_shared_cache_dir_refused(tmp_path: Path, binary: Path) -> None:
     w = World(tmp_path)
     c = tmp_path / "c"
-    opts = [ServerOptions(binary=binary, port=1, cache=True, cache_path=c,
-                          cache_per_server=False),
-            ServerOptions(binary=binary, port=2, cache=True, cache_path=c,
-                          cache_per_server=False)]
+    opts = [
+        ServerOptions(binary=binary, port=1, cache=True, cache_path=c, cache_per_server=False),
+        ServerOptions(binary=binary, port=2, cache=True, cache_path=c, cache_per_server=False),
+    ]
     with pytest.raises(UsageError, match="share the cache dir"):
         resolve_servers(opts, w.env)
 
@@ -128,10 +141,21 @@ def _manifest(root: Path, key: str, backend: str, created: str, platform: str) -
     entry = root / key
     (entry / "bin").mkdir(parents=True)
     (entry / "bin" / "ggml-rpc-server").write_text("")
-    (entry / "manifest.json").write_text(json.dumps({
-        "key": key, "binary": "bin/ggml-rpc-server", "backend": backend, "commit": "c" * 40,
-        "max_name": 160, "protocol": "5.0.0", "target": "ggml-rpc-server",
-        "created": created, "platform": platform}))
+    (entry / "manifest.json").write_text(
+        json.dumps(
+            {
+                "key": key,
+                "binary": "bin/ggml-rpc-server",
+                "backend": backend,
+                "commit": "c" * 40,
+                "max_name": 160,
+                "protocol": "5.0.0",
+                "target": "ggml-rpc-server",
+                "created": created,
+                "platform": platform,
+            }
+        )
+    )
     return entry
 
 

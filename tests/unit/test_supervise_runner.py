@@ -13,8 +13,10 @@ from sdrpc_build.supervise.spec import ServerSpec
 from sdrpc_build.supervise.state import Policy
 from sdrpc_build.supervise.supervisor import Event, Supervisor
 
-BANNER = (b"Starting RPC server v5.0.0\n  endpoint       : 127.0.0.1:1\nDevices:\n"
-          b"  CPU: Fake (100 MiB, 90 MiB free)\n  transport      : TCP\n")
+BANNER = (
+    b"Starting RPC server v5.0.0\n  endpoint       : 127.0.0.1:1\nDevices:\n"
+    b"  CPU: Fake (100 MiB, 90 MiB free)\n  transport      : TCP\n"
+)
 
 
 class FakeChild:
@@ -66,8 +68,9 @@ def test_runner_starts_restarts_and_stops(tmp_path: Path) -> None:
     def ready(spec: ServerSpec) -> Readiness:
         return Readiness("ready", protocol="5.0.0", devices=(RemoteDevice(0, 9, 10),))
 
-    spec = ServerSpec(name="a", binary=Path("/x/rpc"), port=50999, cache_dir=tmp_path / "c",
-                      cache_max_size=10)
+    spec = ServerSpec(
+        name="a", binary=Path("/x/rpc"), port=50999, cache_dir=tmp_path / "c", cache_max_size=10
+    )
     sup = Supervisor([spec], Policy(backoff_initial=0.01, probe_interval=0.01))
     runner: Runner
 
@@ -79,17 +82,33 @@ def test_runner_starts_restarts_and_stops(tmp_path: Path) -> None:
         elif e.kind == "all-ready":
             runner.request_stop()
 
-    runner = Runner(sup, base_env={"A": "1"}, on_event=on_event,
-                    on_output=lambda n, t: lines.append((n, t)), log_dir=tmp_path / "logs",
-                    line_buffer=["stdbuf", "-oL"], factory=factory,  # type: ignore[arg-type]
-                    readiness=ready)
+    runner = Runner(
+        sup,
+        base_env={"A": "1"},
+        on_event=on_event,
+        on_output=lambda n, t: lines.append((n, t)),
+        log_dir=tmp_path / "logs",
+        line_buffer=["stdbuf", "-oL"],
+        factory=factory,  # type: ignore[arg-type]
+        readiness=ready,
+    )
     runner.run(install_signals=False)
 
     kinds = [e.kind for e in seen]
-    assert kinds == ["starting", "ready", "all-ready", "exited", "restarting", "starting",
-                     "ready", "all-ready", "stopping", "exited", "stopped"]
-    assert children[0].argv == ["stdbuf", "-oL", "/x/rpc", "-H", "127.0.0.1", "-p", "50999",
-                                "-c"]
+    assert kinds == [
+        "starting",
+        "ready",
+        "all-ready",
+        "exited",
+        "restarting",
+        "starting",
+        "ready",
+        "all-ready",
+        "stopping",
+        "exited",
+        "stopped",
+    ]
+    assert children[0].argv == ["stdbuf", "-oL", "/x/rpc", "-H", "127.0.0.1", "-p", "50999", "-c"]
     assert children[0].env == {"A": "1", "LLAMA_CACHE": str(tmp_path / "c")}
     assert children[1].signals == [signal.SIGTERM]
     assert ("a", "Segmentation fault") in lines
@@ -113,9 +132,14 @@ def test_runner_kills_everything_on_an_internal_error(tmp_path: Path) -> None:
             raise RuntimeError("reporter bug")
 
     sup = Supervisor([ServerSpec(name="a", binary=Path("/x"))], Policy(probe_interval=0.01))
-    runner = Runner(sup, base_env={}, on_event=boom, on_output=lambda n, t: None,
-                    factory=factory,  # type: ignore[arg-type]
-                    readiness=lambda s: Readiness("ready"))
+    runner = Runner(
+        sup,
+        base_env={},
+        on_event=boom,
+        on_output=lambda n, t: None,
+        factory=factory,  # type: ignore[arg-type]
+        readiness=lambda s: Readiness("ready"),
+    )
     try:
         runner.run(install_signals=False)
     except RuntimeError:
@@ -131,8 +155,15 @@ def test_spawn_failure_is_fatal(tmp_path: Path) -> None:
 
     seen: list[Event] = []
     sup = Supervisor([ServerSpec(name="a", binary=Path("/x"))], Policy())
-    Runner(sup, base_env={}, on_event=seen.append, on_output=lambda n, t: None,
-           factory=factory, readiness=lambda s: Readiness("ready")).run(  # type: ignore[arg-type]
-        install_signals=False)
+    Runner(
+        sup,
+        base_env={},
+        on_event=seen.append,
+        on_output=lambda n, t: None,
+        factory=factory,
+        readiness=lambda s: Readiness("ready"),
+    ).run(  # type: ignore[arg-type]
+        install_signals=False
+    )
     assert [e.kind for e in seen] == ["starting", "exited", "fatal"]
     assert "Permission denied" in str(seen[-1].data["reason"])

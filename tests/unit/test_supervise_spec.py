@@ -27,30 +27,56 @@ def test_argv_minimal() -> None:
 
 
 def test_argv_everything_with_stdbuf_prefix() -> None:
-    spec = ServerSpec(name="a", binary=BIN, host="0.0.0.0", port=50053,
-                      devices=("Vulkan1", "Vulkan2"), threads=4, cache_dir=Path("/c/a"))
+    spec = ServerSpec(
+        name="a",
+        binary=BIN,
+        host="0.0.0.0",
+        port=50053,
+        devices=("Vulkan1", "Vulkan2"),
+        threads=4,
+        cache_dir=Path("/c/a"),
+    )
     assert build_argv(spec, ["stdbuf", "-oL"]) == [
-        "stdbuf", "-oL", str(BIN), "-H", "0.0.0.0", "-p", "50053",
-        "-d", "Vulkan1,Vulkan2", "-t", "4", "-c",
+        "stdbuf",
+        "-oL",
+        str(BIN),
+        "-H",
+        "0.0.0.0",
+        "-p",
+        "50053",
+        "-d",
+        "Vulkan1,Vulkan2",
+        "-t",
+        "4",
+        "-c",
     ]
 
 
 def test_env_cache_visible_devices_and_user_env_last() -> None:
-    spec = ServerSpec(name="a", binary=BIN, cache_dir=Path("/c/a"), visible_devices="0",
-                      backend="cuda", env=(("CUDA_VISIBLE_DEVICES", "1"), ("X", "y")))
+    spec = ServerSpec(
+        name="a",
+        binary=BIN,
+        cache_dir=Path("/c/a"),
+        visible_devices="0",
+        backend="cuda",
+        env=(("CUDA_VISIBLE_DEVICES", "1"), ("X", "y")),
+    )
     env = build_env(spec, {"PATH": "/bin"})
     assert env == {"PATH": "/bin", "LLAMA_CACHE": "/c/a", "CUDA_VISIBLE_DEVICES": "1", "X": "y"}
     assert spec.cache_files_dir == Path("/c/a/rpc")
 
 
-@pytest.mark.parametrize(("backend", "value", "expected"), [
-    ("cuda", "0,1", ("CUDA_VISIBLE_DEVICES", "0,1")),
-    ("HIP", "1", ("HIP_VISIBLE_DEVICES", "1")),
-    ("sycl", "0", ("ONEAPI_DEVICE_SELECTOR", "level_zero:0")),
-    ("sycl", "opencl:1", ("ONEAPI_DEVICE_SELECTOR", "opencl:1")),
-    ("vulkan", "2", ("GGML_VK_VISIBLE_DEVICES", "2")),
-    ("musa", "0", ("MUSA_VISIBLE_DEVICES", "0")),
-])
+@pytest.mark.parametrize(
+    ("backend", "value", "expected"),
+    [
+        ("cuda", "0,1", ("CUDA_VISIBLE_DEVICES", "0,1")),
+        ("HIP", "1", ("HIP_VISIBLE_DEVICES", "1")),
+        ("sycl", "0", ("ONEAPI_DEVICE_SELECTOR", "level_zero:0")),
+        ("sycl", "opencl:1", ("ONEAPI_DEVICE_SELECTOR", "opencl:1")),
+        ("vulkan", "2", ("GGML_VK_VISIBLE_DEVICES", "2")),
+        ("musa", "0", ("MUSA_VISIBLE_DEVICES", "0")),
+    ],
+)
 def test_visible_devices_variable(backend: str, value: str, expected: tuple[str, str]) -> None:
     assert visible_devices_env(backend, value) == expected
 

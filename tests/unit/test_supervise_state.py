@@ -4,8 +4,9 @@ import pytest
 
 from sdrpc_build.supervise.state import Policy, ServerMachine, State, backoff_delay, describe_exit
 
-P = Policy(backoff_initial=0.5, backoff_factor=2.0, backoff_max=4.0, max_failures=3,
-           failure_window=60.0)
+P = Policy(
+    backoff_initial=0.5, backoff_factor=2.0, backoff_max=4.0, max_failures=3, failure_window=60.0
+)
 
 
 def started(policy: Policy = P, ready: bool = True) -> ServerMachine:

@@ -9,8 +9,9 @@ from sdrpc_build.supervise.state import Policy, State
 from sdrpc_build.supervise.supervisor import Event, Kill, Probe, Prune, Spawn, Supervisor
 
 BIN = Path("/x/ggml-rpc-server")
-POLICY = Policy(backoff_initial=0.5, max_failures=3, ready_timeout=10.0, stop_timeout=5.0,
-                probe_interval=0.1)
+POLICY = Policy(
+    backoff_initial=0.5, max_failures=3, ready_timeout=10.0, stop_timeout=5.0, probe_interval=0.1
+)
 GIB = 1024**3
 READY = Readiness("ready", protocol="5.0.0", devices=(RemoteDevice(0, 10 * GIB, 16 * GIB),))
 
@@ -25,8 +26,12 @@ def events(actions: list[object], kind: str | None = None) -> list[Event]:
 
 def banner(sup: Supervisor, name: str, dev: str, now: float) -> list[object]:
     out: list[object] = []
-    for line in ["Starting RPC server v5.0.0", "Devices:",
-                 f"  {dev}: Fake GPU (16384 MiB, 10240 MiB free)", "  transport      : TCP"]:
+    for line in [
+        "Starting RPC server v5.0.0",
+        "Devices:",
+        f"  {dev}: Fake GPU (16384 MiB, 10240 MiB free)",
+        "  transport      : TCP",
+    ]:
         out += sup.line(name, line, now)
     return out
 
@@ -72,7 +77,9 @@ def test_all_ready_gives_client_string_and_device_map() -> None:
     assert all_ready.data["rpc_servers"] == "127.0.0.1:50052,127.0.0.1:50053"
     rows = all_ready.data["devices"]
     assert [(r.rpc_name, r.server, r.name, r.total) for r in rows] == [  # type: ignore[attr-defined]
-        ("RPC0", "a", "CUDA0", 16 * GIB), ("RPC1", "b", "CUDA1", 16 * GIB)]
+        ("RPC0", "a", "CUDA0", 16 * GIB),
+        ("RPC1", "b", "CUDA1", 16 * GIB),
+    ]
     assert all(s.machine.state is State.READY for s in sup.servers.values())
 
 
@@ -80,9 +87,10 @@ def test_pre_v3_server_contributes_one_device() -> None:
     sup = Supervisor([spec("a", 1)], POLICY)
     sup.begin(0.0)
     sup.spawned("a", 1, 0.0)
-    (p,) = sup.tick(0.2)
-    two = Readiness("ready", protocol="2.0.0", devices=(RemoteDevice(0, 1, 2),
-                                                       RemoteDevice(1, 1, 2)))
+    (_p,) = sup.tick(0.2)
+    two = Readiness(
+        "ready", protocol="2.0.0", devices=(RemoteDevice(0, 1, 2), RemoteDevice(1, 1, 2))
+    )
     acts = sup.probed("a", 1, two, 0.3)
     assert len(events(acts, "all-ready")[0].data["devices"]) == 1  # type: ignore[arg-type]
 
@@ -152,7 +160,7 @@ def test_not_ready_in_time_is_killed_and_counted() -> None:
     sup = Supervisor([spec("a", 1)], POLICY)
     sup.begin(0.0)
     sup.spawned("a", 1, 0.0)
-    (p,) = sup.tick(0.2)
+    (_p,) = sup.tick(0.2)
     assert Kill("a", signal.SIGKILL) in sup.tick(10.0)
     acts = sup.exited("a", -9, 10.1)
     assert "not ready after 10 s" in str(events(acts, "exited")[0].data["reason"])
@@ -163,7 +171,7 @@ def test_wrong_server_fails_readiness_and_is_fatal() -> None:
     sup = Supervisor([spec("a", 1, max_name=160)], POLICY)
     sup.begin(0.0)
     sup.spawned("a", 1, 0.0)
-    (p,) = sup.tick(0.2)
+    (_p,) = sup.tick(0.2)
     acts = sup.probed("a", 1, Readiness("fail", "GGML_MAX_NAME is 64"), 0.3)
     assert acts == [Kill("a", signal.SIGKILL)]
     acts = sup.exited("a", -9, 0.4)
@@ -174,8 +182,10 @@ def test_stop_sends_sigterm_then_sigkill_and_finishes() -> None:
     sup = Supervisor([spec("a", 1), spec("b", 2)], POLICY)
     bring_up(sup)
     acts = sup.stop(20.0)
-    assert [a for a in acts if isinstance(a, Kill)] == [Kill("a", signal.SIGTERM),
-                                                         Kill("b", signal.SIGTERM)]
+    assert [a for a in acts if isinstance(a, Kill)] == [
+        Kill("a", signal.SIGTERM),
+        Kill("b", signal.SIGTERM),
+    ]
     sup.exited("a", -15, 20.1)
     assert sup.tick(24.9) == []
     assert sup.tick(25.0) == [Kill("b", signal.SIGKILL)]
@@ -191,7 +201,7 @@ def test_busy_idle_only_after_ready_and_prune_when_idle() -> None:
     assert Prune("a") in acts  # pruned before each start
     sup.spawned("a", 1, 0.0)
     assert sup.line("a", "Accepted client connection", 0.1) == []  # our own probe
-    (p,) = sup.tick(0.2)
+    (_p,) = sup.tick(0.2)
     sup.probed("a", 1, READY, 0.3)
     assert sup.line("a", "Client connection closed", 0.31) == []  # tail of our probe
     acts = sup.line("a", "Accepted client connection", 1.0)

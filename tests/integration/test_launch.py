@@ -1,0 +1,292 @@
+"""sdrpc-launch against real CPU ggml-rpc-servers on 127.0.0.1 (run as a real subprocess)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+Event = dict[str, Any]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie whose parent is gone counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def port_bound(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+class Launch:
+    """A running ``python -m sdrpc_build.cli.launch --json`` and its event stream."""
+
+    def __init__(self, args: list[str], tmp: Path) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sdrpc_build.cli.launch",
+                "--json",
+                "-q",
+                "--log-dir",
+                str(tmp / "logs"),
+                *args,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "SDRPC_CACHE_DIR": str(tmp / "sdrpc-cache")},
+        )
+        self.events: list[Event] = []
+        self._q: queue.Queue[Event] = queue.Queue()
+        self.server_pids: set[int] = set()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            e = json.loads(line)
+            if e.get("pid"):
+                self.server_pids.add(int(e["pid"]))
+            self._q.put(e)
+
+    def wait_for(self, pred: Callable[[Event], bool], timeout: float = 60.0) -> Event:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                e = self._q.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None and self._q.empty():
+                    break
+                continue
+            self.events.append(e)
+            if pred(e):
+                return e
+        raise AssertionError(
+            f"event not seen; got {[e['event'] for e in self.events]}; stderr: {self.stderr_now()}"
+        )
+
+    def all_ready(self, timeout: float = 60.0) -> Event:
+        return self.wait_for(lambda e: e["event"] == "all-ready", timeout)
+
+    def finish(self, timeout: float = 30.0) -> tuple[int, str]:
+        rc = self.proc.wait(timeout=timeout)
+        assert self.proc.stderr is not None
+        return rc, self.proc.stderr.read()
+
+    def stderr_now(self) -> str:
+        if self.proc.poll() is None:
+            return "(running)"
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        for pid in self.server_pids:
+            with contextlib.suppress(ProcessLookupError):
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+        self._pump_thread.join(timeout=10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Callable[..., Launch]]:
+    started: list[Launch] = []
+
+    def start(*args: str) -> Launch:
+        started.append(Launch(list(args), tmp_path))
+        return started[-1]
+
+    yield start
+    for lc in started:
+        lc.kill()
+
+
+@pytest.fixture(scope="module")
+def v35(server_binary: Callable[[str, int], Path]) -> Path:
+    return server_binary("0.3.35", 64)
+
+
+@pytest.fixture(scope="module")
+def v36(server_binary: Callable[[str, int], Path]) -> Path:
+    return server_binary("0.3.36", 160)
+
+
+def test_three_servers_from_config_restart_and_device_map(
+    launch: Callable[..., Launch], tmp_path: Path, v35: Path, v36: Path
+) -> None:
+    from sdrpc_build.check import device_map
+    from sdrpc_build.protocol.client import probe
+
+    ports = [free_port() for _ in range(3)]
+    cfg = tmp_path / "servers.toml"
+    cfg.write_text(
+        "".join(
+            f'[[server]]\nname = "s{i}"\nbinary = "{b}"\nport = {p}\nthreads = 1\n\n'
+            for i, (b, p) in enumerate(zip([v35, v36, v35], ports))
+        )
+    )
+    lc = launch("--config", str(cfg))
+    ready = lc.all_ready()
+    endpoints = [f"127.0.0.1:{p}" for p in ports]
+    assert ready["rpc_servers"] == ",".join(endpoints)
+    protocols = {e["server"]: e["protocol"] for e in lc.events if e["event"] == "ready"}
+    assert protocols == {"s0": "5.0.0", "s1": "7.0.0", "s2": "5.0.0"}
+
+    # the device map equals what sdrpc-check computes from its own probes
+    results = [probe("127.0.0.1", p, timeout=5.0, detect_max_name=False) for p in ports]
+    expected = [(d.name, d.endpoint, d.server, d.index, d.total) for d in device_map(results)]
+    got = [
+        (d["name"], d["endpoint"], d["server"], d["index"], d["total"]) for d in ready["device_map"]
+    ]
+    assert got == expected
+    assert [d["device"] for d in ready["device_map"]] == ["CPU", "CPU", "CPU"]
+
+    # kill -9 one server: restarted on the same port, ready again
+    first = next(e for e in lc.events if e["event"] == "ready" and e["server"] == "s1")
+    os.kill(first["pid"], signal.SIGKILL)
+    exited = lc.wait_for(lambda e: e["event"] == "exited")
+    assert (exited["server"], exited["returncode"], exited["failure"]) == ("s1", -9, True)
+    again = lc.wait_for(lambda e: e["event"] == "ready" and e["server"] == "s1")
+    assert again["pid"] != first["pid"]
+    assert again["endpoint"] == endpoints[1]
+    assert again["restarts"] == 1
+    ready2 = lc.all_ready()
+    assert ready2["rpc_servers"] == ready["rpc_servers"]
+    assert ready2["first"] is False
+    assert probe("127.0.0.1", ports[1], timeout=5.0, detect_max_name=False).status == "ok"
+
+    lc.proc.send_signal(signal.SIGTERM)
+    rc, _ = lc.finish()
+    assert rc == 0
+    assert not any(alive(pid) for pid in lc.server_pids)
+    assert not any(port_bound(p) for p in ports)
+    log = (tmp_path / "logs" / "s1.log").read_text()
+    assert "Starting RPC server v7.0.0" in log
+    assert "--- sdrpc: restarting" in log
+
+
+def test_bad_flag_is_fatal_with_the_servers_message(
+    launch: Callable[..., Launch], tmp_path: Path, v35: Path
+) -> None:
+    wrapper = tmp_path / "bad-server"
+    wrapper.write_text(f'#!/bin/sh\nexec "{v35}" --bogus-flag "$@"\n')
+    wrapper.chmod(0o755)
+    lc = launch("--binary", str(wrapper), "-p", "0")
+    fatal = lc.wait_for(lambda e: e["event"] == "fatal", timeout=30)
+    assert "unknown argument: --bogus-flag" in fatal["reason"]
+    assert "error: unknown argument: --bogus-flag" in fatal["tail"]
+    rc, err = lc.finish()
+    assert rc == 26
+    assert "FATAL" in err
+    assert sum(e["event"] == "starting" for e in lc.events) == 1  # not retried in vain
+
+
+def test_port_in_use_names_the_holder(launch: Callable[..., Launch], v35: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        lc = launch("--binary", str(v35), "-p", str(port))
+        rc, err = lc.finish()
+    assert rc == 22
+    assert f"port {port} on 127.0.0.1 is already in use by pid {os.getpid()}" in err
+    assert lc.server_pids == set()
+
+
+def test_unknown_device_lists_the_binarys_devices(launch: Callable[..., Launch], v35: Path) -> None:
+    lc = launch("--binary", str(v35), "-p", "0", "-d", "Vulkan7")
+    rc, err = lc.finish()
+    assert rc == 23
+    assert "unknown device 'Vulkan7'" in err
+    assert "offers: CPU" in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_no_server_outlives_the_supervisor(
+    launch: Callable[..., Launch], v35: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    ports = [free_port(), free_port()]
+    cfg = tmp_path / "two.toml"
+    cfg.write_text("".join(f'[[server]]\nbinary = "{v35}"\nport = {p}\n\n' for p in ports))
+    lc = launch("--config", str(cfg))
+    lc.all_ready()
+    pids = set(lc.server_pids)
+    assert len(pids) == 2
+    assert all(alive(p) for p in pids)
+    lc.proc.send_signal(sig)
+    rc = lc.proc.wait(timeout=30)
+    assert rc == (-9 if sig == signal.SIGKILL else 0)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids)
+    assert not any(port_bound(p) for p in ports)
+
+
+def test_cache_cap_is_enforced(launch: Callable[..., Launch], v35: Path, tmp_path: Path) -> None:
+    from sdrpc_build.protocol.client import probe
+
+    cache = tmp_path / "cache"
+    files = cache / "srv" / "rpc"
+    files.mkdir(parents=True)
+    for i in range(4):  # 4 x 1 KiB, oldest first
+        f = files / f"{i:016x}"
+        f.write_bytes(b"x" * 1024)
+        os.utime(f, (1000 + i, 1000 + i))
+    lc = launch(
+        "--binary", str(v35), "--name", "srv", "-p", "0", "-c", str(cache), "--cache-max-size", "2K"
+    )
+    pruned = lc.wait_for(lambda e: e["event"] == "cache-pruned")
+    assert (pruned["removed"], pruned["remaining"]) == (2, 2048)
+    ready = lc.all_ready()
+    assert sorted(p.name for p in files.iterdir()) == [f"{2:016x}", f"{3:016x}"]
+    # while running: new files appear; a client session ends -> pruned again
+    for i in range(4, 7):
+        (files / f"{i:016x}").write_bytes(b"y" * 1024)
+    host, port = ready["rpc_servers"].split(":")
+    assert probe(host, int(port), timeout=5.0, detect_max_name=False).status == "ok"
+    again = lc.wait_for(lambda e: e["event"] == "cache-pruned")
+    assert again["remaining"] <= 2048
+    assert len(list(files.iterdir())) == 2
+    lc.proc.send_signal(signal.SIGINT)
+    assert lc.finish()[0] == 0
