@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import servers  # noqa: E402
+import servers
 
 COMMIT = servers.LLAMA_SDISTS["0.3.35"][0]
 
@@ -36,15 +36,30 @@ def _timed(argv: list[str], env: dict[str, str]) -> float:
 
 
 def _sdrpc(cache: Path, env: dict[str, str], *extra: str) -> list[str]:
-    return [sys.executable, "-m", "sdrpc_build.cli.build", "--cache-dir", str(cache),
-            "--llama-commit", COMMIT, "--max-name", "160", "--llama-repo",
-            servers.bare_repo("0.3.35").as_uri(), "--json", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "sdrpc_build.cli.build",
+        "--cache-dir",
+        str(cache),
+        "--llama-commit",
+        COMMIT,
+        "--max-name",
+        "160",
+        "--llama-repo",
+        servers.bare_repo("0.3.35").as_uri(),
+        "--json",
+        *extra,
+    ]
 
 
 def _compiles(build_dir: Path) -> int:
     log = build_dir / ".ninja_log"
-    return sum(1 for ln in log.read_text().splitlines() if not ln.startswith("#")) \
-        if log.exists() else 0
+    return (
+        sum(1 for ln in log.read_text().splitlines() if not ln.startswith("#"))
+        if log.exists()
+        else 0
+    )
 
 
 def main() -> int:
@@ -59,12 +74,27 @@ def main() -> int:
         base.pop("SDRPC_CACHE_DIR", None)
         cold_env = dict(base, CCACHE_DISABLE="1")
         defs = "-DGGML_MAX_NAME=160"
-        seed = _timed(["cmake", "-S", str(tree), "-B", str(work / "seed"), "-G", "Ninja",
-                       "-DGGML_RPC=ON", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF",
-                       "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_C_FLAGS={defs}",
-                       f"-DCMAKE_CXX_FLAGS={defs}"], cold_env)
-        seed += _timed(["cmake", "--build", str(work / "seed"), "--target", "ggml-rpc-server"],
-                       cold_env)
+        seed = _timed(
+            [
+                "cmake",
+                "-S",
+                str(tree),
+                "-B",
+                str(work / "seed"),
+                "-G",
+                "Ninja",
+                "-DGGML_RPC=ON",
+                "-DBUILD_SHARED_LIBS=OFF",
+                "-DLLAMA_CURL=OFF",
+                "-DCMAKE_BUILD_TYPE=Release",
+                f"-DCMAKE_C_FLAGS={defs}",
+                f"-DCMAKE_CXX_FLAGS={defs}",
+            ],
+            cold_env,
+        )
+        seed += _timed(
+            ["cmake", "--build", str(work / "seed"), "--target", "ggml-rpc-server"], cold_env
+        )
         # warm the source cache first so cold measures configure+build+verify+store
         cache = work / "cache"
         shutil.copytree(servers.sdrpc_cache() / "sources" / COMMIT, cache / "sources" / COMMIT)

@@ -22,6 +22,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -46,8 +47,12 @@ def own_start_to_ready(binary: Path, rounds: int) -> list[float]:
     for _ in range(rounds):
         port = free_port()
         t0 = time.monotonic()
-        proc = subprocess.Popen([str(binary), "-p", str(port)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(binary), "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             deadline = t0 + 30
             while time.monotonic() < deadline:
@@ -65,7 +70,11 @@ class Launcher:
     def __init__(self, args: list[str]) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sdrpc_build.cli.launch", "--json", "-q", *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         self.q: queue.Queue[tuple[float, dict[str, Any]]] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -74,8 +83,9 @@ class Launcher:
         for line in self.proc.stdout:
             self.q.put((time.monotonic(), json.loads(line)))
 
-    def wait(self, kind: str, server: str | None = None, timeout: float = 60) -> tuple[
-            float, dict[str, Any]]:
+    def wait(
+        self, kind: str, server: str | None = None, timeout: float = 60
+    ) -> tuple[float, dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
             t, e = self.q.get(timeout=max(0.01, deadline - time.monotonic()))
@@ -92,8 +102,22 @@ class Launcher:
 def crash_to_ready(binary: Path, rounds: int, tmp: Path) -> list[float]:
     port = free_port()
     # a 1 s failure window with crashes 1.5 s apart: every crash is a "first" failure
-    lc = Launcher(["--binary", str(binary), "-p", str(port), "--name", "b", "--log-dir",
-                   str(tmp), "--failure-window", "1", "--max-failures", "100"])
+    lc = Launcher(
+        [
+            "--binary",
+            str(binary),
+            "-p",
+            str(port),
+            "--name",
+            "b",
+            "--log-dir",
+            str(tmp),
+            "--failure-window",
+            "1",
+            "--max-failures",
+            "100",
+        ]
+    )
     out = []
     try:
         _, ready = lc.wait("ready", "b")
@@ -117,8 +141,9 @@ def cpu_seconds(pid: int) -> float:
 
 def idle_cpu(binary: Path, seconds: float, tmp: Path) -> float:
     cfg = tmp / "four.toml"
-    cfg.write_text("".join(f'[[server]]\nbinary = "{binary}"\nport = {free_port()}\n\n'
-                           for _ in range(4)))
+    cfg.write_text(
+        "".join(f'[[server]]\nbinary = "{binary}"\nport = {free_port()}\n\n' for _ in range(4))
+    )
     lc = Launcher(["--config", str(cfg), "--log-dir", str(tmp)])
     try:
         lc.wait("all-ready")
@@ -141,22 +166,31 @@ def main() -> int:
         import servers
 
         args.binary = servers.build_server("0.3.35", 64)
-    tmp = ROOT / "bench" / "results" / ".launch-tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    own = own_start_to_ready(args.binary, args.rounds)
-    crash = crash_to_ready(args.binary, args.rounds, tmp)
-    cpu = idle_cpu(args.binary, args.idle_seconds, tmp)
+    with tempfile.TemporaryDirectory(prefix="sdrpc-bench-launch-") as d:
+        tmp = Path(d)
+        own = own_start_to_ready(args.binary, args.rounds)
+        crash = crash_to_ready(args.binary, args.rounds, tmp)
+        cpu = idle_cpu(args.binary, args.idle_seconds, tmp)
     own_med, crash_med = statistics.median(own), statistics.median(crash)
     result = {
         "benchmark": "sdrpc-launch",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "binary": str(args.binary),
-        "server_start_to_ready_s": {"median": round(own_med, 4), "max": round(max(own), 4),
-                                    "samples": [round(x, 4) for x in own]},
-        "crash_to_ready_s": {"median": round(crash_med, 4), "max": round(max(crash), 4),
-                             "samples": [round(x, 4) for x in crash]},
+        "server_start_to_ready_s": {
+            "median": round(own_med, 4),
+            "max": round(max(own), 4),
+            "samples": [round(x, 4) for x in own],
+        },
+        "crash_to_ready_s": {
+            "median": round(crash_med, 4),
+            "max": round(max(crash), 4),
+            "samples": [round(x, 4) for x in crash],
+        },
         "crash_overhead_s": round(crash_med - own_med, 4),
         "crash_goal_met": crash_med <= own_med + 0.5,
         "idle_cpu_percent_4_servers": round(cpu, 3),

@@ -21,8 +21,8 @@ from sdrpc_build.errors import UsageError
 __all__ = [
     "CACHE_THRESHOLD",
     "DEFAULT_SIZES",
-    "Op",
     "DeviceResult",
+    "Op",
     "Sample",
     "Schedule",
     "ServerResult",

@@ -103,8 +103,9 @@ def resolve_recipe(opts: BuildOptions) -> Recipe:
     return load_recipe_file(opts.recipe_file) if opts.recipe_file else load_recipe(opts.backend)
 
 
-def _request(pins: SdPins, recipe: Recipe, opts: BuildOptions, tools: Toolchain | None,
-             source_state: str) -> BuildRequest:
+def _request(
+    pins: SdPins, recipe: Recipe, opts: BuildOptions, tools: Toolchain | None, source_state: str
+) -> BuildRequest:
     return BuildRequest(
         commit=pins.llama_commit.value,
         max_name=pins.max_name.value,
@@ -117,7 +118,9 @@ def _request(pins: SdPins, recipe: Recipe, opts: BuildOptions, tools: Toolchain 
     )
 
 
-def dry_run(pins: SdPins, opts: BuildOptions, env: Mapping[str, str]) -> tuple[BuildPlan, list[str]]:
+def dry_run(
+    pins: SdPins, opts: BuildOptions, env: Mapping[str, str]
+) -> tuple[BuildPlan, list[str]]:
     """The plan without network or build; the tree facts only if the source is cached."""
     recipe = resolve_recipe(opts)
     notes: list[str] = []
@@ -133,8 +136,10 @@ def dry_run(pins: SdPins, opts: BuildOptions, env: Mapping[str, str]) -> tuple[B
         source = cached_source(sources_dir(opts.cache_root), pins.llama_commit.value)
     facts = read_tree_facts(source.tree) if source and source.tree.is_dir() else None
     if facts is None:
-        notes.append("source not cached yet: it would be fetched from "
-                      + (opts.llama_sdist or opts.llama_repo))
+        notes.append(
+            "source not cached yet: it would be fetched from "
+            + (opts.llama_sdist or opts.llama_repo)
+        )
     req = _request(pins, recipe, opts, tools, "clean")
     return make_plan(req, facts), notes
 
@@ -145,19 +150,24 @@ def _get_source(pins: SdPins, opts: BuildOptions, reporter: Reporter) -> Source:
     if opts.llama_src is not None:
         return from_local_checkout(opts.llama_src, commit, opts.allow_dirty)
     if opts.llama_sdist is not None:
-        return from_sdist(sroot, opts.cache_root / "downloads", opts.llama_sdist, commit,
-                          log=reporter.log)
-    return fetch_git(sroot, commit, opts.llama_repo, retries=opts.fetch_retries,
-                     log=reporter.log)
+        return from_sdist(
+            sroot, opts.cache_root / "downloads", opts.llama_sdist, commit, log=reporter.log
+        )
+    return fetch_git(sroot, commit, opts.llama_repo, retries=opts.fetch_retries, log=reporter.log)
 
 
 def _find_binary(build_dir: Path, target: str) -> Path:
-    for cand in (build_dir / "bin" / target, build_dir / "bin" / f"{target}.exe",
-                 build_dir / "bin" / "Release" / f"{target}.exe"):
+    for cand in (
+        build_dir / "bin" / target,
+        build_dir / "bin" / f"{target}.exe",
+        build_dir / "bin" / "Release" / f"{target}.exe",
+    ):
         if cand.is_file():
             return cand
-    raise BuildError(f"the build finished but {target} is not in {build_dir / 'bin'}",
-                     hint="see build.log; rebuild with --force")
+    raise BuildError(
+        f"the build finished but {target} is not in {build_dir / 'bin'}",
+        hint="see build.log; rebuild with --force",
+    )
 
 
 def _prepare_build_dir(build_dir: Path, source: Source, plan: BuildPlan) -> None:
@@ -215,7 +225,9 @@ def build(
             rep.phase("configure")
             run_logged(
                 configure_argv(plan, tools.cmake, source.tree, build_dir, tools.ninja),
-                log=log, env=benv, what="cmake configure",
+                log=log,
+                env=benv,
+                what="cmake configure",
                 hint=f"full log: {log_path}",
             )
             rep.phase("compile")
@@ -225,18 +237,26 @@ def build(
                 if p:
                     rep.progress(*p)
 
-            run_logged(build_argv(plan, tools.cmake, build_dir, opts.jobs), log=log, env=benv,
-                       on_line=on_line, what=f"building {facts.target}",
-                       hint=f"full log: {log_path}")
+            run_logged(
+                build_argv(plan, tools.cmake, build_dir, opts.jobs),
+                log=log,
+                env=benv,
+                on_line=on_line,
+                what=f"building {facts.target}",
+                hint=f"full log: {log_path}",
+            )
         build_seconds = time.monotonic() - tb
         binary = _find_binary(build_dir, facts.target)
         vres: Optional[VerifyResult] = None
         if opts.verify:
             rep.phase("verify")
             vres = verify_binary(
-                binary, max_name=req.max_name, tree_protocol=facts.protocol,
+                binary,
+                max_name=req.max_name,
+                tree_protocol=facts.protocol,
                 client_protocol=pins.client_protocol.value,
-                device_prefix=recipe.device_prefix, env=env,
+                device_prefix=recipe.device_prefix,
+                env=env,
             )
             if not vres.ok:
                 raise VerifyError(
@@ -260,8 +280,12 @@ def build(
             "defines": dict(plan.defines),
             "portable": req.portable,
             "notes": list(plan.notes),
-            "tools": {"cmake": tools.cmake_version, "ninja": tools.ninja_version,
-                      "compiler": tools.compiler, "ccache": bool(tools.ccache)},
+            "tools": {
+                "cmake": tools.cmake_version,
+                "ninja": tools.ninja_version,
+                "compiler": tools.compiler,
+                "ccache": bool(tools.ccache),
+            },
             "platform": f"{current_platform()}-{_platform.machine().lower()}",
             "build_seconds": round(build_seconds, 2),
             "created": now,

@@ -51,12 +51,14 @@ CI_BACKENDS: Mapping[str, tuple[str, ...]] = {
 #: (backend, platform) pairs whose server can run on the hosted runner, so CI launches and
 #: checks it. Hosted runners have no NVIDIA driver; Linux gets a CPU Vulkan device from Mesa's
 #: lavapipe; Apple Silicon runners expose a Metal device; Windows has no Vulkan driver.
-RUNNABLE: frozenset[tuple[str, str]] = frozenset({
-    ("cpu", "linux"),
-    ("vulkan", "linux"),
-    ("metal", "macos"),
-    ("cpu", "windows"),
-})
+RUNNABLE: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("cpu", "linux"),
+        ("vulkan", "linux"),
+        ("metal", "macos"),
+        ("cpu", "windows"),
+    }
+)
 
 #: the toolchain step a row needs (the workflow switches on this, not on backend names)
 _TOOLCHAIN = {"cuda": "cuda", "vulkan": "vulkan", "metal": "xcode"}
@@ -107,15 +109,17 @@ def matrix_rows(
                 continue
             if backends is not None and name not in backends:
                 continue
-            rows.append(MatrixRow(
-                backend=name,
-                os=platform,
-                runner=runner.label,
-                arch=runner.arch,
-                toolchain=_TOOLCHAIN.get(name, "none"),
-                run=(name, platform) in RUNNABLE,
-                recipe_sha256=recipe.sha256,
-            ))
+            rows.append(
+                MatrixRow(
+                    backend=name,
+                    os=platform,
+                    runner=runner.label,
+                    arch=runner.arch,
+                    toolchain=_TOOLCHAIN.get(name, "none"),
+                    run=(name, platform) in RUNNABLE,
+                    recipe_sha256=recipe.sha256,
+                )
+            )
     return rows
 
 
@@ -126,9 +130,7 @@ def ci_matrix(
     return {"include": [row.as_dict() for row in matrix_rows(recipes, backends)]}
 
 
-def main_ci_matrix(
-    backends: Optional[Sequence[str]] = None, out: Optional[TextIO] = None
-) -> int:
+def main_ci_matrix(backends: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> int:
     """Print the matrix of the built-in recipes as one line of JSON; return 0."""
     from sdrpc_build.recipes import list_recipes
 

@@ -66,8 +66,9 @@ class Toolchain:
 
 def _version_of(exe: str) -> Optional[tuple[str, tuple[int, ...]]]:
     try:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30,
-                             check=False).stdout
+        out = subprocess.run(
+            [exe, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     first = out.strip().splitlines()[0] if out.strip() else ""
@@ -100,8 +101,10 @@ def discover_toolchain(
     need = max(recipe.min_cmake, _MIN_CMAKE)
     exe_suffix = ".exe" if platform == "windows" else ""
     cmake: Optional[tuple[str, str]] = None
-    for cand in (shutil.which("cmake", path=env.get("PATH")),
-                 _pypi_bin("cmake", "CMAKE_BIN_DIR", "cmake" + exe_suffix)):
+    for cand in (
+        shutil.which("cmake", path=env.get("PATH")),
+        _pypi_bin("cmake", "CMAKE_BIN_DIR", "cmake" + exe_suffix),
+    ):
         if cand:
             got = _version_of(cand)
             if got and got[1] >= need:
@@ -113,21 +116,29 @@ def discover_toolchain(
             hint="python -m pip install 'cmake>=3.21' (sdrpc depends on it; reinstall sdrpc)",
         )
     ninja = None
-    for cand in (shutil.which("ninja", path=env.get("PATH")),
-                 _pypi_bin("ninja", "BIN_DIR", "ninja" + exe_suffix)):
+    for cand in (
+        shutil.which("ninja", path=env.get("PATH")),
+        _pypi_bin("ninja", "BIN_DIR", "ninja" + exe_suffix),
+    ):
         if cand:
             got = _version_of(cand)
             if got:
                 ninja = (cand, ".".join(str(n) for n in got[1]))
                 break
-    cc = env.get("CC") or shutil.which("cc", path=env.get("PATH")) or \
-        shutil.which("gcc", path=env.get("PATH")) or shutil.which("clang", path=env.get("PATH"))
+    cc = (
+        env.get("CC")
+        or shutil.which("cc", path=env.get("PATH"))
+        or shutil.which("gcc", path=env.get("PATH"))
+        or shutil.which("clang", path=env.get("PATH"))
+    )
     if platform != "windows":
         if not cc:
             raise ToolError(
                 "no C/C++ compiler found",
-                hint={"linux": "apt-get install build-essential",
-                      "macos": "xcode-select --install"}.get(platform, "install a C++ compiler"),
+                hint={
+                    "linux": "apt-get install build-essential",
+                    "macos": "xcode-select --install",
+                }.get(platform, "install a C++ compiler"),
             )
         got = _version_of(cc)
         compiler = got[0] if got else cc
@@ -140,9 +151,12 @@ def discover_toolchain(
                 hint=tool.install_hint(platform),
             )
     return Toolchain(
-        cmake=cmake[0], cmake_version=cmake[1],
-        ninja=ninja[0] if ninja else None, ninja_version=ninja[1] if ninja else None,
-        compiler=compiler, ccache=shutil.which("ccache", path=env.get("PATH")),
+        cmake=cmake[0],
+        cmake_version=cmake[1],
+        ninja=ninja[0] if ninja else None,
+        ninja_version=ninja[1] if ninja else None,
+        compiler=compiler,
+        ccache=shutil.which("ccache", path=env.get("PATH")),
     )
 
 
@@ -157,7 +171,7 @@ def failure_tail(lines: Sequence[str], n: int = 25) -> str:
     picked: list[str] = []
     for i, line in enumerate(lines):
         if "CMake Error" in line or "error:" in line or "FAILED:" in line:
-            picked.extend(lines[i:i + 8])
+            picked.extend(lines[i : i + 8])
             if len(picked) >= n:
                 break
     if not picked:
@@ -181,8 +195,14 @@ def run_logged(
     lines: list[str] = []
     try:
         proc = subprocess.Popen(
-            list(argv), cwd=cwd, env=dict(env), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+            list(argv),
+            cwd=cwd,
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
         )
     except OSError as exc:
         raise ToolError(f"cannot run {argv[0]}: {exc.strerror}", hint=hint) from None
@@ -215,4 +235,3 @@ def ccache_env(env: Mapping[str, str], source_dir: Path) -> dict[str, str]:
     out.setdefault("CCACHE_BASEDIR", str(source_dir))
     out.setdefault("CCACHE_NOHASHDIR", "1")
     return out
-

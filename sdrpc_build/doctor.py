@@ -45,7 +45,9 @@ _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _VK_HEADER_RE = re.compile(r"^#define\s+VK_HEADER_VERSION\s+(\d+)\s*$", re.M)
 _VK_COMPLETE_RE = re.compile(
     r"^#define\s+VK_HEADER_VERSION_COMPLETE\s+VK_MAKE_(?:API_)?VERSION\(\s*(?:\d+\s*,\s*)?"
-    r"(\d+)\s*,\s*(\d+)\s*,\s*VK_HEADER_VERSION\s*\)", re.M)
+    r"(\d+)\s*,\s*(\d+)\s*,\s*VK_HEADER_VERSION\s*\)",
+    re.M,
+)
 
 _INSTALL: Mapping[str, Mapping[str, str]] = {
     "cmake": {"*": "python -m pip install 'cmake>=3.21' (a dependency of sdrpc)"},
@@ -54,31 +56,43 @@ _INSTALL: Mapping[str, Mapping[str, str]] = {
         "linux": "apt-get install build-essential (Fedora: dnf install gcc gcc-c++)",
         "macos": "xcode-select --install",
         "windows": "install Visual Studio 2022 Build Tools (C++ workload) and run sdrpc from "
-                   "a Developer PowerShell",
+        "a Developer PowerShell",
     },
-    "git": {"linux": "apt-get install git", "macos": "xcode-select --install",
-            "windows": "winget install Git.Git"},
-    "ccache": {"linux": "apt-get install ccache", "macos": "brew install ccache",
-               "windows": "winget install Ccache.Ccache"},
+    "git": {
+        "linux": "apt-get install git",
+        "macos": "xcode-select --install",
+        "windows": "winget install Git.Git",
+    },
+    "ccache": {
+        "linux": "apt-get install ccache",
+        "macos": "brew install ccache",
+        "windows": "winget install Ccache.Ccache",
+    },
     "vulkan-headers": {
         "linux": "install the LunarG Vulkan SDK and source its setup-env.sh "
-                 "(Ubuntu 24.04+/Debian 13+: apt-get install libvulkan-dev glslc spirv-headers; "
-                 "Debian 12's 1.3.239 is too old)",
+        "(Ubuntu 24.04+/Debian 13+: apt-get install libvulkan-dev glslc spirv-headers; "
+        "Debian 12's 1.3.239 is too old)",
         "windows": "install the LunarG Vulkan SDK (it sets VULKAN_SDK)",
         "macos": "install the LunarG Vulkan SDK and source its setup-env.sh",
     },
     "spirv-headers": {"linux": "apt-get install spirv-headers (or use the LunarG Vulkan SDK)"},
-    "nvidia-driver": {"linux": "install the NVIDIA driver (Debian/Ubuntu: apt-get install "
-                               "nvidia-driver); only needed to run the server here",
-                      "windows": "install the NVIDIA driver; only needed to run the server here"},
-    "vulkan-driver": {"linux": "apt-get install vulkan-tools mesa-vulkan-drivers (lavapipe: a "
-                               "CPU device for tests); only needed to run the server here",
-                      "windows": "install your GPU driver (it ships the Vulkan runtime) and "
-                                 "the Vulkan SDK for vulkaninfo",
-                      "macos": "install the LunarG Vulkan SDK (MoltenVK)"},
-    "rocm-driver": {"linux": "install the amdgpu driver and ROCm (rocminfo); only needed to run "
-                             "the server here",
-                    "windows": "install the AMD Adrenalin driver"},
+    "nvidia-driver": {
+        "linux": "install the NVIDIA driver (Debian/Ubuntu: apt-get install "
+        "nvidia-driver); only needed to run the server here",
+        "windows": "install the NVIDIA driver; only needed to run the server here",
+    },
+    "vulkan-driver": {
+        "linux": "apt-get install vulkan-tools mesa-vulkan-drivers (lavapipe: a "
+        "CPU device for tests); only needed to run the server here",
+        "windows": "install your GPU driver (it ships the Vulkan runtime) and "
+        "the Vulkan SDK for vulkaninfo",
+        "macos": "install the LunarG Vulkan SDK (MoltenVK)",
+    },
+    "rocm-driver": {
+        "linux": "install the amdgpu driver and ROCm (rocminfo); only needed to run "
+        "the server here",
+        "windows": "install the AMD Adrenalin driver",
+    },
 }
 
 
@@ -113,8 +127,13 @@ class Check:
         return self.status in ("ok", "warning")
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "status": self.status, "ok": self.ok, "detail": self.detail,
-                "hint": self.hint}
+        return {
+            "name": self.name,
+            "status": self.status,
+            "ok": self.ok,
+            "detail": self.detail,
+            "hint": self.hint,
+        }
 
 
 @dataclass(frozen=True)
@@ -126,9 +145,13 @@ class BackendReport:
     notes: tuple[str, ...]  # optional checks that failed (e.g. no GPU driver)
 
     def as_dict(self) -> dict[str, object]:
-        return {"backend": self.backend, "supported": self.supported,
-                "buildable": self.buildable, "missing": list(self.missing),
-                "notes": list(self.notes)}
+        return {
+            "backend": self.backend,
+            "supported": self.supported,
+            "buildable": self.buildable,
+            "missing": list(self.missing),
+            "notes": list(self.notes),
+        }
 
 
 @dataclass(frozen=True)
@@ -148,9 +171,12 @@ class DoctorReport:
         raise KeyError(name)
 
     def as_dict(self) -> dict[str, object]:
-        return {"platform": self.platform, "buildable": self.buildable,
-                "checks": [c.as_dict() for c in self.checks],
-                "backends": [b.as_dict() for b in self.backends]}
+        return {
+            "platform": self.platform,
+            "buildable": self.buildable,
+            "checks": [c.as_dict() for c in self.checks],
+            "backends": [b.as_dict() for b in self.backends],
+        }
 
 
 def parse_vulkan_header_version(text: str) -> Optional[tuple[int, int, int]]:
@@ -181,8 +207,9 @@ def _first_line(text: Optional[str]) -> str:
 
 
 class _Doctor:
-    def __init__(self, probes: Probes) -> None:
+    def __init__(self, probes: Probes, cache_root: Path) -> None:
         self.p = probes
+        self.cache_root = cache_root
         self.plat = probes.platform
         self.cache: dict[str, Check] = {}
         self.cmake_version: Optional[tuple[int, ...]] = None
@@ -205,11 +232,19 @@ class _Doctor:
                     return str(cand)
         return None
 
-    def _tool(self, name: str, names: Sequence[str], extra: Sequence[Path] = (),
-              hint: Optional[str] = None, version_args: Sequence[str] = ("--version",)) -> Check:
+    def _tool(
+        self,
+        name: str,
+        names: Sequence[str],
+        extra: Sequence[Path] = (),
+        hint: Optional[str] = None,
+        version_args: Sequence[str] = ("--version",),
+    ) -> Check:
         path = self._find(names, extra)
         if path is None:
-            return Check(name, "missing", "not found", hint or _install(name, self.plat))
+            return Check(
+                name, "missing", "not found", _install(name, self.plat) if hint is None else hint
+            )
         out = self.p.run([path, *version_args]) if version_args else None
         v = _version(out)
         return Check(name, "ok", f"{_vstr(v)} ({path})" if v else path)
@@ -223,34 +258,44 @@ class _Doctor:
                     return Check("cmake", "ok", f"{_vstr(v)} ({path})")
                 if v:
                     self.cmake_version = v
-                    return Check("cmake", "too-old", f"{_vstr(v)} < {_vstr(_MIN_CMAKE)} ({path})",
-                                 _install("cmake", self.plat))
+                    return Check(
+                        "cmake",
+                        "too-old",
+                        f"{_vstr(v)} < {_vstr(_MIN_CMAKE)} ({path})",
+                        _install("cmake", self.plat),
+                    )
         return Check("cmake", "missing", "not found", _install("cmake", self.plat))
 
     def _ninja(self) -> Check:
         path = self.p.which("ninja") or self.p.pypi_tool("ninja")
         if path is None:
-            return Check("ninja", "warning", "not found: CMake's default generator is used",
-                         _install("ninja", self.plat))
+            return Check(
+                "ninja",
+                "warning",
+                "not found: CMake's default generator is used",
+                _install("ninja", self.plat),
+            )
         v = _version(self.p.run([path, "--version"]))
         return Check("ninja", "ok", f"{_vstr(v)} ({path})" if v else path)
 
     def _c_compiler(self) -> Check:
-        if self.plat == "windows":
-            names: Sequence[str] = ("cl", "clang-cl", "gcc", "clang")
-        else:
-            names = ("cc", "gcc", "clang")
-        check = self._tool("c-compiler", names,
-                           version_args=() if self.plat == "windows" else ("--version",))
-        if check.status == "ok" and self.plat != "windows":
-            first = _first_line(self.p.run([check.detail.split(" (")[-1].rstrip(")"),
-                                            "--version"]))
-            return Check("c-compiler", "ok", first or check.detail)
-        return check
+        names = (
+            ("cl", "clang-cl", "gcc", "clang") if self.plat == "windows" else ("cc", "gcc", "clang")
+        )
+        path = self._find(names)
+        if path is None:
+            return Check("c-compiler", "missing", "not found", _install("c-compiler", self.plat))
+        if Path(path).stem.lower() == "cl":  # MSVC has no --version
+            return Check("c-compiler", "ok", f"MSVC ({path})")
+        first = _first_line(self.p.run([path, "--version"]))
+        return Check("c-compiler", "ok", f"{first} ({path})" if first else path)
 
     def _cxx_compiler(self) -> Check:
-        names = ("cl", "clang-cl", "g++", "clang++") if self.plat == "windows" else (
-            "c++", "g++", "clang++")
+        names = (
+            ("cl", "clang-cl", "g++", "clang++")
+            if self.plat == "windows"
+            else ("c++", "g++", "clang++")
+        )
         path = self._find(names)
         if path is None:
             return Check("cxx-compiler", "missing", "not found", _install("c-compiler", self.plat))
@@ -266,22 +311,29 @@ class _Doctor:
         return c
 
     def _disk(self) -> Check:
-        root = Path(self.p.env.get("SDRPC_CACHE_DIR") or Path.home())
+        root = self.cache_root
         free = self.p.disk_free(root)
         if free is None:
             return Check("disk", "warning", f"cannot read free space of {root}")
         gib = f"{free / 1024**3:.1f} GiB free in {root}"
         if free < MIN_DISK_BYTES:
-            return Check("disk", "missing", gib,
-                         f"free at least {MIN_DISK_BYTES // 1024**3} GiB, or point "
-                         "SDRPC_CACHE_DIR / --cache-dir at a larger disk")
+            return Check(
+                "disk",
+                "missing",
+                gib,
+                f"free at least {MIN_DISK_BYTES // 1024**3} GiB, or point "
+                "SDRPC_CACHE_DIR / --cache-dir at a larger disk",
+            )
         if free < _GOOD_DISK_BYTES:
             return Check("disk", "warning", gib + " (GPU builds want 10 GiB)")
         return Check("disk", "ok", gib)
 
     def _cuda_dirs(self) -> list[Path]:
-        dirs = [Path(self.p.env[k]) / "bin" for k in ("CUDA_PATH", "CUDA_HOME", "CUDA_ROOT")
-                if self.p.env.get(k)]
+        dirs = [
+            Path(self.p.env[k]) / "bin"
+            for k in ("CUDA_PATH", "CUDA_HOME", "CUDA_ROOT")
+            if self.p.env.get(k)
+        ]
         if self.plat == "linux":
             dirs.append(Path("/usr/local/cuda/bin"))
         return dirs
@@ -297,12 +349,20 @@ class _Doctor:
     def _nvidia_driver(self) -> Check:
         smi = self._find(("nvidia-smi",))
         if smi is None:
-            return Check("nvidia-driver", "warning", "nvidia-smi not found",
-                         _install("nvidia-driver", self.plat))
+            return Check(
+                "nvidia-driver",
+                "warning",
+                "nvidia-smi not found",
+                _install("nvidia-driver", self.plat),
+            )
         out = self.p.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"])
         if not out or not out.strip():
-            return Check("nvidia-driver", "warning", "nvidia-smi found no GPU",
-                         _install("nvidia-driver", self.plat))
+            return Check(
+                "nvidia-driver",
+                "warning",
+                "nvidia-smi found no GPU",
+                _install("nvidia-driver", self.plat),
+            )
         gpus = [ln.strip() for ln in out.splitlines() if ln.strip()]
         return Check("nvidia-driver", "ok", "; ".join(gpus))
 
@@ -327,20 +387,31 @@ class _Doctor:
             if v is None:
                 return Check("vulkan-headers", "warning", f"no VK_HEADER_VERSION in {header}")
             if v < MIN_VULKAN_HEADER:
-                return Check("vulkan-headers", "too-old",
-                             f"{_vstr(v)} < {_vstr(MIN_VULKAN_HEADER)} ({header})",
-                             _install("vulkan-headers", self.plat))
+                return Check(
+                    "vulkan-headers",
+                    "too-old",
+                    f"{_vstr(v)} < {_vstr(MIN_VULKAN_HEADER)} ({header})",
+                    _install("vulkan-headers", self.plat),
+                )
             return Check("vulkan-headers", "ok", f"{_vstr(v)} ({header})")
-        return Check("vulkan-headers", "missing", "vulkan/vulkan_core.h not found",
-                     _install("vulkan-headers", self.plat))
+        return Check(
+            "vulkan-headers",
+            "missing",
+            "vulkan/vulkan_core.h not found",
+            _install("vulkan-headers", self.plat),
+        )
 
     def _spirv_headers(self) -> Check:
         for d in self._vulkan_include_dirs():
             header = d / "spirv" / "unified1" / "spirv.hpp"
             if self.p.is_file(header):
                 return Check("spirv-headers", "ok", str(header))
-        return Check("spirv-headers", "missing", "spirv/unified1/spirv.hpp not found",
-                     _install("spirv-headers", self.plat))
+        return Check(
+            "spirv-headers",
+            "missing",
+            "spirv/unified1/spirv.hpp not found",
+            _install("spirv-headers", self.plat),
+        )
 
     def _glslc(self) -> Check:
         sdk = self.p.env.get("VULKAN_SDK")
@@ -350,13 +421,21 @@ class _Doctor:
     def _vulkan_driver(self) -> Check:
         exe = self._find(("vulkaninfo",))
         if exe is None:
-            return Check("vulkan-driver", "warning", "vulkaninfo not found",
-                         _install("vulkan-driver", self.plat))
+            return Check(
+                "vulkan-driver",
+                "warning",
+                "vulkaninfo not found",
+                _install("vulkan-driver", self.plat),
+            )
         out = self.p.run([exe, "--summary"])
         names = re.findall(r"deviceName\s*=\s*(.+)", out or "")
         if not names:
-            return Check("vulkan-driver", "warning", "vulkaninfo found no device",
-                         _install("vulkan-driver", self.plat))
+            return Check(
+                "vulkan-driver",
+                "warning",
+                "vulkaninfo found no device",
+                _install("vulkan-driver", self.plat),
+            )
         return Check("vulkan-driver", "ok", "; ".join(n.strip() for n in names))
 
     def _hipcc(self) -> Check:
@@ -373,8 +452,12 @@ class _Doctor:
         exe = self._find(("rocminfo",), [rocm])
         out = self.p.run([exe]) if exe else None
         if not out or "gfx" not in out:
-            return Check("rocm-driver", "warning", "rocminfo found no AMD GPU",
-                         _install("rocm-driver", self.plat))
+            return Check(
+                "rocm-driver",
+                "warning",
+                "rocminfo found no AMD GPU",
+                _install("rocm-driver", self.plat),
+            )
         return Check("rocm-driver", "ok", ", ".join(sorted(set(re.findall(r"gfx\w+", out)))))
 
     def recipe_tool(self, recipe: Recipe, name: str) -> Check:
@@ -382,7 +465,7 @@ class _Doctor:
         if name in special:
             c = self.get(name)
         else:
-            c = self.cache.get(name) or self._tool(name, (name,), version_args=())
+            c = self.cache.get(name) or self._tool(name, (name,), hint="", version_args=())
             self.cache[name] = c
         if c.status == "missing" and not c.hint:
             hint = next((t.install_hint(self.plat) for t in recipe.tools if t.name == name), "")
@@ -402,19 +485,25 @@ _EXTRA: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 
 def diagnose(
-    recipes: Iterable[Recipe], probes: Probes, backends: Optional[Sequence[str]] = None
+    recipes: Iterable[Recipe],
+    probes: Probes,
+    cache_root: Path,
+    backends: Optional[Sequence[str]] = None,
 ) -> DoctorReport:
-    """Check the machine for every recipe (or only ``backends``)."""
-    doc = _Doctor(probes)
+    """Check the machine for every recipe (or only ``backends``); free disk at ``cache_root``."""
+    doc = _Doctor(probes, cache_root)
     reports = []
-    for c in _BASE:
-        doc.get(c)
+    for base in _BASE:
+        doc.get(base)
     for recipe in recipes:
         if backends is not None and recipe.name not in backends:
             continue
         if probes.platform not in recipe.platforms:
-            reports.append(BackendReport(recipe.name, False, False, (),
-                                         (f"does not build on {probes.platform}",)))
+            reports.append(
+                BackendReport(
+                    recipe.name, False, False, (), (f"does not build on {probes.platform}",)
+                )
+            )
             continue
         required, optional = _EXTRA.get(recipe.name, ((), ()))
         if recipe.name == "vulkan" and probes.platform == "linux":
@@ -434,15 +523,15 @@ def diagnose(
                 notes.append(f"{name}: {c.detail} (builds, but cannot run here)")
         if doc.cmake_version and doc.cmake_version < recipe.min_cmake:
             missing.append(f"cmake>={_vstr(recipe.min_cmake)}")
-        reports.append(BackendReport(recipe.name, True, not missing, tuple(missing),
-                                     tuple(notes)))
+        reports.append(BackendReport(recipe.name, True, not missing, tuple(missing), tuple(notes)))
     return DoctorReport(probes.platform, tuple(doc.cache.values()), tuple(reports))
 
 
 def _run(argv: Sequence[str]) -> Optional[str]:
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, errors="replace",
-                              timeout=20, check=False)
+        proc = subprocess.run(
+            list(argv), capture_output=True, text=True, errors="replace", timeout=20, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return proc.stdout + proc.stderr if proc.returncode == 0 else None

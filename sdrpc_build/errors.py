@@ -8,20 +8,20 @@ output and process exit codes.
 from __future__ import annotations
 
 __all__ = [
-    "SdrpcError",
-    "UsageError",
-    "PinsError",
-    "RecipeError",
-    "SourceError",
-    "ToolError",
-    "BuildError",
-    "VerifyError",
-    "StoreError",
-    "ProtocolError",
-    "CheckError",
-    "LaunchError",
-    "Interrupted",
     "EXIT_CODES",
+    "BuildError",
+    "CheckError",
+    "Interrupted",
+    "LaunchError",
+    "PinsError",
+    "ProtocolError",
+    "RecipeError",
+    "SdrpcError",
+    "SourceError",
+    "StoreError",
+    "ToolError",
+    "UsageError",
+    "VerifyError",
 ]
 
 

@@ -92,7 +92,9 @@ def format_version(v: tuple[int, int, int]) -> str:
 
 def parse_sync_llama_last(data: bytes, where: str) -> str:
     """Validate ``sync-llama.last``: exactly 40 lowercase hex and one newline."""
-    hint = "the file should hold exactly one 40-hex llama.cpp commit; pass --llama-commit to override"
+    hint = (
+        "the file should hold exactly one 40-hex llama.cpp commit; pass --llama-commit to override"
+    )
     if not data.strip():
         raise PinsError(f"{where} is empty", hint=hint)
     try:
@@ -189,7 +191,7 @@ def parse_gitmodules(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     path: Optional[str] = None
     url: Optional[str] = None
-    for raw in text.splitlines() + ["[end]"]:
+    for raw in [*text.splitlines(), "[end]"]:
         line = raw.strip()
         if line.startswith("["):
             if path is not None and url is not None:
@@ -232,13 +234,15 @@ def read_sd_tree(
     """Read the pins of a local sd.cpp tree; explicit values override what is read."""
     tree = tree.expanduser()
     if not tree.is_dir():
-        raise PinsError(f"{tree} is not a directory", hint="pass --sd-cpp PATH to an sd.cpp checkout")
+        raise PinsError(
+            f"{tree} is not a directory", hint="pass --sd-cpp PATH to an sd.cpp checkout"
+        )
     cmakelists = tree / "CMakeLists.txt"
     cm_text = cmakelists.read_text(errors="replace") if cmakelists.is_file() else ""
     if "stable-diffusion" not in cm_text and not (tree / "stable-diffusion.h").exists():
         raise PinsError(
             f"{tree} is not a stable-diffusion.cpp tree (no CMakeLists.txt with "
-            "project(\"stable-diffusion\"))",
+            'project("stable-diffusion"))',
             hint="run sdrpc-build inside an sd.cpp checkout or pass --sd-cpp PATH "
             "(or --llama-commit and --max-name without a tree)",
         )
@@ -262,7 +266,8 @@ def read_sd_tree(
         if not sync.is_file():
             raise PinsError(
                 f"{SYNC_FILE} is missing in {tree}",
-                hint="update the ggml submodule (git submodule update --init) or pass --llama-commit",
+                hint="update the ggml submodule (git submodule update --init) "
+                "or pass --llama-commit",
             )
         commit_pin = Pin(parse_sync_llama_last(sync.read_bytes(), SYNC_FILE), SYNC_FILE)
 

@@ -159,7 +159,9 @@ def make_plan(req: BuildRequest, facts: Optional[TreeFacts]) -> BuildPlan:
     if facts is None:
         defines["LLAMA_BUILD_EXAMPLES"] = "OFF"
         notes.append("LLAMA_BUILD_EXAMPLES becomes ON if the tree still has examples/rpc")
-        notes.append("the target name (rpc-server or ggml-rpc-server) is read from the fetched tree")
+        notes.append(
+            "the target name (rpc-server or ggml-rpc-server) is read from the fetched tree"
+        )
     elif facts.server_dir == "examples/rpc":
         defines["LLAMA_BUILD_EXAMPLES"] = "ON"
         notes.append("old tree: the server lives in examples/rpc, so examples stay on")
@@ -201,7 +203,9 @@ def configure_argv(
     return argv
 
 
-def build_argv(plan: BuildPlan, cmake: str, build_dir: Path, jobs: Optional[int] = None) -> list[str]:
+def build_argv(
+    plan: BuildPlan, cmake: str, build_dir: Path, jobs: Optional[int] = None
+) -> list[str]:
     if plan.facts is None:
         raise UsageError("cannot build before the tree is known", hint="this is an sdrpc bug")
     argv = [cmake, "--build", str(build_dir), "--target", plan.facts.target, "--config", "Release"]

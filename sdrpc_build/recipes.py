@@ -132,9 +132,8 @@ def _check_keys(table: Mapping[str, Any], allowed: Mapping[str, type], where: st
 
 def _defines(table: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
     out = []
-    for key, value in table.items():
-        if isinstance(value, bool):
-            value = "ON" if value else "OFF"
+    for key, raw in table.items():
+        value = ("ON" if raw else "OFF") if isinstance(raw, bool) else raw
         if not isinstance(value, (str, int)):
             raise RecipeError(
                 f"{where}: define {key!r} must be a string, integer or boolean",
@@ -152,7 +151,7 @@ def _defines(table: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...
 def _str_list(value: list[Any], where: str, allowed: Optional[set[str]] = None) -> tuple[str, ...]:
     for item in value:
         if not isinstance(item, str):
-            raise RecipeError(f"{where}: every entry must be a string", hint="e.g. [\"linux\"]")
+            raise RecipeError(f"{where}: every entry must be a string", hint='e.g. ["linux"]')
         if allowed is not None and item not in allowed:
             raise RecipeError(
                 f"{where}: unknown value {item!r}{suggest(item, allowed)}",
@@ -167,7 +166,9 @@ def parse_recipe(name: str, data: bytes, source: str) -> Recipe:
     try:
         doc = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise RecipeError(f"{where} is not valid TOML: {exc}", hint="fix the file's syntax") from None
+        raise RecipeError(
+            f"{where} is not valid TOML: {exc}", hint="fix the file's syntax"
+        ) from None
     _check_keys(doc, _TOP_KEYS, where)
     if "defines" not in doc:
         raise RecipeError(f"{where}: missing [defines] table", hint="see recipes/cpu.toml")
@@ -207,18 +208,19 @@ def parse_recipe(name: str, data: bytes, source: str) -> Recipe:
     try:
         min_cmake = tuple(int(p) for p in min_cmake_text.split("."))
     except ValueError:
-        raise RecipeError(f"{where}: min_cmake {min_cmake_text!r} is not a version",
-                          hint='write it like "3.18"') from None
+        raise RecipeError(
+            f"{where}: min_cmake {min_cmake_text!r} is not a version", hint='write it like "3.18"'
+        ) from None
     return Recipe(
         name=name,
         description=doc.get("description", ""),
-        platforms=_str_list(doc.get("platforms", list(PLATFORMS)), f"{where} platforms",
-                            set(PLATFORMS)),
+        platforms=_str_list(
+            doc.get("platforms", list(PLATFORMS)), f"{where} platforms", set(PLATFORMS)
+        ),
         min_cmake=min_cmake,
         device_prefix=doc.get("device_prefix", name.upper()),
         visible_devices_env=doc.get("visible_devices_env"),
-        languages=_str_list(doc.get("languages", ["C", "CXX"]), f"{where} languages",
-                            _LANGUAGES),
+        languages=_str_list(doc.get("languages", ["C", "CXX"]), f"{where} languages", _LANGUAGES),
         defines=_defines(doc["defines"], where),
         tools=tuple(tools),
         variants=tuple(variants),
@@ -245,8 +247,9 @@ def load_recipe_file(path: Path) -> Recipe:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise RecipeError(f"cannot read recipe {path}: {exc.strerror}",
-                          hint="check the path given to --recipe") from None
+        raise RecipeError(
+            f"cannot read recipe {path}: {exc.strerror}", hint="check the path given to --recipe"
+        ) from None
     return parse_recipe(path.stem, data, str(path))
 
 

@@ -43,8 +43,9 @@ class RemoteConfig:
     token: Optional[str] = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], api: Optional[str] = None,
-                 raw: Optional[str] = None) -> RemoteConfig:
+    def from_env(
+        cls, env: Mapping[str, str], api: Optional[str] = None, raw: Optional[str] = None
+    ) -> RemoteConfig:
         return cls(
             api=(api or env.get("SDRPC_GITHUB_API") or cls.api).rstrip("/"),
             raw=(raw or env.get("SDRPC_GITHUB_RAW") or cls.raw).rstrip("/"),
@@ -55,16 +56,24 @@ class RemoteConfig:
 def parse_ref(text: str) -> tuple[str, str, str]:
     m = _REF_RE.match(text)
     if not m:
-        raise UsageError(f"--sd-ref {text!r} is not OWNER/REPO@REF",
-                         hint="e.g. --sd-ref leejet/stable-diffusion.cpp@master")
+        raise UsageError(
+            f"--sd-ref {text!r} is not OWNER/REPO@REF",
+            hint="e.g. --sd-ref leejet/stable-diffusion.cpp@master",
+        )
     return m.group(1), m.group(2), m.group(3)
 
 
 def _session(cfg: RemoteConfig) -> requests.Session:
     s = requests.Session()
-    retry = Retry(total=cfg.retries, connect=cfg.retries, read=cfg.retries,
-                  backoff_factor=0.3, status_forcelist=(429, 500, 502, 503, 504),
-                  allowed_methods=("GET",), raise_on_status=False)
+    retry = Retry(
+        total=cfg.retries,
+        connect=cfg.retries,
+        read=cfg.retries,
+        backoff_factor=0.3,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=("GET",),
+        raise_on_status=False,
+    )
     s.mount("http://", HTTPAdapter(max_retries=retry))
     s.mount("https://", HTTPAdapter(max_retries=retry))
     s.headers["User-Agent"] = "sdrpc"
@@ -77,14 +86,20 @@ def _get(s: requests.Session, url: str, cfg: RemoteConfig, what: str) -> request
     try:
         r = s.get(url, timeout=cfg.timeout)
     except requests.RequestException as exc:
-        raise SourceError(f"cannot reach {url} ({type(exc).__name__})",
-                          hint="check the network, or use a local checkout with --sd-cpp") from None
+        raise SourceError(
+            f"cannot reach {url} ({type(exc).__name__})",
+            hint="check the network, or use a local checkout with --sd-cpp",
+        ) from None
     if r.status_code == 404:
-        raise PinsError(f"{what} not found at {url}",
-                        hint="check OWNER/REPO@REF; the ref may not exist or the repo is private")
+        raise PinsError(
+            f"{what} not found at {url}",
+            hint="check OWNER/REPO@REF; the ref may not exist or the repo is private",
+        )
     if r.status_code != 200:
-        raise SourceError(f"{url} answered HTTP {r.status_code}",
-                          hint="rate-limited? set GITHUB_TOKEN, or retry later")
+        raise SourceError(
+            f"{url} answered HTTP {r.status_code}",
+            hint="rate-limited? set GITHUB_TOKEN, or retry later",
+        )
     return r
 
 
@@ -116,21 +131,27 @@ def read_remote_ref(
     cm_url = f"{raw_base}/CMakeLists.txt"
     cm_text = _get(s, cm_url, cfg, "CMakeLists.txt").text
     if "stable-diffusion" not in cm_text:
-        raise PinsError(f"{owner}/{repo}@{rev} is not a stable-diffusion.cpp tree",
-                        hint="point --sd-ref at stable-diffusion.cpp or a fork of it")
+        raise PinsError(
+            f"{owner}/{repo}@{rev} is not a stable-diffusion.cpp tree",
+            hint="point --sd-ref at stable-diffusion.cpp or a fork of it",
+        )
     gm_text = _get(s, f"{raw_base}/.gitmodules", cfg, ".gitmodules").text
     ggml_url = parse_gitmodules(gm_text).get("ggml")
     c_url = f"{cfg.api}/repos/{owner}/{repo}/contents/ggml?ref={sha}"
     sub = _json(_get(s, c_url, cfg, "the ggml submodule"), c_url)
     gitlink = str(sub.get("sha", ""))
     if not is_full_sha(gitlink):
-        raise PinsError(f"{owner}/{repo}@{rev} has no ggml submodule commit",
-                        hint="pass --llama-commit and --max-name instead")
+        raise PinsError(
+            f"{owner}/{repo}@{rev} has no ggml submodule commit",
+            hint="pass --llama-commit and --max-name instead",
+        )
     ggml_url = str(sub.get("submodule_git_url") or ggml_url or "")
     gm = _GH_URL_RE.search(ggml_url)
     if not gm:
-        raise PinsError(f"ggml submodule URL {ggml_url!r} is not on GitHub",
-                        hint="use a local checkout with --sd-cpp")
+        raise PinsError(
+            f"ggml submodule URL {ggml_url!r} is not on GitHub",
+            hint="use a local checkout with --sd-cpp",
+        )
     ggml_raw = f"{cfg.raw}/{gm.group(1)}/{gm.group(2)}/{gitlink}"
     if llama_commit is not None:
         commit_pin = Pin(llama_commit, "--llama-commit")

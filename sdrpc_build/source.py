@@ -39,10 +39,19 @@ __all__ = [
 DEFAULT_LLAMA_REPO = "https://github.com/ggml-org/llama.cpp.git"
 MARKER = ".sdrpc-source.json"
 _SDIST_RE = re.compile(r"^([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+!-]+)$")
-_NOT_THERE = ("not our ref", "couldn't find remote ref", "no such remote ref",
-              "unadvertised object", "remote error: upload-pack")
-_NOT_A_REPO = ("does not appear to be a git repository", "repository not found",
-               "not found", "could not read from remote")
+_NOT_THERE = (
+    "not our ref",
+    "couldn't find remote ref",
+    "no such remote ref",
+    "unadvertised object",
+    "remote error: upload-pack",
+)
+_NOT_A_REPO = (
+    "does not appear to be a git repository",
+    "repository not found",
+    "not found",
+    "could not read from remote",
+)
 
 
 @dataclass(frozen=True)
@@ -79,8 +88,14 @@ def cached_source(sources_root: Path, commit: str) -> Optional[Source]:
 
 def _install(tmp: Path, dest: Path, commit: str, method: str, origin: str) -> None:
     (tmp / MARKER).write_text(
-        json.dumps({"commit": commit, "method": method, "origin": origin,
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        json.dumps(
+            {
+                "commit": commit,
+                "method": method,
+                "origin": origin,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
     )
     if dest.exists():  # a stale, incomplete directory from an interrupted run
         shutil.rmtree(dest)
@@ -131,8 +146,10 @@ def fetch_git(
                 head = repo.head.commit.hexsha
                 repo.close()
                 if head != commit:
-                    raise SourceError(f"{shown} gave commit {head}, not {commit}",
-                                      hint="the remote rewrote history; check --llama-repo")
+                    raise SourceError(
+                        f"{shown} gave commit {head}, not {commit}",
+                        hint="the remote rewrote history; check --llama-repo",
+                    )
                 _install(tmp, sources_root / commit, commit, "git", shown)
                 log(f"fetched {commit[:12]} from {shown}")
                 return Source(sources_root / commit, commit, "git", shown, fetched=True)
@@ -160,10 +177,15 @@ def fetch_git(
 
 
 def _dirty_state(tree: Path) -> tuple[bool, str]:
-    out = subprocess.run(["git", "-C", str(tree), "status", "--porcelain"],
-                         capture_output=True, text=True, check=False).stdout
-    diff = subprocess.run(["git", "-C", str(tree), "diff", "HEAD"],
-                          capture_output=True, check=False).stdout
+    out = subprocess.run(
+        ["git", "-C", str(tree), "status", "--porcelain"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    diff = subprocess.run(
+        ["git", "-C", str(tree), "diff", "HEAD"], capture_output=True, check=False
+    ).stdout
     dirty = bool(out.strip())
     digest = hashlib.sha256(out.encode() + diff).hexdigest()[:12]
     return dirty, digest
@@ -179,8 +201,9 @@ def from_local_checkout(tree: Path, commit: Optional[str], allow_dirty: bool) ->
         head = repo.head.commit.hexsha
         repo.close()
     except Exception:
-        raise SourceError(f"{tree} is not a git checkout",
-                          hint="--llama-src needs a llama.cpp git checkout") from None
+        raise SourceError(
+            f"{tree} is not a git checkout", hint="--llama-src needs a llama.cpp git checkout"
+        ) from None
     if commit is not None and head != commit:
         raise SourceError(
             f"{tree} is at {head[:12]}, not the pinned {commit[:12]}",
@@ -189,8 +212,9 @@ def from_local_checkout(tree: Path, commit: Optional[str], allow_dirty: bool) ->
         )
     dirty, digest = _dirty_state(tree)
     if dirty and not allow_dirty:
-        raise SourceError(f"{tree} has uncommitted changes",
-                          hint="commit or stash them, or pass --allow-dirty")
+        raise SourceError(
+            f"{tree} has uncommitted changes", hint="commit or stash them, or pass --allow-dirty"
+        )
     return Source(tree, head, "local", str(tree), state=f"dirty:{digest}" if dirty else "clean")
 
 
@@ -241,8 +265,10 @@ def from_sdist(
     """Download a llama-cpp-python sdist with pip and use its vendored llama.cpp tree."""
     m = _SDIST_RE.match(spec)
     if not m:
-        raise UsageError(f"--llama-sdist {spec!r} is not NAME==VERSION",
-                         hint="e.g. --llama-sdist llama-cpp-python==0.3.35")
+        raise UsageError(
+            f"--llama-sdist {spec!r} is not NAME==VERSION",
+            hint="e.g. --llama-sdist llama-cpp-python==0.3.35",
+        )
     if commit is not None:
         hit = cached_source(sources_root, commit)
         if hit is not None:
@@ -254,18 +280,33 @@ def from_sdist(
     with _lock(downloads, stem):
         if not archive.is_file():
             log(f"downloading {spec} with pip")
-            base = [python, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                    "--disable-pip-version-check", spec, "-d", str(downloads)]
+            base = [
+                python,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--disable-pip-version-check",
+                spec,
+                "-d",
+                str(downloads),
+            ]
             # without build isolation pip reuses the installed scikit-build-core (fast,
             # offline-friendly); fall back to an isolated metadata build if that fails
-            proc = subprocess.run([*base, "--no-build-isolation"], capture_output=True,
-                                  text=True, check=False)
+            proc = subprocess.run(
+                [*base, "--no-build-isolation"], capture_output=True, text=True, check=False
+            )
             if proc.returncode != 0 and not archive.is_file():
                 proc = subprocess.run(base, capture_output=True, text=True, check=False)
             if proc.returncode != 0 or not archive.is_file():
                 tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-                raise SourceError(f"pip could not download {spec}", details=tail,
-                                  hint="check the version exists on your package index")
+                raise SourceError(
+                    f"pip could not download {spec}",
+                    details=tail,
+                    hint="check the version exists on your package index",
+                )
     gm = f"{stem}/.git/modules/vendor/llama.cpp/"
     vendor = f"{stem}/vendor/llama.cpp/"
     sources_root.mkdir(parents=True, exist_ok=True)
@@ -274,11 +315,13 @@ def from_sdist(
         shutil.rmtree(tmp, ignore_errors=True)
         with tarfile.open(archive) as tf:
             heads = _safe_members(tf, gm + "HEAD") + _safe_members(tf, gm + "packed-refs")
-            tf.extractall(tmp, members=heads)  # noqa: S202 - members are filtered
+            tf.extractall(tmp, members=heads)
             found = _sdist_commit(tmp / gm)
             if found is None:
-                raise SourceError(f"{spec} carries no git data for its vendored llama.cpp",
-                                  hint="use a llama-cpp-python sdist (0.3.x) or --llama-src")
+                raise SourceError(
+                    f"{spec} carries no git data for its vendored llama.cpp",
+                    hint="use a llama-cpp-python sdist (0.3.x) or --llama-src",
+                )
             if commit is not None and found != commit:
                 raise SourceError(
                     f"{spec} vendors llama.cpp {found}, not the pinned {commit}",
@@ -289,9 +332,12 @@ def from_sdist(
                 hit = cached_source(sources_root, found)
                 if hit is not None:
                     return hit
-                members = [mm for mm in _safe_members(tf, vendor)
-                           if PurePosixPath(mm.name).name != ".git" or mm.isdir()]
-                tf.extractall(tmp, members=members)  # noqa: S202 - members are filtered
+                members = [
+                    mm
+                    for mm in _safe_members(tf, vendor)
+                    if PurePosixPath(mm.name).name != ".git" or mm.isdir()
+                ]
+                tf.extractall(tmp, members=members)
                 tree_tmp = tmp / vendor
                 git_file = tree_tmp / ".git"
                 if git_file.is_file():

@@ -67,8 +67,9 @@ class Manifest:
                 data=data,
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"corrupt store entry {entry}: {exc}",
-                             hint=f"delete {entry} and build again") from None
+            raise StoreError(
+                f"corrupt store entry {entry}: {exc}", hint=f"delete {entry} and build again"
+            ) from None
 
 
 def sha256_file(path: Path) -> str:
@@ -116,10 +117,14 @@ def find_manifest(artifacts_root: Path, selector: str) -> Manifest:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise StoreError(f"no build {selector!r} in {artifacts_root}",
-                         hint="list builds with: sdrpc-build --list")
-    raise StoreError(f"{selector!r} matches {len(matches)} builds",
-                     hint="give more of the key (sdrpc-build --list)")
+        raise StoreError(
+            f"no build {selector!r} in {artifacts_root}",
+            hint="list builds with: sdrpc-build --list",
+        )
+    raise StoreError(
+        f"{selector!r} matches {len(matches)} builds",
+        hint="give more of the key (sdrpc-build --list)",
+    )
 
 
 def _clean_leftovers(artifacts_root: Path, key: str) -> None:
@@ -155,8 +160,10 @@ def install_entry(
             shutil.rmtree(final)  # --force rebuild replaces the old entry
         os.replace(tmp, final)
     except OSError as exc:
-        raise StoreError(f"cannot write store entry {key}: {exc}",
-                         hint=f"check permissions and free space in {artifacts_root}") from None
+        raise StoreError(
+            f"cannot write store entry {key}: {exc}",
+            hint=f"check permissions and free space in {artifacts_root}",
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Manifest.load(artifacts_root / key)

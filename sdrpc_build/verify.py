@@ -74,8 +74,10 @@ def judge_verification(
         return problems, warnings
     rv = ".".join(map(str, reported))
     if tree_protocol is not None and reported != tree_protocol:
-        problems.append(f"server reports protocol {rv}, the tree's ggml-rpc.h says "
-                        f"{'.'.join(map(str, tree_protocol))}")
+        problems.append(
+            f"server reports protocol {rv}, the tree's ggml-rpc.h says "
+            f"{'.'.join(map(str, tree_protocol))}"
+        )
     if client_protocol is not None:
         cv = ".".join(map(str, client_protocol))
         if reported[0] != client_protocol[0]:
@@ -85,11 +87,14 @@ def judge_verification(
     if detected_max_name is None:
         warnings.append("GGML_MAX_NAME could not be confirmed over the wire")
     elif detected_max_name != max_name:
-        problems.append(f"server answers with GGML_MAX_NAME {detected_max_name}, "
-                        f"expected {max_name}")
+        problems.append(
+            f"server answers with GGML_MAX_NAME {detected_max_name}, expected {max_name}"
+        )
     if devices and not any(d.startswith(device_prefix) for d in devices):
-        warnings.append(f"no {device_prefix} device listed (only {', '.join(devices)}): the "
-                        "server will run on the CPU; check drivers / visible devices")
+        warnings.append(
+            f"no {device_prefix} device listed (only {', '.join(devices)}): the "
+            "server will run on the CPU; check drivers / visible devices"
+        )
     elif not devices:
         warnings.append("the server's device list could not be read from its banner")
     return problems, warnings
@@ -117,11 +122,14 @@ def verify_binary(
     start = time.monotonic()
     with tempfile.TemporaryFile(mode="w+") as out:
         try:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                    env=dict(env), start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=dict(env), start_new_session=True
+            )
         except OSError as exc:
-            raise VerifyError(f"cannot start {binary}: {exc.strerror}",
-                              hint="the binary may be for another platform") from None
+            raise VerifyError(
+                f"cannot start {binary}: {exc.strerror}",
+                hint="the binary may be for another platform",
+            ) from None
         result = None
         try:
             deadline = start + timeout
@@ -148,14 +156,24 @@ def verify_binary(
     elapsed = time.monotonic() - start
     if result is None:
         tail = "\n".join("  | " + ln for ln in output.strip().splitlines()[-15:])
-        why = (f"exited with status {proc.returncode} before answering"
-               if proc.returncode is not None else f"did not answer within {timeout:.0f}s")
-        raise VerifyError(f"the built server {why}", details=tail or None,
-                          hint="run the binary by hand to see why; rebuild with --force")
+        why = (
+            f"exited with status {proc.returncode} before answering"
+            if proc.returncode is not None
+            else f"did not answer within {timeout:.0f}s"
+        )
+        raise VerifyError(
+            f"the built server {why}",
+            details=tail or None,
+            hint="run the binary by hand to see why; rebuild with --force",
+        )
     devices = tuple(d.name for d in parse_device_list(output))
     problems, warnings = judge_verification(
-        reported=result.protocol, tree_protocol=tree_protocol, client_protocol=client_protocol,
-        detected_max_name=result.max_name, max_name=max_name, devices=devices,
+        reported=result.protocol,
+        tree_protocol=tree_protocol,
+        client_protocol=client_protocol,
+        detected_max_name=result.max_name,
+        max_name=max_name,
+        devices=devices,
         device_prefix=device_prefix,
     )
     return VerifyResult(

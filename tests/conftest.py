@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import servers  # noqa: E402
+import servers
 
 
 def free_port() -> int:
@@ -43,7 +43,9 @@ def server_binary() -> Callable[[str, int], Path]:
 
 
 @pytest.fixture
-def rpc_server(server_binary: Callable[[str, int], Path]) -> Iterator[Callable[..., tuple[int, subprocess.Popen[bytes]]]]:
+def rpc_server(
+    server_binary: Callable[[str, int], Path],
+) -> Iterator[Callable[..., tuple[int, subprocess.Popen[bytes]]]]:
     """Factory starting real servers on 127.0.0.1; all are killed (by PID) at teardown.
 
     ``port, proc = rpc_server("0.3.36", 64)``. Note: connecting to wait for
@@ -56,7 +58,8 @@ def rpc_server(server_binary: Callable[[str, int], Path]) -> Iterator[Callable[.
         port = free_port()
         proc = subprocess.Popen(
             [str(binary), "-H", "127.0.0.1", "-p", str(port), *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         procs.append(proc)

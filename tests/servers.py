@@ -50,9 +50,21 @@ def sdist_path(project: str, version: str) -> Path:
     with FileLock(str(d / f"{stem}.lock")):
         if not target.exists():
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                 "--no-build-isolation", f"{project}=={version}", "-d", str(d)],
-                check=True, stdout=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "--no-build-isolation",
+                    f"{project}=={version}",
+                    "-d",
+                    str(d),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
             )
     return target
 
@@ -79,7 +91,7 @@ def _extract(project: str, version: str) -> Path:
             tmp = root / f"{stem}.tmp"
             subprocess.run(["rm", "-rf", str(tmp), str(dest)], check=True)
             with tarfile.open(sdist_path(project, version)) as tf:
-                tf.extractall(tmp, members=_safe_members(tf))  # noqa: S202
+                tf.extractall(tmp, members=_safe_members(tf))
             (tmp / stem).rename(dest)
             tmp.rmdir()
             (dest / ".complete").write_text("ok\n")
@@ -125,9 +137,14 @@ def build_server(version: str, max_name: int) -> Path:
     commit = LLAMA_SDISTS[version][0]
     unknown: Pin[None] = Pin(None, "test")
     pins = SdPins(
-        llama_commit=Pin(commit, "test"), max_name=Pin(max_name, "test"),
-        client_protocol=unknown, ggml_url=unknown, ggml_commit=unknown, sd_commit=unknown,
-        rpc_client=unknown, origin="tests",
+        llama_commit=Pin(commit, "test"),
+        max_name=Pin(max_name, "test"),
+        client_protocol=unknown,
+        ggml_url=unknown,
+        ggml_commit=unknown,
+        sd_commit=unknown,
+        rpc_client=unknown,
+        origin="tests",
     )
     sdist_path("llama-cpp-python", version)  # pre-seed pip's download into our cache
     opts = BuildOptions(cache_root=sdrpc_cache(), llama_sdist=f"llama-cpp-python=={version}")

@@ -45,12 +45,18 @@ def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
     except SdrpcError as exc:
         return report_error(exc, prog, debug)
     except KeyboardInterrupt:
-        return report_error(Interrupted("interrupted", hint="run the same command again; "
-                                        "nothing half-written was kept"), prog, debug)
+        return report_error(
+            Interrupted(
+                "interrupted", hint="run the same command again; nothing half-written was kept"
+            ),
+            prog,
+            debug,
+        )
     except Exception as exc:  # an sdrpc bug: one line unless --debug
         if debug:
             raise
         print(f"{prog}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(f"{prog}: hint: run again with --debug for a traceback and report it",
-              file=sys.stderr)
+        print(
+            f"{prog}: hint: run again with --debug for a traceback and report it", file=sys.stderr
+        )
         return 1

@@ -43,35 +43,63 @@ def make_parser() -> argparse.ArgumentParser:
         epilog=f"exit codes:\n{codes}",
     )
     src = p.add_argument_group("pins (where the client's requirements come from)")
-    src.add_argument("--sd-cpp", metavar="PATH", type=Path,
-                     help="sd.cpp checkout or unpacked tree (default: the current directory)")
-    src.add_argument("--sd-ref", metavar="OWNER/REPO@REF",
-                     help="resolve the pins remotely, e.g. leejet/stable-diffusion.cpp@master")
+    src.add_argument(
+        "--sd-cpp",
+        metavar="PATH",
+        type=Path,
+        help="sd.cpp checkout or unpacked tree (default: the current directory)",
+    )
+    src.add_argument(
+        "--sd-ref",
+        metavar="OWNER/REPO@REF",
+        help="resolve the pins remotely, e.g. leejet/stable-diffusion.cpp@master",
+    )
     src.add_argument("--llama-commit", metavar="SHA", help="override the llama.cpp commit (40 hex)")
     src.add_argument("--max-name", type=int, metavar="N", help="override GGML_MAX_NAME")
-    src.add_argument("--github-api", metavar="URL", default=None,
-                     help="base URL of the GitHub API (default https://api.github.com; "
-                     "env SDRPC_GITHUB_API)")
-    src.add_argument("--github-raw", metavar="URL", default=None,
-                     help="base URL for raw files (default https://raw.githubusercontent.com; "
-                     "env SDRPC_GITHUB_RAW)")
+    src.add_argument(
+        "--github-api",
+        metavar="URL",
+        default=None,
+        help="base URL of the GitHub API (default https://api.github.com; env SDRPC_GITHUB_API)",
+    )
+    src.add_argument(
+        "--github-raw",
+        metavar="URL",
+        default=None,
+        help="base URL for raw files (default https://raw.githubusercontent.com; "
+        "env SDRPC_GITHUB_RAW)",
+    )
     b = p.add_argument_group("build")
     b.add_argument("--backend", default="cpu", help="recipe name (default cpu; --list-backends)")
     b.add_argument("--recipe", metavar="FILE", type=Path, help="use a custom recipe file")
-    b.add_argument("-D", dest="defines", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra CMake define (repeatable); wins over the recipe")
-    b.add_argument("--portable", action="store_true",
-                   help="GGML_NATIVE=OFF: a binary for other machines' CPUs")
+    b.add_argument(
+        "-D",
+        dest="defines",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra CMake define (repeatable); wins over the recipe",
+    )
+    b.add_argument(
+        "--portable", action="store_true", help="GGML_NATIVE=OFF: a binary for other machines' CPUs"
+    )
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.add_argument("-j", "--jobs", type=int, help="parallel compile jobs")
     b.add_argument("--no-verify", action="store_true", help="skip the handshake verification")
     s = p.add_argument_group("llama.cpp source")
-    s.add_argument("--llama-repo", default=DEFAULT_LLAMA_REPO, metavar="URL|PATH",
-                   help="git URL or path to fetch from (default: %(default)s)")
+    s.add_argument(
+        "--llama-repo",
+        default=DEFAULT_LLAMA_REPO,
+        metavar="URL|PATH",
+        help="git URL or path to fetch from (default: %(default)s)",
+    )
     s.add_argument("--llama-src", type=Path, metavar="PATH", help="use an existing checkout")
     s.add_argument("--allow-dirty", action="store_true", help="accept a modified --llama-src")
-    s.add_argument("--llama-sdist", metavar="NAME==VERSION",
-                   help="use the llama.cpp vendored in a PyPI sdist, e.g. llama-cpp-python==0.3.35")
+    s.add_argument(
+        "--llama-sdist",
+        metavar="NAME==VERSION",
+        help="use the llama.cpp vendored in a PyPI sdist, e.g. llama-cpp-python==0.3.35",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--cache-dir", type=Path, help="cache root (env SDRPC_CACHE_DIR)")
     o.add_argument("--dry-run", action="store_true", help="print pins, plan and cmake lines only")
@@ -85,24 +113,32 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _pins(args: argparse.Namespace, env: Mapping[str, str]) -> SdPins:
     if args.llama_commit is not None and not is_full_sha(args.llama_commit):
-        raise UsageError(f"--llama-commit {args.llama_commit!r} is not a full 40-hex commit",
-                         hint="pinned means a full SHA; abbreviations and branch names are refused")
+        raise UsageError(
+            f"--llama-commit {args.llama_commit!r} is not a full 40-hex commit",
+            hint="pinned means a full SHA; abbreviations and branch names are refused",
+        )
     if args.max_name is not None and not 1 <= args.max_name <= 4096:
-        raise UsageError(f"--max-name {args.max_name} is out of range",
-                         hint="sd.cpp uses 160 (128 before 2026-07); ggml's default is 64")
+        raise UsageError(
+            f"--max-name {args.max_name} is out of range",
+            hint="sd.cpp uses 160 (128 before 2026-07); ggml's default is 64",
+        )
     if args.sd_ref:
         from sdrpc_build.remote import RemoteConfig, read_remote_ref
 
         cfg = RemoteConfig.from_env(env, api=args.github_api, raw=args.github_raw)
-        return read_remote_ref(args.sd_ref, cfg, llama_commit=args.llama_commit,
-                               max_name=args.max_name)
+        return read_remote_ref(
+            args.sd_ref, cfg, llama_commit=args.llama_commit, max_name=args.max_name
+        )
     if args.sd_cpp is None and args.llama_commit is not None:
         # no tree needed: the commit and name length are given
         return SdPins(
             llama_commit=Pin(args.llama_commit, "--llama-commit"),
-            max_name=Pin(args.max_name if args.max_name is not None else DEFAULT_MAX_NAME,
-                         "--max-name" if args.max_name is not None
-                         else f"ggml default ({DEFAULT_MAX_NAME}); pass --max-name"),
+            max_name=Pin(
+                args.max_name if args.max_name is not None else DEFAULT_MAX_NAME,
+                "--max-name"
+                if args.max_name is not None
+                else f"ggml default ({DEFAULT_MAX_NAME}); pass --max-name",
+            ),
             client_protocol=Pin(None, "unknown (no sd.cpp tree)"),
             ggml_url=Pin(None, "unknown (no sd.cpp tree)"),
             ggml_commit=Pin(None, "unknown (no sd.cpp tree)"),
@@ -194,32 +230,66 @@ def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.list_backends:
         recipes = list_recipes()
         if args.json:
-            print(json.dumps([{"backend": r.name, "description": r.description,
-                               "platforms": list(r.platforms),
-                               "tools": [t.name for t in r.tools]} for r in recipes]))
+            print(
+                json.dumps(
+                    [
+                        {
+                            "backend": r.name,
+                            "description": r.description,
+                            "platforms": list(r.platforms),
+                            "tools": [t.name for t in r.tools],
+                        }
+                        for r in recipes
+                    ]
+                )
+            )
             return 0
         t = Table(title="backends")
         for col in ("backend", "platforms", "needs", "description"):
             t.add_column(col)
         for r in recipes:
-            t.add_row(r.name, ", ".join(r.platforms), ", ".join(x.name for x in r.tools) or "-",
-                      r.description)
+            t.add_row(
+                r.name,
+                ", ".join(r.platforms),
+                ", ".join(x.name for x in r.tools) or "-",
+                r.description,
+            )
         out_console().print(t)
         return 0
     if args.list:
         ms = list_manifests(artifacts_dir(cache_dir(env, args.cache_dir)))
         if args.json:
-            print(json.dumps([{"key": m.key, "binary": str(m.binary), "backend": m.backend,
-                               "commit": m.commit, "max_name": m.max_name,
-                               "protocol": m.protocol, "created": m.created,
-                               "verified": m.verified} for m in ms]))
+            print(
+                json.dumps(
+                    [
+                        {
+                            "key": m.key,
+                            "binary": str(m.binary),
+                            "backend": m.backend,
+                            "commit": m.commit,
+                            "max_name": m.max_name,
+                            "protocol": m.protocol,
+                            "created": m.created,
+                            "verified": m.verified,
+                        }
+                        for m in ms
+                    ]
+                )
+            )
             return 0
         t = Table(title="cached builds (newest first)")
         for col in ("key", "backend", "commit", "max_name", "protocol", "verified", "created"):
             t.add_column(col)
         for m in ms:
-            t.add_row(m.key, m.backend, m.commit[:12], str(m.max_name), m.protocol,
-                      "yes" if m.verified else "no", m.created)
+            t.add_row(
+                m.key,
+                m.backend,
+                m.commit[:12],
+                str(m.max_name),
+                m.protocol,
+                "yes" if m.verified else "no",
+                m.created,
+            )
         out_console().print(t)
         return 0
     pins = _pins(args, env)
@@ -232,8 +302,18 @@ def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         target = plan.target or "<target read from the fetched tree>"
         bld = ["cmake", "--build", str(build_dir), "--target", target, "--config", "Release"]
         if args.json:
-            print(json.dumps({"pins": pins.as_dict(), "plan": plan.describe(),
-                              "configure": cfg, "build": bld, "notes": notes}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "pins": pins.as_dict(),
+                        "plan": plan.describe(),
+                        "configure": cfg,
+                        "build": bld,
+                        "notes": notes,
+                    },
+                    indent=2,
+                )
+            )
             return 0
         _print_pins(pins)
         con = out_console()
@@ -247,8 +327,18 @@ def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     err = err_console()
     if not args.json:
         _print_pins(pins)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err, transient=True) if show else None
+    progress = (
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        if show
+        else None
+    )
     reporter = _RichReporter(progress)
     if progress is not None:
         with progress:
@@ -263,8 +353,10 @@ def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     m = res.manifest
     how = "cache hit" if res.cache_hit else f"built in {res.seconds:.1f}s"
     verified = "verified" if m.verified else "NOT verified"
-    print(f"{m.target} {m.protocol} ({m.backend}, GGML_MAX_NAME={m.max_name}, "
-          f"llama.cpp {m.commit[:12]}): {how}, {verified}")
+    print(
+        f"{m.target} {m.protocol} ({m.backend}, GGML_MAX_NAME={m.max_name}, "
+        f"llama.cpp {m.commit[:12]}): {how}, {verified}"
+    )
     print(f"manifest: {m.path / 'manifest.json'}")
     print(str(m.binary))
     return 0

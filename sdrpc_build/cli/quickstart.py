@@ -55,20 +55,26 @@ def _body(args: argparse.Namespace) -> int:
     from sdrpc_build.protocol.client import probe
 
     root = cache_dir(os.environ, args.cache_dir)
-    print(f"[1/3] build: llama.cpp {DEFAULT_PINS.llama_commit.value[:12]}, GGML_MAX_NAME=160, "
-          f"CPU, source {DEFAULT_SDIST} (cache {root})", flush=True)
-    res = build(DEFAULT_PINS, BuildOptions(cache_root=root, llama_sdist=DEFAULT_SDIST),
-                os.environ)
+    print(
+        f"[1/3] build: llama.cpp {DEFAULT_PINS.llama_commit.value[:12]}, GGML_MAX_NAME=160, "
+        f"CPU, source {DEFAULT_SDIST} (cache {root})",
+        flush=True,
+    )
+    res = build(DEFAULT_PINS, BuildOptions(cache_root=root, llama_sdist=DEFAULT_SDIST), os.environ)
     m = res.manifest
-    print(f"      {'cache hit' if res.cache_hit else f'built in {res.seconds:.0f}s'}, "
-          f"verified={m.verified}: {m.binary}", flush=True)
+    print(
+        f"      {'cache hit' if res.cache_hit else f'built in {res.seconds:.0f}s'}, "
+        f"verified={m.verified}: {m.binary}",
+        flush=True,
+    )
     port = args.port or _free_port()
     argv = [str(m.binary), "-H", "127.0.0.1", "-p", str(port)]
     if shutil.which("stdbuf"):
         argv = ["stdbuf", "-oL", *argv]
     print(f"[2/3] launch: {' '.join(argv)}", flush=True)
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         result = None
         deadline = time.monotonic() + 30
@@ -79,15 +85,22 @@ def _body(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.1)
         if result is None:
-            raise LaunchError("the server did not become ready",
-                              hint=f"run {m.binary} -p {port} by hand to see why")
-        print(f"[3/3] check: 127.0.0.1:{port} protocol "
-              f"{'.'.join(map(str, result.protocol or ()))}, GGML_MAX_NAME {result.max_name}, "
-              f"{len(result.devices)} device(s)", flush=True)
+            raise LaunchError(
+                "the server did not become ready",
+                hint=f"run {m.binary} -p {port} by hand to see why",
+            )
+        print(
+            f"[3/3] check: 127.0.0.1:{port} protocol "
+            f"{'.'.join(map(str, result.protocol or ()))}, GGML_MAX_NAME {result.max_name}, "
+            f"{len(result.devices)} device(s)",
+            flush=True,
+        )
         ok = result.protocol is not None and result.protocol[0] == 5 and result.max_name == 160
         for d in device_map([result]):
-            print(f"      {d.name}: {d.endpoint} device {d.index}, "
-                  f"{d.free // 2**20} MiB free of {d.total // 2**20} MiB")
+            print(
+                f"      {d.name}: {d.endpoint} device {d.index}, "
+                f"{d.free // 2**20} MiB free of {d.total // 2**20} MiB"
+            )
         print(f"sd-cli --rpc-servers 127.0.0.1:{port} --backend RPC0 ...")
         print("quickstart: " + ("OK, the server is compatible" if ok else "FAILED"))
         return 0 if ok else 10

@@ -188,10 +188,17 @@ class RpcClient:
         except OSError as exc:
             raise Closed(f"{self._where()} closed the connection while we sent ({exc})") from None
 
-    def _recv_into(self, view: memoryview, what: str, deadline: float | None) -> None:
-        """Fill ``view`` exactly; ``deadline`` bounds the total time (else idle timeout)."""
+    def _recv_into(
+        self, view: memoryview, what: str, deadline: float | None, header: int | None = None
+    ) -> None:
+        """Fill ``view`` exactly; ``deadline`` bounds the total time (else idle timeout).
+
+        With ``header``, ``view`` starts with a reply's u64 size, which is checked
+        against ``header`` as soon as its 8 bytes are in.
+        """
         sock = self._need_sock()
         got, want = 0, len(view)
+        check = header is not None
         try:
             while got < want:
                 if deadline is not None:
@@ -205,6 +212,11 @@ class RpcClient:
                 if n == 0:
                     raise Closed(self._closed_msg(what, got), got)
                 got += n
+                if check and got >= HEADER:
+                    check = False
+                    declared = int.from_bytes(view[:HEADER], "little")
+                    if declared != header:
+                        raise SizeMismatch(what, want - HEADER, declared, bytes(view[:16]))
         except (socket.timeout, TimeoutError):
             raise Timeout(
                 f"no complete {what} from {self._where()} within {self.timeout:g} s "
@@ -232,21 +244,27 @@ class RpcClient:
 
     def _exchange(self, req: Request, what: str) -> bytes:
         """Send ``req``; return its reply payload (``b""`` when it has none)."""
+        return self._exchange_many([(req, what)])[0]
+
+    def _exchange_many(self, reqs: list[tuple[Request, str]]) -> list[bytes]:
+        """Pipeline requests in one send, then read their replies in order."""
         deadline = time.monotonic() + self.timeout
         self._outstanding = True
-        self._send(req.wire)
-        if req.reply_size is None:
-            self._outstanding = False
-            return b""
-        self._read_header(req.reply_size, what, deadline)
-        if req.reply_size <= len(self._small):
-            view = memoryview(self._small)[: req.reply_size]
-            self._recv_into(view, what, deadline)
-            out = bytes(view)
-        else:
-            buf = bytearray(req.reply_size)
-            self._recv_into(memoryview(buf), what, deadline)
-            out = bytes(buf)
+        self._send(b"".join(r.wire for r, _ in reqs))
+        out: list[bytes] = []
+        for req, what in reqs:
+            size = req.reply_size
+            if size is None:
+                out.append(b"")
+            elif size + HEADER <= len(self._small):  # header and body in one recv
+                view = memoryview(self._small)[: HEADER + size]
+                self._recv_into(view, what, deadline, header=size)
+                out.append(bytes(view[HEADER:]))
+            else:
+                self._read_header(size, what, deadline)
+                buf = bytearray(size)
+                self._recv_into(memoryview(buf), what, deadline)
+                out.append(bytes(buf))
         self._outstanding = False
         return out
 
@@ -312,10 +330,17 @@ class RpcClient:
         return decode_u64(self._exchange(req, "GET_ALLOC_SIZE reply"))
 
     def device_info(self, device: int = 0) -> DeviceInfo:
-        free, total = self.get_device_memory(device)
-        return DeviceInfo(
-            device, free, total, self.get_alignment(device), self.get_max_size(device)
+        """Memory, alignment and max buffer size of one device (one round trip)."""
+        d = self._d()
+        mem, align, max_size = self._exchange_many(
+            [
+                (d.get_device_memory(device), "GET_DEVICE_MEMORY reply"),
+                (d.get_alignment(device), "GET_ALIGNMENT reply"),
+                (d.get_max_size(device), "GET_MAX_SIZE reply"),
+            ]
         )
+        free, total = decode_u64_pair(mem)
+        return DeviceInfo(device, free, total, decode_u64(align), decode_u64(max_size))
 
     def alloc_buffer(self, size: int, device: int = 0) -> tuple[int, int]:
         """``(remote_ptr, remote_size)``; both 0 when the server could not allocate."""

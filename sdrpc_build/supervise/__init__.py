@@ -1,0 +1,8 @@
+"""Start and supervise rpc-server processes (the engine behind ``sdrpc-launch``).
+
+``spec`` (what a server is, argv/env) -> ``config``/``resolve`` (user input to specs) ->
+``supervisor`` (decisions, no I/O; per-server rules in ``state``) -> ``runner`` (the I/O loop,
+with ``procs``, ``readiness``, ``banner``, ``cache`` and ``ports``).
+"""
+
+__all__: list[str] = []

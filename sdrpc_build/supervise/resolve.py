@@ -216,5 +216,6 @@ def resolve_servers(
         else:
             specs.append(s)
     for s in specs:
+        build_env(s, {})  # refuses --visible-devices the backend cannot map, before any start
         world.ensure_port_free(s.host, s.port)
     return specs

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 import servers
 
 pytestmark = pytest.mark.integration
@@ -22,14 +21,19 @@ V5 = servers.LLAMA_SDISTS["0.3.35"][0]
 V7 = servers.LLAMA_SDISTS["0.3.36"][0]
 
 
-def sdrpc_build(*args: str, cache: Path, env: dict[str, str] | None = None,
-                check: bool = False) -> subprocess.CompletedProcess[str]:
+def sdrpc_build(
+    *args: str, cache: Path, env: dict[str, str] | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     e = dict(os.environ)
     e.pop("SDRPC_CACHE_DIR", None)
     e.update(env or {})
     proc = subprocess.run(
         [sys.executable, "-m", "sdrpc_build.cli.build", "--cache-dir", str(cache), *args],
-        capture_output=True, text=True, env=e, timeout=900, check=False,
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=900,
+        check=False,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
@@ -45,8 +49,17 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def git_build(shared_cache: Path) -> dict[str, object]:
     """One real build: shallow fetch of the real v5 commit over file://, CPU server, n160."""
     repo = servers.bare_repo("0.3.35")
-    proc = sdrpc_build("--llama-commit", V5, "--max-name", "160", "--llama-repo",
-                       repo.as_uri(), "--json", cache=shared_cache, check=True)
+    proc = sdrpc_build(
+        "--llama-commit",
+        V5,
+        "--max-name",
+        "160",
+        "--llama-repo",
+        repo.as_uri(),
+        "--json",
+        cache=shared_cache,
+        check=True,
+    )
     return dict(json.loads(proc.stdout))
 
 
@@ -54,7 +67,11 @@ def test_git_fetch_build_verify(git_build: dict[str, object], shared_cache: Path
     r = git_build
     assert r["cache_hit"] is False and r["verified"] is True
     assert (r["commit"], r["max_name"], r["target"], r["protocol"]) == (
-        V5, 160, "ggml-rpc-server", "5.0.0")
+        V5,
+        160,
+        "ggml-rpc-server",
+        "5.0.0",
+    )
     binary = Path(str(r["binary"]))
     assert binary.is_file() and os.access(binary, os.X_OK)
     m = json.loads(Path(str(r["manifest"])).read_text())
@@ -66,14 +83,16 @@ def test_git_fetch_build_verify(git_build: dict[str, object], shared_cache: Path
     assert len(m["binary_sha256"]) == 64 and m["build_seconds"] > 0
     # the fetched source is a real shallow checkout at exactly the commit
     src = shared_cache / "sources" / V5
-    head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert head == V5
     assert (src / ".git" / "shallow").is_file()
 
 
-def test_max_name_reaches_every_compiled_file(git_build: dict[str, object],
-                                              shared_cache: Path) -> None:
+def test_max_name_reaches_every_compiled_file(
+    git_build: dict[str, object], shared_cache: Path
+) -> None:
     builds = list((shared_cache / "builds").glob("cpu-4df29be4f4-n160-*"))
     assert len(builds) == 1
     cmds = json.loads((builds[0] / "compile_commands.json").read_text())
@@ -84,58 +103,88 @@ def test_max_name_reaches_every_compiled_file(git_build: dict[str, object],
     assert {".c", ".cpp"} <= langs
 
 
-def test_second_call_is_a_cache_hit_without_network(git_build: dict[str, object],
-                                                    shared_cache: Path) -> None:
+def test_second_call_is_a_cache_hit_without_network(
+    git_build: dict[str, object], shared_cache: Path
+) -> None:
     t0 = time.monotonic()
-    proc = sdrpc_build("--llama-commit", V5, "--max-name", "160", "--llama-repo",
-                       "file:///nonexistent/repo.git", "--json", cache=shared_cache, check=True)
+    proc = sdrpc_build(
+        "--llama-commit",
+        V5,
+        "--max-name",
+        "160",
+        "--llama-repo",
+        "file:///nonexistent/repo.git",
+        "--json",
+        cache=shared_cache,
+        check=True,
+    )
     elapsed = time.monotonic() - t0
     r = json.loads(proc.stdout)
     assert r["cache_hit"] is True and r["binary"] == git_build["binary"]
     assert elapsed < 30  # generous: proves no build happened, not a speed target
 
 
-def test_plain_output_ends_with_binary_path(git_build: dict[str, object],
-                                            shared_cache: Path) -> None:
+def test_plain_output_ends_with_binary_path(
+    git_build: dict[str, object], shared_cache: Path
+) -> None:
     proc = sdrpc_build("--llama-commit", V5, "--max-name", "160", cache=shared_cache, check=True)
     assert proc.stdout.strip().splitlines()[-1] == git_build["binary"]
 
 
 def test_commit_not_at_remote(shared_cache: Path) -> None:
     repo = servers.bare_repo("0.3.35")
-    proc = sdrpc_build("--llama-commit", V7, "--max-name", "160", "--llama-repo",
-                       repo.as_uri(), cache=shared_cache)
+    proc = sdrpc_build(
+        "--llama-commit", V7, "--max-name", "160", "--llama-repo", repo.as_uri(), cache=shared_cache
+    )
     assert proc.returncode == 5, proc.stderr
     assert V7 in proc.stderr and "Traceback" not in proc.stderr
     assert not list((shared_cache / "sources").glob(f"{V7}*"))
 
 
 def test_remote_unreachable(tmp_path: Path) -> None:
-    proc = sdrpc_build("--llama-commit", V5, "--max-name", "64", "--llama-repo",
-                       (tmp_path / "nope.git").as_uri(), cache=tmp_path / "c")
+    proc = sdrpc_build(
+        "--llama-commit",
+        V5,
+        "--max-name",
+        "64",
+        "--llama-repo",
+        (tmp_path / "nope.git").as_uri(),
+        cache=tmp_path / "c",
+    )
     assert proc.returncode == 5
     assert "nope.git" in proc.stderr and V5 in proc.stderr
     assert "hint:" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_llama_src_checkout_and_dirty(shared_cache: Path, tmp_path: Path,
-                                      git_build: dict[str, object]) -> None:
+def test_llama_src_checkout_and_dirty(
+    shared_cache: Path, tmp_path: Path, git_build: dict[str, object]
+) -> None:
     work = tmp_path / "llama.cpp"
-    subprocess.run(["git", "clone", "-q", str(servers.bare_repo("0.3.35")), str(work)],
-                   check=True)
+    subprocess.run(["git", "clone", "-q", str(servers.bare_repo("0.3.35")), str(work)], check=True)
     (work / "README.md").write_text("local change\n")
-    proc = sdrpc_build("--llama-commit", V5, "--max-name", "160", "--llama-src", str(work),
-                       cache=shared_cache)
+    proc = sdrpc_build(
+        "--llama-commit", V5, "--max-name", "160", "--llama-src", str(work), cache=shared_cache
+    )
     assert proc.returncode == 5 and "uncommitted changes" in proc.stderr
     assert "--allow-dirty" in proc.stderr
     subprocess.run(["git", "-C", str(work), "checkout", "README.md"], check=True)
-    proc = sdrpc_build("--llama-commit", V5, "--max-name", "160", "--llama-src", str(work),
-                       "--json", cache=shared_cache, check=True)
+    proc = sdrpc_build(
+        "--llama-commit",
+        V5,
+        "--max-name",
+        "160",
+        "--llama-src",
+        str(work),
+        "--json",
+        cache=shared_cache,
+        check=True,
+    )
     r = json.loads(proc.stdout)
     # a clean checkout of the same commit is the same build: served from the store
     assert r["cache_hit"] is True
-    proc = sdrpc_build("--llama-commit", V7, "--max-name", "160", "--llama-src", str(work),
-                       cache=shared_cache)
+    proc = sdrpc_build(
+        "--llama-commit", V7, "--max-name", "160", "--llama-src", str(work), cache=shared_cache
+    )
     assert proc.returncode == 5 and "not the pinned" in proc.stderr
 
 
@@ -144,11 +193,27 @@ def test_llama_sdist_source(tmp_path: Path) -> None:
     (cache / "downloads").mkdir(parents=True)
     shutil.copy2(servers.sdist_path("llama-cpp-python", "0.3.35"), cache / "downloads")
     # wrong commit: says which commit the sdist holds
-    proc = sdrpc_build("--llama-commit", V7, "--max-name", "64", "--llama-sdist",
-                       "llama-cpp-python==0.3.35", cache=cache)
+    proc = sdrpc_build(
+        "--llama-commit",
+        V7,
+        "--max-name",
+        "64",
+        "--llama-sdist",
+        "llama-cpp-python==0.3.35",
+        cache=cache,
+    )
     assert proc.returncode == 5 and f"vendors llama.cpp {V5}" in proc.stderr
-    proc = sdrpc_build("--llama-commit", V5, "--max-name", "64", "--llama-sdist",
-                       "llama-cpp-python==0.3.35", "--json", cache=cache, check=True)
+    proc = sdrpc_build(
+        "--llama-commit",
+        V5,
+        "--max-name",
+        "64",
+        "--llama-sdist",
+        "llama-cpp-python==0.3.35",
+        "--json",
+        cache=cache,
+        check=True,
+    )
     r = json.loads(proc.stdout)
     assert r["verified"] is True and r["protocol"] == "5.0.0" and r["max_name"] == 64
     src = cache / "sources" / V5
@@ -171,20 +236,29 @@ def test_real_sd_cpp_tree_pins(sd_cpp_tree: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("mutate", "code", "text"),
     [
-        (lambda t: (t / "ggml" / "scripts" / "sync-llama.last").write_text("abc\n"), 3,
-         "expected 40"),
+        (
+            lambda t: (t / "ggml" / "scripts" / "sync-llama.last").write_text("abc\n"),
+            3,
+            "expected 40",
+        ),
         (lambda t: (t / "ggml" / "scripts" / "sync-llama.last").unlink(), 3, "missing"),
         (lambda t: shutil.rmtree(t / "ggml"), 3, "not initialised"),
-        (lambda t: (t / "CMakeLists.txt").write_text(
-            (t / "CMakeLists.txt").read_text().replace("GGML_MAX_NAME=128", "GGML_MAX_NAME=x")),
-         3, "not a positive number"),
+        (
+            lambda t: (t / "CMakeLists.txt").write_text(
+                (t / "CMakeLists.txt").read_text().replace("GGML_MAX_NAME=128", "GGML_MAX_NAME=x")
+            ),
+            3,
+            "not a positive number",
+        ),
     ],
 )
-def test_bad_sd_trees(sd_cpp_tree: Path, tmp_path: Path, mutate: Callable[[Path], object],
-                      code: int, text: str) -> None:
+def test_bad_sd_trees(
+    sd_cpp_tree: Path, tmp_path: Path, mutate: Callable[[Path], object], code: int, text: str
+) -> None:
     tree = tmp_path / "sd"
-    shutil.copytree(sd_cpp_tree, tree, ignore=shutil.ignore_patterns("thirdparty", "examples",
-                                                                      "assets", "docs"))
+    shutil.copytree(
+        sd_cpp_tree, tree, ignore=shutil.ignore_patterns("thirdparty", "examples", "assets", "docs")
+    )
     mutate(tree)
     proc = sdrpc_build("--sd-cpp", str(tree), "--dry-run", cache=tmp_path / "c")
     assert proc.returncode == code, proc.stderr
@@ -208,32 +282,63 @@ def test_usage_errors(tmp_path: Path) -> None:
 
 
 def test_missing_tool_is_named(tmp_path: Path) -> None:
-    p = sdrpc_build("--llama-commit", V5, "--backend", "cuda", cache=tmp_path,
-                    env={"PATH": "/usr/bin:/bin:" + str(Path(sys.executable).parent)})
+    p = sdrpc_build(
+        "--llama-commit",
+        V5,
+        "--backend",
+        "cuda",
+        cache=tmp_path,
+        env={"PATH": "/usr/bin:/bin:" + str(Path(sys.executable).parent)},
+    )
     if shutil.which("nvcc", path="/usr/bin:/bin"):
         pytest.fail("this test expects a machine without nvcc in /usr/bin")
     assert p.returncode == 6 and "nvcc" in p.stderr and "hint:" in p.stderr
 
 
-def test_configure_failure_shows_log_tail(tmp_path: Path, git_build: dict[str, object],
-                                          shared_cache: Path) -> None:
-    p = sdrpc_build("--llama-commit", V5, "--max-name", "160", "-D", "GGML_BLAS=ON",
-                    "-D", "GGML_BLAS_VENDOR=NoSuchVendor", "--no-verify", cache=shared_cache)
+def test_configure_failure_shows_log_tail(
+    tmp_path: Path, git_build: dict[str, object], shared_cache: Path
+) -> None:
+    p = sdrpc_build(
+        "--llama-commit",
+        V5,
+        "--max-name",
+        "160",
+        "-D",
+        "GGML_BLAS=ON",
+        "-D",
+        "GGML_BLAS_VENDOR=NoSuchVendor",
+        "--no-verify",
+        cache=shared_cache,
+    )
     assert p.returncode == 7, p.stderr
     assert "cmake configure failed" in p.stderr and "| " in p.stderr
     assert not list((shared_cache / "artifacts").glob("*NoSuch*"))
 
 
-def test_ctrl_c_leaves_no_partial_entry(tmp_path: Path, shared_cache: Path,
-                                        git_build: dict[str, object]) -> None:
+def test_ctrl_c_leaves_no_partial_entry(
+    tmp_path: Path, shared_cache: Path, git_build: dict[str, object]
+) -> None:
     cache = tmp_path / "c"
     shutil.copytree(shared_cache / "sources", cache / "sources", symlinks=True)
     env = dict(os.environ, CCACHE_DISABLE="1")
     env.pop("SDRPC_CACHE_DIR", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sdrpc_build.cli.build", "--cache-dir", str(cache),
-         "--llama-commit", V5, "--max-name", "160", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "sdrpc_build.cli.build",
+            "--cache-dir",
+            str(cache),
+            "--llama-commit",
+            V5,
+            "--max-name",
+            "160",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
         start_new_session=True,
     )
     try:
@@ -259,3 +364,45 @@ def test_ctrl_c_leaves_no_partial_entry(tmp_path: Path, shared_cache: Path,
     # and the next run succeeds
     p = sdrpc_build("--llama-commit", V5, "--max-name", "160", "--json", cache=cache, check=True)
     assert json.loads(p.stdout)["verified"] is True
+
+
+def test_fetched_source_is_reused_without_network(
+    shared_cache: Path, git_build: dict[str, object]
+) -> None:
+    from sdrpc_build.source import fetch_git
+
+    src = fetch_git(shared_cache / "sources", V5, "file:///nonexistent/llama.cpp.git", retries=1)
+    assert src.method == "cache" and src.fetched is False
+    assert src.tree == shared_cache / "sources" / V5
+
+
+def test_concurrent_builds_of_one_request(
+    tmp_path: Path, shared_cache: Path, git_build: dict[str, object]
+) -> None:
+    cache = tmp_path / "c"
+    shutil.copytree(shared_cache / "sources", cache / "sources", symlinks=True)
+    env = dict(os.environ)
+    env.pop("SDRPC_CACHE_DIR", None)
+    argv = [
+        sys.executable,
+        "-m",
+        "sdrpc_build.cli.build",
+        "--cache-dir",
+        str(cache),
+        "--llama-commit",
+        V5,
+        "--max-name",
+        "160",
+        "--json",
+    ]
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    results = [json.loads(o[0]) for o in outs]
+    assert results[0]["binary"] == results[1]["binary"]
+    assert sorted(r["cache_hit"] for r in results) == [False, True]  # one built, one waited
+    entries = [p.name for p in (cache / "artifacts").iterdir()]
+    assert len(entries) == 1 and not entries[0].startswith(".tmp")

@@ -30,18 +30,31 @@ class _Site:
 def site(sd_cpp_tree: Path) -> Iterator[tuple[_Site, RemoteConfig]]:
     st = _Site()
     raw = f"/raw/leejet/stable-diffusion.cpp/{SD_SHA}"
-    st.files[f"/api/repos/leejet/stable-diffusion.cpp/commits/master"] = (
-        200, json.dumps({"sha": SD_SHA}).encode())
+    st.files["/api/repos/leejet/stable-diffusion.cpp/commits/master"] = (
+        200,
+        json.dumps({"sha": SD_SHA}).encode(),
+    )
     st.files[f"/api/repos/leejet/stable-diffusion.cpp/contents/ggml?ref={SD_SHA}"] = (
-        200, json.dumps({"type": "submodule", "sha": GGML_SHA,
-                         "submodule_git_url": "https://github.com/ggml-org/ggml.git"}).encode())
+        200,
+        json.dumps(
+            {
+                "type": "submodule",
+                "sha": GGML_SHA,
+                "submodule_git_url": "https://github.com/ggml-org/ggml.git",
+            }
+        ).encode(),
+    )
     st.files[f"{raw}/CMakeLists.txt"] = (200, (sd_cpp_tree / "CMakeLists.txt").read_bytes())
     st.files[f"{raw}/.gitmodules"] = (200, (sd_cpp_tree / ".gitmodules").read_bytes())
     g = f"/raw/ggml-org/ggml/{GGML_SHA}"
     st.files[f"{g}/scripts/sync-llama.last"] = (
-        200, (sd_cpp_tree / "ggml/scripts/sync-llama.last").read_bytes())
+        200,
+        (sd_cpp_tree / "ggml/scripts/sync-llama.last").read_bytes(),
+    )
     st.files[f"{g}/include/ggml-rpc.h"] = (
-        200, (sd_cpp_tree / "ggml/include/ggml-rpc.h").read_bytes())
+        200,
+        (sd_cpp_tree / "ggml/include/ggml-rpc.h").read_bytes(),
+    )
 
     class H(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -73,7 +86,7 @@ def site(sd_cpp_tree: Path) -> Iterator[tuple[_Site, RemoteConfig]]:
 
 def test_remote_pins_match_the_tree(site: tuple[_Site, RemoteConfig]) -> None:
     st, cfg = site
-    st.fail_first[f"/api/repos/leejet/stable-diffusion.cpp/commits/master"] = 1  # retried
+    st.fail_first["/api/repos/leejet/stable-diffusion.cpp/commits/master"] = 1  # retried
     pins = read_remote_ref("leejet/stable-diffusion.cpp@master", cfg)
     assert pins.llama_commit.value == "b0f0dd3e516a783b46bb15b20e6a6579367e2ff2"
     assert pins.max_name.value == 128
@@ -90,7 +103,8 @@ def test_remote_errors(site: tuple[_Site, RemoteConfig]) -> None:
         read_remote_ref("leejet/stable-diffusion.cpp@nope", cfg)
     with pytest.raises(UsageError):
         parse_ref("leejet/stable-diffusion.cpp")
-    dead = RemoteConfig(api="http://127.0.0.1:9/api", raw="http://127.0.0.1:9/raw",
-                        timeout=1, retries=0)
+    dead = RemoteConfig(
+        api="http://127.0.0.1:9/api", raw="http://127.0.0.1:9/raw", timeout=1, retries=0
+    )
     with pytest.raises(SourceError, match="cannot reach"):
         read_remote_ref("leejet/stable-diffusion.cpp@master", dead)

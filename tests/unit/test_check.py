@@ -177,7 +177,7 @@ def test_cli_exit_codes(fake_probe: dict[int, ProbeResult], capsys: pytest.Captu
 def test_cli_sd_cpp_pins_and_override(fake_probe: dict[int, ProbeResult],
                                       capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import sdrpc_build.pins as pins
+    from sdrpc_build import pins
 
     seen: list[Path] = []
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from sdrpc_build.errors import ProtocolError
 from sdrpc_build.protocol.codec import (
-    CodecError,
     Cmd,
+    CodecError,
     Dialect,
     FrameTooLarge,
     ReceiveBuffer,

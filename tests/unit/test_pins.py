@@ -48,8 +48,11 @@ def test_sync_llama_last_invalid(data: bytes, why: str) -> None:
         ("add_compile_definitions(GGML_MAX_NAME=160)", 160),
         ("ADD_DEFINITIONS( -DFOO=1 -DGGML_MAX_NAME=256 )", 256),
         ("if (NOT SD_USE_SYSTEM_GGML)\n  add_definitions(-DGGML_MAX_NAME=128)\nendif()", 128),
-        ("if (SD_USE_SYSTEM_GGML)\n  add_definitions(-DGGML_MAX_NAME=64)\nelse()\n"
-         "  add_definitions(-DGGML_MAX_NAME=160)\nendif()", 160),
+        (
+            "if (SD_USE_SYSTEM_GGML)\n  add_definitions(-DGGML_MAX_NAME=64)\nelse()\n"
+            "  add_definitions(-DGGML_MAX_NAME=160)\nendif()",
+            160,
+        ),
         ("# add_definitions(-DGGML_MAX_NAME=999)\nadd_definitions(-DGGML_MAX_NAME=160)", 160),
         ("project(x)", None),
     ],
@@ -66,17 +69,24 @@ def test_parse_max_name_errors() -> None:
 
 
 def test_rpc_version_and_gitmodules() -> None:
-    h = "#define RPC_PROTO_MAJOR_VERSION    3\n#define RPC_PROTO_MINOR_VERSION 6\n" \
+    h = (
+        "#define RPC_PROTO_MAJOR_VERSION    3\n#define RPC_PROTO_MINOR_VERSION 6\n"
         "#define RPC_PROTO_PATCH_VERSION 1\n"
+    )
     assert parse_rpc_version(h) == (3, 6, 1)
     assert parse_rpc_version("nothing") is None
-    gm = '[submodule "ggml"]\n    path = ggml\n\turl = https://github.com/leejet/ggml.git\n' \
-         '[submodule "x"]\n path = x\n url = u\n'
+    gm = (
+        '[submodule "ggml"]\n    path = ggml\n\turl = https://github.com/leejet/ggml.git\n'
+        '[submodule "x"]\n path = x\n url = u\n'
+    )
     assert parse_gitmodules(gm) == {"ggml": "https://github.com/leejet/ggml.git", "x": "u"}
 
 
-def _tree(tmp: Path, cm: str = 'project("stable-diffusion")\nadd_definitions(-DGGML_MAX_NAME=160)\n',
-          sync: bytes | None = (SHA + "\n").encode()) -> Path:
+def _tree(
+    tmp: Path,
+    cm: str = 'project("stable-diffusion")\nadd_definitions(-DGGML_MAX_NAME=160)\n',
+    sync: bytes | None = (SHA + "\n").encode(),
+) -> Path:
     (tmp / "ggml" / "scripts").mkdir(parents=True)
     (tmp / "ggml" / "include").mkdir()
     (tmp / "CMakeLists.txt").write_text(cm)
@@ -84,8 +94,11 @@ def _tree(tmp: Path, cm: str = 'project("stable-diffusion")\nadd_definitions(-DG
         (tmp / "ggml" / "scripts" / "sync-llama.last").write_bytes(sync)
     (tmp / "ggml" / "include" / "ggml-rpc.h").write_text(
         "#define RPC_PROTO_MAJOR_VERSION 5\n#define RPC_PROTO_MINOR_VERSION 0\n"
-        "#define RPC_PROTO_PATCH_VERSION 1\n")
-    (tmp / ".gitmodules").write_text('[submodule "ggml"]\npath = ggml\nurl = https://github.com/leejet/ggml.git\n')
+        "#define RPC_PROTO_PATCH_VERSION 1\n"
+    )
+    (tmp / ".gitmodules").write_text(
+        '[submodule "ggml"]\npath = ggml\nurl = https://github.com/leejet/ggml.git\n'
+    )
     return tmp
 
 

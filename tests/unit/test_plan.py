@@ -20,15 +20,22 @@ from sdrpc_build.plan import (
 from sdrpc_build.recipes import load_recipe
 
 SHA = "4df29be4f4c3673f428170fda944a5b19f743bb8"
-NEW = TreeFacts("tools/rpc", "ggml-rpc-server", (5, 0, 0), frozenset({"GGML_HIP"}),
-                frozenset({"tools/rpc"}))
-OLD = TreeFacts("examples/rpc", "rpc-server", (1, 0, 0), frozenset({"GGML_HIPBLAS"}),
-                frozenset({"examples/rpc"}))
+NEW = TreeFacts(
+    "tools/rpc", "ggml-rpc-server", (5, 0, 0), frozenset({"GGML_HIP"}), frozenset({"tools/rpc"})
+)
+OLD = TreeFacts(
+    "examples/rpc",
+    "rpc-server",
+    (1, 0, 0),
+    frozenset({"GGML_HIPBLAS"}),
+    frozenset({"examples/rpc"}),
+)
 
 
 def req(**kw: object) -> BuildRequest:
-    base = BuildRequest(commit=SHA, max_name=160, recipe=load_recipe("cpu"),
-                        tool_versions=(("cmake", "3.30.0"),))
+    base = BuildRequest(
+        commit=SHA, max_name=160, recipe=load_recipe("cpu"), tool_versions=(("cmake", "3.30.0"),)
+    )
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
@@ -36,17 +43,40 @@ def test_configure_argv_exact() -> None:
     plan = make_plan(req(), NEW)
     argv = configure_argv(plan, "cmake", Path("/src"), Path("/b"), "/bin/ninja")
     assert argv == [
-        "cmake", "-S", "/src", "-B", "/b", "-G", "Ninja", "-DCMAKE_MAKE_PROGRAM=/bin/ninja",
-        "-DCMAKE_BUILD_TYPE=Release", "-DGGML_RPC=ON", "-DBUILD_SHARED_LIBS=OFF",
-        "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-        "-DLLAMA_BUILD_TOOLS=ON", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
-        "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_CUDA=OFF", "-DGGML_VULKAN=OFF", "-DGGML_METAL=OFF",
+        "cmake",
+        "-S",
+        "/src",
+        "-B",
+        "/b",
+        "-G",
+        "Ninja",
+        "-DCMAKE_MAKE_PROGRAM=/bin/ninja",
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DGGML_RPC=ON",
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_SERVER=OFF",
+        "-DLLAMA_BUILD_TOOLS=ON",
+        "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DGGML_CUDA=OFF",
+        "-DGGML_VULKAN=OFF",
+        "-DGGML_METAL=OFF",
         "-DCMAKE_PROJECT_INCLUDE=/b/sdrpc-defines.cmake",
     ]
     assert "GGML_BUILD_SHARED_LIBS" not in " ".join(argv)  # the documented no-op
     assert build_argv(plan, "cmake", Path("/b"), 2) == [
-        "cmake", "--build", "/b", "--target", "ggml-rpc-server", "--config", "Release",
-        "--parallel", "2"]
+        "cmake",
+        "--build",
+        "/b",
+        "--target",
+        "ggml-rpc-server",
+        "--config",
+        "Release",
+        "--parallel",
+        "2",
+    ]
 
 
 def test_old_tree_keeps_examples_and_old_target() -> None:
@@ -79,9 +109,13 @@ def test_cache_key_covers_every_input() -> None:
     assert base.startswith("cpu-4df29be4f4-n160-")
     assert cache_key(req()) == base
     variants = [
-        req(max_name=128), req(commit="0" * 40), req(portable=True),
-        req(user_defines=(("A", "1"),)), req(tool_versions=(("cmake", "3.31.0"),)),
-        req(source_state="dirty:abc"), req(recipe=load_recipe("vulkan")),
+        req(max_name=128),
+        req(commit="0" * 40),
+        req(portable=True),
+        req(user_defines=(("A", "1"),)),
+        req(tool_versions=(("cmake", "3.31.0"),)),
+        req(source_state="dirty:abc"),
+        req(recipe=load_recipe("vulkan")),
     ]
     keys = {cache_key(r) for r in variants}
     assert base not in keys and len(keys) == len(variants)
@@ -112,7 +146,8 @@ def test_read_tree_facts(tmp_path: Path) -> None:
     (tmp_path / "ggml" / "CMakeLists.txt").write_text('option(GGML_HIP "x" OFF)\n')
     (tmp_path / "ggml" / "include" / "ggml-rpc.h").write_text(
         "#define RPC_PROTO_MAJOR_VERSION 7\n#define RPC_PROTO_MINOR_VERSION 0\n"
-        "#define RPC_PROTO_PATCH_VERSION 0\n")
+        "#define RPC_PROTO_PATCH_VERSION 0\n"
+    )
     f = read_tree_facts(tmp_path)
     assert (f.target, f.server_dir, f.protocol) == ("ggml-rpc-server", "tools/rpc", (7, 0, 0))
     assert "GGML_HIP" in f.options

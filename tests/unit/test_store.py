@@ -10,9 +10,16 @@ from sdrpc_build.store import find_manifest, install_entry, list_manifests, look
 
 
 def _manifest(created: str, backend: str = "cpu") -> dict[str, object]:
-    return {"backend": backend, "commit": "a" * 40, "max_name": 160, "protocol": "5.0.0",
-            "target": "ggml-rpc-server", "created": created, "platform": "linux-x86_64",
-            "verify": {"ok": True}}
+    return {
+        "backend": backend,
+        "commit": "a" * 40,
+        "max_name": 160,
+        "protocol": "5.0.0",
+        "target": "ggml-rpc-server",
+        "created": created,
+        "platform": "linux-x86_64",
+        "verify": {"ok": True},
+    }
 
 
 def test_install_and_lookup(tmp_path: Path) -> None:

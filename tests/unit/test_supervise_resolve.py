@@ -116,8 +116,9 @@ def test_visible_devices_backend_guessed_from_devices(tmp_path: Path, binary: Pa
     (s,) = resolve_servers([ServerOptions(binary=binary, visible_devices="1")], w.env)
     assert s.backend == "cuda"
     w = World(tmp_path, devices=(BannerDevice("CPU", "x", 1, 1),))
-    (s,) = resolve_servers([ServerOptions(binary=binary, visible_devices="1")], w.env)
-    assert s.backend == "cpu"  # build_env will then refuse it with a clear message
+    with pytest.raises(UsageError, match="no meaning for the cpu backend"):
+        resolve_servers([ServerOptions(binary=binary, visible_devices="1")], w.env)
+    assert w.checked == []  # refused before anything else
 
 
 def test_shared_cache_dir_refused(tmp_path: Path, binary: Path) -> None:
