@@ -127,6 +127,7 @@ def native(binary: Path, port: int, size: int, repeats: int) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
     )
     if proc.returncode:
         raise SystemExit(f"native client failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
@@ -162,8 +163,9 @@ def _summary(size: int, times: list[float]) -> dict[str, float]:
 def bench_version(version: str, size: int, rounds: int, repeats: int) -> dict[str, Any]:
     binary = native_binary(version, 64)
     port, proc = _start_server(version)
-    t: dict[str, list[float]] = {k: [] for k in ("sdrpc_set", "sdrpc_get", "native_set",
-                                                 "native_get", "raw_tcp")}
+    t: dict[str, list[float]] = {
+        k: [] for k in ("sdrpc_set", "sdrpc_get", "native_set", "native_get", "raw_tcp")
+    }
     try:
         for _ in range(rounds):
             s = sdrpc(port, size, repeats)
@@ -199,7 +201,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--size", default="64M")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=4, help="transfers per op and round")
     p.add_argument("--versions", default="0.3.35,0.3.36")
     args = p.parse_args()

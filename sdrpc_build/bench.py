@@ -69,7 +69,7 @@ def parse_size(text: str, what: str = "size") -> int:
     if i and not unit:
         raise UsageError(f"{what}: cannot read {text!r} as a size", hint="e.g. 64MiB")
     base = 1000 if (unit and b and not i) else 1024
-    value = float(number) * base ** _POW[unit]
+    value = float(number) * float(base ** _POW[unit])
     if value < 1:
         raise UsageError(f"{what}: {text!r} is less than one byte")
     return round(value)

@@ -96,7 +96,7 @@ class StoreError(SdrpcError):
 class ProtocolError(SdrpcError):
     """Bytes from a peer do not form a valid ggml RPC message."""
 
-    exit_code = 10
+    exit_code = 14
 
 
 class CheckError(SdrpcError):
@@ -128,5 +128,17 @@ EXIT_CODES: dict[int, str] = {
     7: "cmake configure or compile failed",
     8: "the built server failed verification",
     9: "artifact store error (permissions, lock, corrupt entry)",
+    10: "sdrpc-check: a server is incompatible (protocol or GGML_MAX_NAME)",
+    11: "sdrpc-check: a server is unreachable",
+    12: "sdrpc-check: a server is busy serving another client",
+    13: "sdrpc-check: not a ggml RPC server",
+    14: "sdrpc-check: protocol error",
+    20: "sdrpc-launch: a server could not be started",
+    21: "sdrpc-launch: invalid servers.toml",
+    22: "sdrpc-launch: port already in use",
+    23: "sdrpc-launch: unknown -d device",
+    24: "sdrpc-launch: host is not an IPv4 address",
+    25: "sdrpc-launch: no server binary or build found",
+    26: "sdrpc-launch: a server went FATAL (too many failures)",
     130: "interrupted",
 }

@@ -115,18 +115,21 @@ class _Conn:
 
 
 def _fail(endpoint: str, doing: str, exc: BaseException) -> BenchError:
+    detail = str(exc)
+    if detail.startswith(endpoint + " "):
+        detail = detail[len(endpoint) + 1 :]
     if isinstance(exc, Closed):
         return BenchError(
-            f"{endpoint}: the server closed the connection during {doing}: {exc}",
+            f"{endpoint}: the server closed the connection during {doing} ({detail})",
             hint="the server crashed, was stopped, or refused the request; look at its output",
         )
     if isinstance(exc, Timeout):
         return BenchError(
-            f"{endpoint}: no progress during {doing}: {exc}",
+            f"{endpoint}: no progress during {doing} ({detail})",
             hint="the server or the link stalled; try a larger --timeout on slow links",
         )
     return BenchError(
-        f"{endpoint}: {doing} failed: {exc}",
+        f"{endpoint}: {doing} failed: {detail}",
         hint="run sdrpc-check on this endpoint to see whether the server is compatible",
     )
 
@@ -139,6 +142,12 @@ def _probe_or_fail(host: str, port: int, timeout: float) -> ProbeResult:
         raise BenchError(
             f"{where} is busy: {detail}",
             hint="rpc-server serves one client at a time; stop the other client first",
+        )
+    if result.status == "unreachable":
+        raise BenchError(
+            f"{where}: {detail}",
+            hint="check the address, and that rpc-server runs there with -H set to an "
+            "address this machine can reach (it listens on 127.0.0.1 by default)",
         )
     if result.status != "ok" or result.protocol is None:
         raise BenchError(f"{where}: {detail}", hint="run sdrpc-check on it for details")
@@ -288,9 +297,7 @@ def _bench_device(
         if ptr:
             _release(conn, ptr)
     return (
-        DeviceResult(
-            dev.index, free_before, total, free_after, tuple(samples), notes, verified
-        ),
+        DeviceResult(dev.index, free_before, total, free_after, tuple(samples), notes, verified),
         latency,
     )
 

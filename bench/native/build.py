@@ -32,7 +32,9 @@ LIBS = ("ggml-rpc/libggml-rpc.a", "libggml.a", "libggml-cpu.a", "libggml-base.a"
 
 def _run(cmd: list[str]) -> None:
     print("+ " + " ".join(cmd), file=sys.stderr)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False
+    )
     if proc.returncode:
         tail = "\n".join(proc.stdout.splitlines()[-30:])
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
@@ -52,11 +54,29 @@ def ggml_build(version: str, max_name: int) -> Path:
         return build
     tree = servers.llama_tree(version)
     defs = f"-DGGML_MAX_NAME={max_name}"
-    _run(["cmake", "-S", str(tree), "-B", str(build), "-G", "Ninja",
-          "-DCMAKE_BUILD_TYPE=Release", "-DGGML_RPC=ON", "-DBUILD_SHARED_LIBS=OFF",
-          "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-          "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=OFF", "-DGGML_NATIVE=OFF",
-          "-DGGML_RPC_RDMA=OFF", f"-DCMAKE_C_FLAGS={defs}", f"-DCMAKE_CXX_FLAGS={defs}"])
+    _run(
+        [
+            "cmake",
+            "-S",
+            str(tree),
+            "-B",
+            str(build),
+            "-G",
+            "Ninja",
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DGGML_RPC=ON",
+            "-DBUILD_SHARED_LIBS=OFF",
+            "-DLLAMA_CURL=OFF",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_SERVER=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_TOOLS=OFF",
+            "-DGGML_NATIVE=OFF",
+            "-DGGML_RPC_RDMA=OFF",
+            f"-DCMAKE_C_FLAGS={defs}",
+            f"-DCMAKE_CXX_FLAGS={defs}",
+        ]
+    )
     _run(["cmake", "--build", str(build), "--target", "ggml", "ggml-rpc"])
     return build
 
@@ -82,9 +102,23 @@ def native_binary(version: str, max_name: int = 64) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     cxx = shutil.which("c++") or shutil.which("g++") or "c++"
     tmp = out_dir / "rpc-native-bench.tmp"
-    _run([cxx, "-O2", "-std=c++17", f"-DGGML_MAX_NAME={max_name}", f"-I{include}",
-          str(SOURCE), *map(str, libs), *(["-fopenmp"] if openmp else []),
-          "-lpthread", "-ldl", "-lm", "-o", str(tmp)])
+    _run(
+        [
+            cxx,
+            "-O2",
+            "-std=c++17",
+            f"-DGGML_MAX_NAME={max_name}",
+            f"-I{include}",
+            str(SOURCE),
+            *map(str, libs),
+            *(["-fopenmp"] if openmp else []),
+            "-lpthread",
+            "-ldl",
+            "-lm",
+            "-o",
+            str(tmp),
+        ]
+    )
     tmp.replace(binary)
     stamp.write_text(stamp_in.hexdigest())
     return binary

@@ -67,9 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         "capped by each device's free memory)",
     )
     p.add_argument("--device", metavar="N[,N...]", help="measure only these devices (default all)")
-    p.add_argument(
-        "--no-verify", action="store_true", help="do not read back and compare the data"
-    )
+    p.add_argument("--no-verify", action="store_true", help="do not read back and compare the data")
     p.add_argument(
         "--timeout",
         metavar="SECONDS",
@@ -126,20 +124,22 @@ def _options(args: argparse.Namespace) -> BenchOptions:
 
 
 def _run(eps: list[tuple[str, int]], opts: BenchOptions) -> list[ServerResult | BenchError]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     out: list[ServerResult | BenchError] = []
+    con = err_console()
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TimeElapsedColumn(),
-        console=err_console(),
+        console=con,
         transient=True,
+        disable=not con.is_terminal,
     ) as bar:
         for host, port in eps:
             task = bar.add_task(f"{host}:{port} probing", total=None)
 
-            def show(endpoint: str, text: str, done: int, total: int, task: int = task) -> None:
+            def show(endpoint: str, text: str, done: int, total: int, task: TaskID = task) -> None:
                 bar.update(task, description=f"{endpoint} {text}", completed=done, total=total)
 
             try:
@@ -171,13 +171,13 @@ def _print(results: list[ServerResult]) -> None:
             for s in d.samples:
                 by_size.setdefault(s.bytes, {})[s.op] = (s.mb_per_s, s.gbit_per_s)
             for n, ops in sorted(by_size.items()):
-                up, down = ops.get("set"), ops.get("get")
+                st, gt = ops.get("set"), ops.get("get")
                 t.add_row(
                     format_bytes(n),
-                    f"{up[0]:,.0f}" if up else "-",
-                    f"{up[1]:.2f}" if up else "-",
-                    f"{down[0]:,.0f}" if down else "-",
-                    f"{down[1]:.2f}" if down else "-",
+                    f"{st[0]:,.0f}" if st else "-",
+                    f"{st[1]:.2f}" if st else "-",
+                    f"{gt[0]:,.0f}" if gt else "-",
+                    f"{gt[1]:.2f}" if gt else "-",
                 )
             if d.samples:
                 con.print(t)
@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _print(results)
         code = 0
-        for exc in errors:
-            code = report_error(exc, PROG, debug)
+        for failure in errors:
+            code = report_error(failure, PROG, debug)
         return code
 
     return run_main(PROG, body, debug)

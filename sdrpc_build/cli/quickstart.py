@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from sdrpc_build.build import BuildOptions, build
 from sdrpc_build.cli._common import run_main
@@ -42,82 +42,84 @@ DEFAULT_PINS = SdPins(
 )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _read_events(proc: subprocess.Popen[str], deadline: float) -> dict[str, Any]:
+    """JSON events from sdrpc-launch until all servers are ready (bounded by ``deadline``)."""
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "all-ready":
+            return dict(event)
+        if event.get("event") == "fatal":
+            break
+    raise LaunchError(
+        "sdrpc-launch did not report the server ready",
+        hint="run the launch step by hand: sdrpc-launch --binary BINARY -p 0",
+    )
 
 
 def _body(args: argparse.Namespace) -> int:
-    from sdrpc_build.check import device_map
-    from sdrpc_build.protocol.client import probe
+    from sdrpc_build.cli import check
 
     root = cache_dir(os.environ, args.cache_dir)
     print(
-        f"[1/3] build: llama.cpp {DEFAULT_PINS.llama_commit.value[:12]}, GGML_MAX_NAME=160, "
-        f"CPU, source {DEFAULT_SDIST} (cache {root})",
+        f"[1/3] sdrpc-build: llama.cpp {DEFAULT_PINS.llama_commit.value[:12]}, "
+        f"GGML_MAX_NAME=160, CPU, source {DEFAULT_SDIST} (cache {root})",
         flush=True,
     )
     res = build(DEFAULT_PINS, BuildOptions(cache_root=root, llama_sdist=DEFAULT_SDIST), os.environ)
     m = res.manifest
-    print(
-        f"      {'cache hit' if res.cache_hit else f'built in {res.seconds:.0f}s'}, "
-        f"verified={m.verified}: {m.binary}",
-        flush=True,
-    )
-    port = args.port or _free_port()
-    argv = [str(m.binary), "-H", "127.0.0.1", "-p", str(port)]
-    if shutil.which("stdbuf"):
-        argv = ["stdbuf", "-oL", *argv]
-    print(f"[2/3] launch: {' '.join(argv)}", flush=True)
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    how = "cache hit" if res.cache_hit else f"built in {res.seconds:.0f}s"
+    print(f"      {how}, verified={m.verified}: {m.binary}", flush=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "sdrpc_build.cli.launch",
+        "--binary",
+        str(m.binary),
+        "-p",
+        str(args.port),
+        "--json",
+        "-q",
+        "--cache-dir",
+        str(root),
+    ]
+    print("[2/3] sdrpc-launch --binary ... -p " + str(args.port), flush=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        result = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            r = probe("127.0.0.1", port, timeout=2.0, expect_max_name=160)
-            if r.status == "ok":
-                result = r
-                break
-            time.sleep(0.1)
-        if result is None:
-            raise LaunchError(
-                "the server did not become ready",
-                hint=f"run {m.binary} -p {port} by hand to see why",
-            )
+        ready = _read_events(proc, time.monotonic() + 60)
+        endpoint = str(ready["rpc_servers"])
+        print(f"      ready: {endpoint}", flush=True)
         print(
-            f"[3/3] check: 127.0.0.1:{port} protocol "
-            f"{'.'.join(map(str, result.protocol or ()))}, GGML_MAX_NAME {result.max_name}, "
-            f"{len(result.devices)} device(s)",
-            flush=True,
+            f"[3/3] sdrpc-check {endpoint} --expect-proto 5.0.0 --expect-max-name 160", flush=True
         )
-        ok = result.protocol is not None and result.protocol[0] == 5 and result.max_name == 160
-        for d in device_map([result]):
-            print(
-                f"      {d.name}: {d.endpoint} device {d.index}, "
-                f"{d.free // 2**20} MiB free of {d.total // 2**20} MiB"
-            )
-        print(f"sd-cli --rpc-servers 127.0.0.1:{port} --backend RPC0 ...")
-        print("quickstart: " + ("OK, the server is compatible" if ok else "FAILED"))
-        return 0 if ok else 10
+        rc = check.main([endpoint, "--expect-proto", "5.0.0", "--expect-max-name", "160"])
+        if rc == 0:
+            print(f"sd-cli --rpc-servers {endpoint} --backend RPC0 ...")
+            print("quickstart: OK: built, launched and checked a compatible server")
+        else:
+            print(f"quickstart: FAILED: sdrpc-check exited {rc}")
+        return rc
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--cache-dir", type=Path, help="cache root (env SDRPC_CACHE_DIR)")
-    p.add_argument("-p", "--port", type=int, default=0, help="port (default: a free one)")
+    p.add_argument("-p", "--port", type=int, default=0, help="port (default 0: a free one)")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     return run_main(PROG, lambda: _body(args), args.debug)

@@ -74,6 +74,7 @@ class FakeServer:
             self.connections += 1
             with conn:
                 conn.settimeout(5)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # like rpc-server
                 with contextlib.suppress(OSError):
                     self.handler(conn, self.stop)
 
@@ -81,8 +82,9 @@ class FakeServer:
         self._thread.start()
         return self.port
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop.set()
         self._thread.join(timeout=10)
         self._ls.close()
@@ -142,7 +144,7 @@ class FakeRpc:
     devices: list[tuple[int, int]] = field(default_factory=lambda: [(1 << 30, 2 << 30)])
     device_count: int | None = None  # override what DEVICE_COUNT claims
     trailing: bytes = b""
-    delay: float = 0.0
+    delay: float = 0.0  # seconds before every reply (simulated network latency)
     log: list[int] = field(default_factory=list)
 
     def __call__(self, conn: socket.socket, stop: threading.Event) -> None:
@@ -166,6 +168,7 @@ class FakeRpc:
             reply = self._answer(cmd, size, conn)
             if reply is None:
                 return
+            time.sleep(self.delay)
             conn.sendall(struct.pack("<Q", len(reply)) + reply)
 
     def _answer(self, cmd: int, size: int, conn: socket.socket) -> bytes | None:

@@ -24,8 +24,27 @@ PROTO = {"0.3.35": (5, 0, 0), "0.3.36": (7, 0, 0)}
 
 
 def tensor(max_name: int, *, n: int, buffer: int = 0, data: int = 0, name: bytes = b"") -> bytes:
-    head = struct.pack("<QIQ4I4II16ii10QQQQ", 1, 0, buffer, n, 1, 1, 1, 4, 4 * n, 4 * n, 4 * n,
-                       0, *([0] * 16), 0, *([0] * 10), 0, 0, data)
+    head = struct.pack(
+        "<QIQ4I4II16ii10QQQQ",
+        1,
+        0,
+        buffer,
+        n,
+        1,
+        1,
+        1,
+        4,
+        4 * n,
+        4 * n,
+        4 * n,
+        0,
+        *([0] * 16),
+        0,
+        *([0] * 10),
+        0,
+        0,
+        data,
+    )
     return head + name.ljust(max_name, b"\0") + b"\0\0\0\0"
 
 
@@ -54,8 +73,13 @@ def capture(port: int, version: tuple[int, int, int], max_name: int) -> list[dic
         if reply:
             head = recv_exact(s, 8)
             frame = head + recv_exact(s, struct.unpack("<Q", head)[0])
-        steps.append({"name": name, "request": request.hex(),
-                      "reply": frame.hex() if frame is not None else None})
+        steps.append(
+            {
+                "name": name,
+                "request": request.hex(),
+                "reply": frame.hex() if frame is not None else None,
+            }
+        )
         return frame[8:] if frame is not None else None
 
     v7 = version >= (7, 0, 0)
@@ -90,8 +114,11 @@ def main(version: str, max_name: int) -> Path:
 
     binary = servers.build_server(version, max_name)
     port = free_port()
-    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_accepting(port, proc)
         time.sleep(0.1)
@@ -101,8 +128,12 @@ def main(version: str, max_name: int) -> Path:
         proc.wait(10)
     v = PROTO[version]
     out = HERE / f"v{v[0]}-n{max_name}.json"
-    doc = {"sdist": f"llama-cpp-python {version}", "protocol": list(v), "max_name": max_name,
-           "steps": steps}
+    doc = {
+        "sdist": f"llama-cpp-python {version}",
+        "protocol": list(v),
+        "max_name": max_name,
+        "steps": steps,
+    }
     out.write_text(json.dumps(doc, indent=1) + "\n")
     return out
 

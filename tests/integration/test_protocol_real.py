@@ -24,8 +24,9 @@ Start = Callable[..., Any]
 
 
 @pytest.mark.parametrize(("version", "max_name"), SERVERS)
-def test_probe_reports_version_and_exact_name_length(rpc_server: Start, version: str,
-                                                     max_name: int) -> None:
+def test_probe_reports_version_and_exact_name_length(
+    rpc_server: Start, version: str, max_name: int
+) -> None:
     port, proc = rpc_server(version, max_name)
     r = probe("127.0.0.1", port, timeout=3)
     assert r.status == "ok", r.problems
@@ -89,8 +90,9 @@ def test_tensor_round_trip(rpc_server: Start, version: str, max_name: int) -> No
 
 
 @pytest.mark.parametrize(("version", "max_name"), SERVERS)
-def test_golden_bytes_still_match_the_real_server(rpc_server: Start, version: str,
-                                                  max_name: int) -> None:
+def test_golden_bytes_still_match_the_real_server(
+    rpc_server: Start, version: str, max_name: int
+) -> None:
     sys.path.insert(0, str(GOLDEN))
     import capture  # tests/golden/capture.py: raw struct, independent of the codec
 
@@ -101,19 +103,35 @@ def test_golden_bytes_still_match_the_real_server(rpc_server: Start, version: st
     assert [s["name"] for s in fresh] == [s["name"] for s in stored]
     for a, b in zip(fresh, stored):
         assert (a["reply"] is None) == (b["reply"] is None), a["name"]
-        if a["name"] in ("hello_caps", "device_count", "get_alignment", "get_max_size",
-                         "get_alloc_size", "get_tensor", "get_tensor_cleared"):
+        if a["name"] in (
+            "hello_caps",
+            "device_count",
+            "get_alignment",
+            "get_max_size",
+            "get_alloc_size",
+            "get_tensor",
+            "get_tensor_cleared",
+        ):
             assert a["reply"] == b["reply"], a["name"]
         elif a["reply"] is not None:
             assert len(a["reply"]) == len(b["reply"]), a["name"]
 
 
-def test_cli_json_against_real_servers(rpc_server: Start,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_json_against_real_servers(
+    rpc_server: Start, capsys: pytest.CaptureFixture[str]
+) -> None:
     p5, _ = rpc_server("0.3.35", 160)
     p7, _ = rpc_server("0.3.36", 64)
-    code = main(["--json", "--expect-proto", "5.0.1", "--expect-max-name", "160",
-                 f"127.0.0.1:{p5},127.0.0.1:{p7}"])
+    code = main(
+        [
+            "--json",
+            "--expect-proto",
+            "5.0.1",
+            "--expect-max-name",
+            "160",
+            f"127.0.0.1:{p5},127.0.0.1:{p7}",
+        ]
+    )
     doc = json.loads(capsys.readouterr().out)
     assert code == 10
     s5, s7 = doc["servers"]

@@ -37,8 +37,17 @@ def test_row_fields() -> None:
     recipes = list_recipes()
     sha = {r.name: r.sha256 for r in recipes}
     for row in ci_matrix(recipes)["include"]:
-        assert set(row) == {"backend", "os", "runner", "arch", "toolchain", "run",
-                            "recipe_sha256", "recipe_hash", "name"}
+        assert set(row) == {
+            "backend",
+            "os",
+            "runner",
+            "arch",
+            "toolchain",
+            "run",
+            "recipe_sha256",
+            "recipe_hash",
+            "name",
+        }
         assert row["recipe_sha256"] == sha[str(row["backend"])]
         assert row["recipe_hash"] == sha[str(row["backend"])][:16]
         assert row["arch"] == RUNNERS[str(row["os"])].arch
@@ -60,8 +69,11 @@ def test_toolchain_and_run_flags() -> None:
 def test_recipe_platforms_limit_the_table() -> None:
     # a cuda recipe without windows gets no windows row, although CI could build it there
     rows = matrix_rows([_recipe("cuda", ["linux"]), _recipe("cpu", ["linux", "windows"])])
-    assert [(r.backend, r.os) for r in rows] == [("cpu", "linux"), ("cuda", "linux"),
-                                                 ("cpu", "windows")]
+    assert [(r.backend, r.os) for r in rows] == [
+        ("cpu", "linux"),
+        ("cuda", "linux"),
+        ("cpu", "windows"),
+    ]
 
 
 def test_backends_not_in_the_table_are_left_out() -> None:
@@ -77,8 +89,9 @@ def test_backend_filter() -> None:
 
 def test_custom_table() -> None:
     rows = matrix_rows([_recipe("hip", ["linux"])], table={"linux": ("hip",)})
-    assert [(r.backend, r.os, r.toolchain, r.run) for r in rows] == [("hip", "linux", "none",
-                                                                      False)]
+    assert [(r.backend, r.os, r.toolchain, r.run) for r in rows] == [
+        ("hip", "linux", "none", False)
+    ]
 
 
 def test_every_table_backend_has_a_recipe() -> None:

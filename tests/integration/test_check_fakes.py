@@ -140,12 +140,21 @@ def test_cli_device_map_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     a = FakeServer(FakeRpc(version=(5, 0, 1), max_name=160, devices=[(1, 2), (3, 4)]))
     b = FakeServer(FakeRpc(version=(5, 0, 0), max_name=160, devices=[(5, 6)]))
     with a as pa, b as pb:
-        code, doc = _run_json(capsys, f"127.0.0.1:{pa},127.0.0.1:{pb}",
-                              "--expect-proto", "5.0.1", "--expect-max-name", "160")
+        code, doc = _run_json(
+            capsys,
+            f"127.0.0.1:{pa},127.0.0.1:{pb}",
+            "--expect-proto",
+            "5.0.1",
+            "--expect-max-name",
+            "160",
+        )
     assert code == 0
     names = [(d["name"], d["endpoint"], d["index"]) for d in doc["device_map"]]
-    assert names == [("RPC0", f"127.0.0.1:{pa}", 0), ("RPC1", f"127.0.0.1:{pa}", 1),
-                     ("RPC2", f"127.0.0.1:{pb}", 0)]
+    assert names == [
+        ("RPC0", f"127.0.0.1:{pa}", 0),
+        ("RPC1", f"127.0.0.1:{pa}", 1),
+        ("RPC2", f"127.0.0.1:{pb}", 0),
+    ]
     s0 = doc["servers"][0]
     assert s0["protocol"] == "5.0.1" and s0["max_name"] == 160 and s0["compatible"] is True
     assert [d["name"] for d in s0["devices"]] == ["RPC0", "RPC1"]
@@ -155,8 +164,16 @@ def test_cli_device_map_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
 def test_cli_mixed_faults_keep_checking_others(capsys: pytest.CaptureFixture[str]) -> None:
     good = FakeServer(FakeRpc(version=(5, 1, 0), max_name=128))
     with good as pg, FakeServer(hang) as ph, FakeServer(http) as pn:
-        code, doc = _run_json(capsys, f"127.0.0.1:{pg}", f"127.0.0.1:{ph}", f"127.0.0.1:{pn}",
-                              "--expect-proto", "5.0.0", "--expect-max-name", "160")
+        code, doc = _run_json(
+            capsys,
+            f"127.0.0.1:{pg}",
+            f"127.0.0.1:{ph}",
+            f"127.0.0.1:{pn}",
+            "--expect-proto",
+            "5.0.0",
+            "--expect-max-name",
+            "160",
+        )
     kinds = [s["verdict"] for s in doc["servers"]]
     assert kinds == ["incompatible", "busy", "not-rpc"]
     assert code == 13  # the highest applicable code

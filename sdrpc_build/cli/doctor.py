@@ -1,0 +1,124 @@
+"""sdrpc doctor: which backends can this machine build, and what to install for the others.
+
+Exit codes: 0 every requested backend can be built (without ``--backend``: at
+least one can), 2 usage, 4 unknown backend, 6 a requested backend cannot be
+built here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Optional
+
+from rich.table import Table
+
+from sdrpc_build import __version__
+from sdrpc_build.cli._common import out_console, run_main
+from sdrpc_build.cmake import current_platform
+from sdrpc_build.doctor import DoctorReport, diagnose, system_probes
+from sdrpc_build.errors import ToolError
+from sdrpc_build.paths import cache_dir
+from sdrpc_build.recipes import list_recipes, load_recipe
+
+__all__ = ["main", "make_parser"]
+
+PROG = "sdrpc doctor"
+
+_STYLE = {"ok": "green", "warning": "yellow", "missing": "red", "too-old": "red"}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Check this machine for the tools each backend needs (cmake, compilers, "
+        "nvcc, Vulkan SDK, hipcc, ...), say how to install what is missing, and list the "
+        "backends that can be built here.",
+        epilog="exit codes: 0 ok, 2 usage, 4 unknown backend, 6 a requested backend cannot be "
+        "built here (without --backend: none can)",
+    )
+    p.add_argument(
+        "--backend",
+        action="append",
+        metavar="NAME",
+        help="check only this backend (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="cache root whose free space is checked (env SDRPC_CACHE_DIR)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--debug", action="store_true", help="tracebacks for errors")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def _print(report: DoctorReport) -> None:
+    con = out_console()
+    tools = Table(title=f"tools ({report.platform})")
+    for col in ("check", "status", "found", "to install"):
+        tools.add_column(col)
+    for c in report.checks:
+        style = _STYLE.get(c.status, "")
+        tools.add_row(
+            c.name, f"[{style}]{c.status}[/{style}]", c.detail, "" if c.status == "ok" else c.hint
+        )
+    con.print(tools)
+    backends = Table(title="backends")
+    for col in ("backend", "buildable", "missing", "notes"):
+        backends.add_column(col)
+    for b in report.backends:
+        mark = "[green]yes[/green]" if b.buildable else "[red]no[/red]"
+        backends.add_row(b.backend, mark, ", ".join(b.missing), "; ".join(b.notes))
+    con.print(backends)
+    can = report.buildable
+    con.print(f"can build here: {', '.join(can) if can else 'none of the backends checked'}")
+
+
+def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    wanted: Optional[list[str]] = None
+    if args.backend:
+        wanted = [load_recipe(b).name for b in args.backend]  # unknown -> RecipeError
+    report = diagnose(
+        list_recipes(),
+        system_probes(env, current_platform()),
+        cache_dir(env, args.cache_dir),
+        wanted,
+    )
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print(report)
+    if wanted is not None:
+        blocked = [b for b in report.backends if not b.buildable]
+        if blocked:
+            first = blocked[0]
+            if not args.json:
+                why = ", ".join(first.missing) or "; ".join(first.notes)
+                raise ToolError(
+                    f"backend {first.backend!r} cannot be built here: {why}",
+                    hint="install what the table above lists, then run sdrpc doctor again",
+                )
+            return ToolError.exit_code
+    elif not report.buildable:
+        if not args.json:
+            raise ToolError(
+                "no backend can be built on this machine",
+                hint="install a C/C++ compiler, cmake and git (see the table above)",
+            )
+        return ToolError.exit_code
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = make_parser().parse_args(argv)
+    return run_main(PROG, lambda: _cmd(args, os.environ), args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
