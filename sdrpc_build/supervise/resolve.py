@@ -69,6 +69,16 @@ def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
             raise NoServerBinaryError(f"{_where(o)}server binary {b} does not exist")
         if not os.access(b, os.X_OK):
             raise NoServerBinaryError(f"{_where(o)}{b} is not executable", hint=f"chmod +x {b}")
+        from sdrpc_build import store
+
+        entry = b.resolve().parent.parent
+        if (entry / store.MANIFEST).is_file():  # a binary inside an sdrpc store entry
+            try:
+                m = store.Manifest.load(entry)
+            except SdrpcError:
+                return Build(b.resolve(), o.backend)
+            proto = m.protocol if m.protocol and m.protocol != "unknown" else None
+            return Build(b.resolve(), o.backend or m.backend, m.max_name, proto, m.key)
         return Build(b.resolve(), o.backend)
     from sdrpc_build import store
 

@@ -7,14 +7,15 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, wait_accepting
 
 from sdrpc_build.cli.bench import main
 from sdrpc_build.linkbench import BenchError, BenchOptions, bench_server, bench_with_client
@@ -28,6 +29,22 @@ PROTO = {"0.3.35": "5.0.0", "0.3.36": "7.0.0"}
 SIZES = (4096, 1 << 20, 3 << 20)
 DYING = Path(__file__).parents[1] / "fakes" / "dying_server.py"
 Start = Callable[..., Any]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_accepting(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"server exited early with {proc.returncode}"
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"server on port {port} did not accept within 20 s")
 
 
 @pytest.mark.parametrize(("version", "max_name"), SERVERS)
