@@ -216,6 +216,7 @@ def run_logged(
             log.write(line + "\n")
             on_line(line)
         rc = proc.wait()
+        proc.stdout.close()
     except KeyboardInterrupt:
         proc.terminate()
         try:

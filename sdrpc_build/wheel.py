@@ -22,7 +22,6 @@ import shutil
 import stat
 import sys
 import tempfile
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
@@ -257,9 +256,7 @@ def build_wheel(entry: Manifest, out_dir: Path, *, env: Optional[Mapping[str, st
         log_path = tmp / "wheel.log"
         benv = dict(os.environ if env is None else env)
         benv.setdefault("PIP_NO_INPUT", "1")
-        # run_logged leaves its pipe to the GC (a ResourceWarning); silence only that here
-        with log_path.open("w") as log, warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
+        with log_path.open("w") as log:
             run_logged(
                 argv,
                 log=log,

@@ -106,6 +106,15 @@ def make_parser() -> argparse.ArgumentParser:
     o.add_argument("--json", action="store_true", help="print one JSON object")
     o.add_argument("--list-backends", action="store_true", help="list recipes and exit")
     o.add_argument("--list", action="store_true", help="list cached builds and exit")
+    o.add_argument(
+        "--ci-matrix", action="store_true", help="print the CI build matrix (JSON) and exit"
+    )
+    o.add_argument(
+        "--wheel", action="store_true", help="also package the server as a platform wheel"
+    )
+    o.add_argument(
+        "--out", type=Path, default=Path("dist"), help="wheel output directory (default: dist)"
+    )
     o.add_argument("--debug", action="store_true", help="tracebacks for errors")
     o.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -227,6 +236,10 @@ def _result_json(res: BuildResult) -> dict[str, object]:
 
 
 def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    if args.ci_matrix:
+        from sdrpc_build.ci_matrix import main_ci_matrix
+
+        return main_ci_matrix()
     if args.list_backends:
         recipes = list_recipes()
         if args.json:
@@ -345,12 +358,21 @@ def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             res = build(pins, opts, env, reporter)
     else:
         res = build(pins, opts, env, reporter)
+    wheel_path: Optional[Path] = None
+    if args.wheel:
+        from sdrpc_build.wheel import build_wheel
+
+        wheel_path = build_wheel(res.manifest, args.out, env=env)
     for w in res.warnings:
         err.print(f"[bold yellow]warning:[/bold yellow] {w}")
     if args.json:
-        print(json.dumps(_result_json(res)))
+        doc = _result_json(res)
+        doc["wheel"] = str(wheel_path) if wheel_path else None
+        print(json.dumps(doc))
         return 0
     m = res.manifest
+    if wheel_path:
+        print(f"wheel: {wheel_path}")
     how = "cache hit" if res.cache_hit else f"built in {res.seconds:.1f}s"
     verified = "verified" if m.verified else "NOT verified"
     print(

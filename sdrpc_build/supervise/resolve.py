@@ -89,9 +89,11 @@ def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
             raise NoServerBinaryError(f"{_where(o)}{exc.message}", hint=exc.hint) from None
     else:
         here = _this_platform()
-        found = [
-            m for m in store.list_manifests(artifacts_root) if not m.platform or m.platform == here
-        ]
+        from sdrpc_build.wheel import installed_servers
+
+        candidates = store.list_manifests(artifacts_root) + installed_servers()
+        candidates.sort(key=lambda m: m.created, reverse=True)
+        found = [m for m in candidates if not m.platform or m.platform == here]
         if o.backend is not None:
             found = [m for m in found if m.backend == o.backend]
         if not found:

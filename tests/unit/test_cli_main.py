@@ -21,7 +21,12 @@ def test_usage_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 def test_dispatch_passes_the_rest_of_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[object] = []
     fake = types.ModuleType("sdrpc_build.cli.bench")
-    fake.main = lambda argv=None: seen.append(argv) or 7  # type: ignore[attr-defined]
+
+    def fake_main(argv: object = None) -> int:
+        seen.append(argv)
+        return 7
+
+    fake.main = fake_main  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "sdrpc_build.cli.bench", fake)
     assert umbrella.main(["bench", "--json", "x"]) == 7
     assert seen == [["--json", "x"]]

@@ -204,7 +204,9 @@ def test_report_json_shape() -> None:
     json.dumps(doc)
     assert doc["platform"] == "linux"
     assert doc["buildable"] == ["cpu"]
-    assert {c["name"] for c in doc["checks"]} >= {"cmake", "git", "disk", "nvcc"}  # type: ignore[union-attr,index]
+    checks = doc["checks"]
+    assert isinstance(checks, list)
+    assert {c["name"] for c in checks} >= {"cmake", "git", "disk", "nvcc"}
 
 
 def test_cli_json_and_exit_codes(
