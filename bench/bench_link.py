@@ -15,8 +15,9 @@ alternating rounds (to share any drift of the machine fairly):
 
 Reported per op: best and median seconds and MB/s, and ratios
 sdrpc/native and each/raw TCP. The goal (issue #6): sdrpc >= 0.9 x native for
-SET and GET at 64 MiB, judged on the best of all rounds (the median ratio is
-reported too). Nothing here is asserted in tests.
+SET and GET at 64 MiB, judged on the ratio of the medians of all runs (robust
+on a busy machine; the best-of-runs ratio is reported too). Nothing here is
+asserted in tests.
 
 Note: llama.cpp's v5 client hashes every upload above 10 MiB (FNV-1a, for the
 ``-c`` cache) and copies it into a request buffer before sending; that is what
@@ -216,10 +217,11 @@ def main() -> int:
     goals = []
     for r in results:
         for op in ("set", "get"):
-            value = r["ratios"][f"sdrpc_vs_native_{op}"]
+            value = r["ratios"][f"sdrpc_vs_native_{op}_median"]
             goals.append(
                 {
-                    "name": f"sdrpc {op.upper()} vs native, {r['protocol']}, {size >> 20} MiB",
+                    "name": f"sdrpc {op.upper()} vs native (median), {r['protocol']}, "
+                    f"{size >> 20} MiB",
                     "value": value,
                     "target": GOAL,
                     "met": value >= GOAL,
@@ -236,7 +238,7 @@ def main() -> int:
         "goals": goals,
         "notes": [
             "loopback; server and clients share the machine's cores",
-            "best-of-runs ratios are the goal figures; *_median ratios are given for spread",
+            "goals are judged on *_median ratios (median of all runs); best-of-runs ratios too",
             "v5's native SET includes llama.cpp's FNV-1a hash of uploads above 10 MiB",
         ],
     }
@@ -249,6 +251,8 @@ def main() -> int:
             f"{tm['native_set']['best_mb_per_s']:.0f} MB/s ({ra['sdrpc_vs_native_set']}x); "
             f"GET sdrpc {tm['sdrpc_get']['best_mb_per_s']:.0f} / native "
             f"{tm['native_get']['best_mb_per_s']:.0f} MB/s ({ra['sdrpc_vs_native_get']}x); "
+            f"median ratios SET {ra['sdrpc_vs_native_set_median']}x "
+            f"GET {ra['sdrpc_vs_native_get_median']}x; "
             f"raw TCP {tm['raw_tcp']['best_mb_per_s']:.0f} MB/s"
         )
     return 0
