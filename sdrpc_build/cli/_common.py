@@ -5,6 +5,8 @@ This is the only place (with the other ``cli`` modules) that prints or exits.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -44,6 +46,11 @@ def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
         return body()
     except SdrpcError as exc:
         return report_error(exc, prog, debug)
+    except BrokenPipeError:  # e.g. `sdrpc-check ... | head`: the reader went away
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
     except KeyboardInterrupt:
         return report_error(
             Interrupted(
