@@ -52,7 +52,15 @@ from sdrpc_build.source import (
 from sdrpc_build.store import Manifest, install_entry, lookup
 from sdrpc_build.verify import VerifyResult, verify_binary
 
-__all__ = ["BuildOptions", "BuildResult", "Reporter", "build", "dry_run", "resolve_recipe"]
+__all__ = [
+    "BuildOptions",
+    "BuildResult",
+    "Reporter",
+    "build",
+    "dry_run",
+    "prepare_build_dir",
+    "resolve_recipe",
+]
 
 
 class Reporter(Protocol):
@@ -170,7 +178,7 @@ def _find_binary(build_dir: Path, target: str) -> Path:
     )
 
 
-def _prepare_build_dir(build_dir: Path, source: Source, plan: BuildPlan) -> None:
+def prepare_build_dir(build_dir: Path, source: Source, plan: BuildPlan) -> None:
     """Wipe a stale build directory when its source or plan changed (stamp file)."""
     stamp = build_dir / ".sdrpc-stamp.json"
     want = {"source": str(source.tree), "defines": list(plan.defines)}
@@ -217,7 +225,7 @@ def build(
         facts = read_tree_facts(source.tree)
         plan = make_plan(req, facts)
         build_dir = opts.cache_root / "builds" / key
-        _prepare_build_dir(build_dir, source, plan)
+        prepare_build_dir(build_dir, source, plan)
         log_path = build_dir / "build.log"
         benv = ccache_env(env, source.tree) if tools.ccache else dict(env)
         tb = time.monotonic()

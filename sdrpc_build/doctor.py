@@ -346,6 +346,38 @@ class _Doctor:
         m = re.search(r"release (\d+\.\d+)", out)
         return Check("nvcc", "ok", f"CUDA {m.group(1)} ({path})" if m else path)
 
+    def _cublas(self) -> Check:
+        """ggml-cuda links cuBLAS: an nvcc without it configures but cannot generate."""
+        roots = [
+            Path(self.p.env[k])
+            for k in ("CUDA_PATH", "CUDA_HOME", "CUDA_ROOT")
+            if self.p.env.get(k)
+        ]
+        nvcc = self.get("nvcc")
+        if nvcc.status != "ok":
+            return Check("cublas", "warning", "not checked (no nvcc)")
+        if "(" in nvcc.detail:
+            roots.append(Path(nvcc.detail.rsplit("(", 1)[1].rstrip(")")).resolve().parent.parent)
+        if self.plat == "linux":
+            roots.append(Path("/usr/local/cuda"))
+        names = ("libcublas.so", "libcublas_static.a", "cublas.lib")
+        libdirs = ("lib64", "lib", "lib/x64", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib")
+        for root in roots:
+            for sub in libdirs:
+                for n in names:
+                    if self.p.is_file(root / sub / n):
+                        return Check("cublas", "ok", str(root / sub / n))
+        for n in names:
+            if self.p.is_file(Path("/usr/lib/x86_64-linux-gnu") / n):
+                return Check("cublas", "ok", f"/usr/lib/x86_64-linux-gnu/{n}")
+        return Check(
+            "cublas",
+            "missing",
+            "cuBLAS not found next to nvcc (ggml-cuda links it)",
+            "install the CUDA toolkit's cuBLAS (Debian/Ubuntu: apt-get install libcublas-dev "
+            "or NVIDIA's cuda-libraries-dev package)",
+        )
+
     def _nvidia_driver(self) -> Check:
         smi = self._find(("nvidia-smi",))
         if smi is None:
@@ -478,7 +510,7 @@ class _Doctor:
 _BASE = ("cmake", "ninja", "c-compiler", "cxx-compiler", "git", "ccache", "disk")
 #: more checks per backend, beyond the tools its recipe names: (required, optional)
 _EXTRA: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "cuda": ((), ("nvidia-driver",)),
+    "cuda": (("cublas",), ("nvidia-driver",)),
     "vulkan": (("vulkan-headers",), ("vulkan-driver",)),
     "hip": ((), ("rocm-driver",)),
 }

@@ -134,7 +134,13 @@ def test_cuda_found_via_cuda_path_and_driver_reported() -> None:
         files={"/opt/cuda/bin/nvcc": ""},
         outputs={"nvcc": "Cuda compilation tools, release 12.4, V12.4.131"},
     )
+    # nvcc alone (as on this CI machine) configures but cannot link ggml-cuda
     report = m.diagnose(["cuda"])
+    assert report.buildable == []
+    assert report.check("cublas").status == "missing"
+    m.files["/opt/cuda/lib64/libcublas.so"] = ""
+    report = m.diagnose(["cuda"])
+    assert report.check("cublas").detail == "/opt/cuda/lib64/libcublas.so"
     assert report.buildable == ["cuda"]
     assert report.check("nvcc").detail == "CUDA 12.4 (/opt/cuda/bin/nvcc)"
     b = report.backends[0]
