@@ -156,7 +156,7 @@ def fetch_git(
             except git.GitCommandError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 text = str(exc.stderr or exc).strip()
-                last = text.splitlines()[-1] if text else "git failed"
+                last = _redact(text.splitlines()[-1]) if text else "git failed"
                 low = text.lower()
                 if any(s in low for s in _NOT_THERE):
                     raise SourceError(
