@@ -8,10 +8,7 @@ and stop it (SIGTERM, then SIGKILL), always.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -113,6 +110,7 @@ def verify_binary(
     """Run the server briefly on loopback and check it answers like the build promised."""
     from sdrpc_build.protocol.client import probe
     from sdrpc_build.supervise.banner import parse_device_list
+    from sdrpc_build.supervise.procs import stop_process
 
     port = _free_port()
     argv = [str(binary), "-H", "127.0.0.1", "-p", str(port)]
@@ -142,15 +140,7 @@ def verify_binary(
                     break
                 time.sleep(0.1)
         finally:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=5)
+            stop_process(proc)
         out.seek(0)
         output = out.read()
     elapsed = time.monotonic() - start

@@ -9,7 +9,6 @@ it with the ggml RPC protocol, print the sd-cli command line, and stop it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ from sdrpc_build.cli._common import run_main
 from sdrpc_build.errors import LaunchError
 from sdrpc_build.paths import cache_dir
 from sdrpc_build.pins import Pin, SdPins
+from sdrpc_build.supervise.procs import stop_process
 
 __all__ = ["DEFAULT_PINS", "main"]
 
@@ -106,14 +106,8 @@ def _body(args: argparse.Namespace) -> int:
             print(f"quickstart: FAILED: sdrpc-check exited {rc}")
         return rc
     finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        # SIGINT to the launcher alone, as Ctrl-C would: it stops its servers itself
+        stop_process(proc, signal.SIGINT, grace=15, group=False)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

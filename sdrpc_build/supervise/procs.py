@@ -29,6 +29,7 @@ __all__ = [
     "line_buffer_prefix",
     "list_devices",
     "spawn",
+    "stop_process",
 ]
 
 PR_SET_PDEATHSIG = 1
@@ -175,3 +176,33 @@ def list_devices(
     if f"unknown device: {_LIST_PROBE_DEVICE}" not in out:
         return None
     return parse_device_list(out)
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes] | subprocess.Popen[str],
+    first: int = signal.SIGTERM,
+    grace: float = 5.0,
+    *,
+    group: bool = True,
+) -> None:
+    """Stop a child we started (by PID): ``first`` signal, wait ``grace`` s, then SIGKILL.
+
+    With ``group`` the signals go to its process group (it was started with
+    ``start_new_session=True``), so its own children end too.
+    """
+    if proc.poll() is not None:
+        return
+
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                os.kill(proc.pid, sig)
+
+    send(first)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait(timeout=30)
