@@ -6,12 +6,13 @@ raises :class:`SdrpcError`. The command line lives in :mod:`sdrpc_build.cli.buil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform as _platform
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -26,16 +27,19 @@ from sdrpc_build.cmake import (
     parse_ninja_progress,
     run_logged,
 )
-from sdrpc_build.errors import BuildError, ToolError, VerifyError
+from sdrpc_build.errors import BuildError, PinsError, ToolError, VerifyError
 from sdrpc_build.paths import artifacts_dir, sources_dir
-from sdrpc_build.pins import SdPins, format_version
+from sdrpc_build.pins import SdPins, format_version, parse_rpc_version
 from sdrpc_build.plan import (
+    OPTION_RE,
     PROJECT_INCLUDE_NAME,
     BuildPlan,
     BuildRequest,
+    TreeFacts,
     build_argv,
     cache_key,
     configure_argv,
+    exact_project_text,
     make_plan,
     project_include_text,
     read_tree_facts,
@@ -58,8 +62,10 @@ __all__ = [
     "Reporter",
     "build",
     "dry_run",
+    "exact_facts",
     "prepare_build_dir",
     "resolve_recipe",
+    "tree_digest",
 ]
 
 
@@ -95,6 +101,7 @@ class BuildOptions:
     jobs: Optional[int] = None
     verify: bool = True
     fetch_retries: int = 3
+    exact_ggml_dir: Optional[Path] = None  # --exact: build against this ggml tree
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,12 @@ def resolve_recipe(opts: BuildOptions) -> Recipe:
 
 
 def _request(
-    pins: SdPins, recipe: Recipe, opts: BuildOptions, tools: Toolchain | None, source_state: str
+    pins: SdPins,
+    recipe: Recipe,
+    opts: BuildOptions,
+    tools: Optional[Toolchain],
+    source_state: str,
+    exact_ggml: str = "",
 ) -> BuildRequest:
     return BuildRequest(
         commit=pins.llama_commit.value,
@@ -123,7 +135,38 @@ def _request(
         generator="Ninja" if tools is None or tools.ninja else "Unix Makefiles",
         tool_versions=tools.versions() if tools else (),
         source_state=source_state,
+        exact_ggml=exact_ggml,
     )
+
+
+def tree_digest(root: Path) -> str:
+    """A content hash of a source tree (what --exact builds against), for the cache key."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and not rel.startswith((".git/", "build")) and rel != ".git":
+            h.update(rel.encode() + b"\0")
+            h.update(p.read_bytes())
+            h.update(b"\0")
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def exact_facts(facts: TreeFacts, ggml_dir: Path) -> TreeFacts:
+    """Tree facts for --exact: the server program from llama.cpp, everything else from ggml."""
+    header = ggml_dir / "include" / "ggml-rpc.h"
+    if not header.is_file():
+        raise PinsError(
+            f"{ggml_dir} has no include/ggml-rpc.h",
+            hint="--exact needs the sd.cpp tree's ggml submodule (git submodule update --init)",
+        )
+    proto = parse_rpc_version(header.read_text(errors="replace"))
+    cm = ggml_dir / "CMakeLists.txt"
+    options = (
+        frozenset(OPTION_RE.findall(cm.read_text(errors="replace")))
+        if cm.is_file()
+        else frozenset()
+    )
+    return replace(facts, protocol=proto, options=options)
 
 
 def dry_run(
@@ -148,7 +191,10 @@ def dry_run(
             "source not cached yet: it would be fetched from "
             + (opts.llama_sdist or opts.llama_repo)
         )
-    req = _request(pins, recipe, opts, tools, "clean")
+    if facts is not None and opts.exact_ggml_dir is not None:
+        facts = exact_facts(facts, opts.exact_ggml_dir)
+    exact_id = "(digest of the sd.cpp ggml tree)" if opts.exact_ggml_dir else ""
+    req = _request(pins, recipe, opts, tools, "clean", exact_id)
     return make_plan(req, facts), notes
 
 
@@ -210,7 +256,8 @@ def build(
     if opts.llama_src is not None:
         local = from_local_checkout(opts.llama_src, pins.llama_commit.value, opts.allow_dirty)
         state = local.state
-    req = _request(pins, recipe, opts, tools, state)
+    exact_id = tree_digest(opts.exact_ggml_dir) if opts.exact_ggml_dir else ""
+    req = _request(pins, recipe, opts, tools, state, exact_id)
     key = cache_key(req)
     arts = artifacts_dir(opts.cache_root)
     locks = opts.cache_root / "locks"
@@ -223,6 +270,15 @@ def build(
         rep.phase("source")
         source = local or _get_source(pins, opts, rep)
         facts = read_tree_facts(source.tree)
+        project_dir = source.tree
+        if opts.exact_ggml_dir is not None:
+            facts = exact_facts(facts, opts.exact_ggml_dir)
+            project_dir = opts.cache_root / "builds" / f"{key}.src"
+            project_dir.mkdir(parents=True, exist_ok=True)
+            server_cpp = source.tree / facts.server_dir / "rpc-server.cpp"
+            (project_dir / "CMakeLists.txt").write_text(
+                exact_project_text(opts.exact_ggml_dir.resolve(), server_cpp, facts.target)
+            )
         plan = make_plan(req, facts)
         build_dir = opts.cache_root / "builds" / key
         prepare_build_dir(build_dir, source, plan)
@@ -232,7 +288,7 @@ def build(
         with log_path.open("w") as log:
             rep.phase("configure")
             run_logged(
-                configure_argv(plan, tools.cmake, source.tree, build_dir, tools.ninja),
+                configure_argv(plan, tools.cmake, project_dir, build_dir, tools.ninja),
                 log=log,
                 env=benv,
                 what="cmake configure",
@@ -285,6 +341,9 @@ def build(
             "pins": pins.as_dict(),
             "pins_origin": pins.origin,
             "source": {"method": source.method, "origin": source.origin, "state": source.state},
+            "exact": {"ggml_dir": str(opts.exact_ggml_dir.resolve()), "ggml_digest": exact_id}
+            if opts.exact_ggml_dir
+            else None,
             "defines": dict(plan.defines),
             "portable": req.portable,
             "notes": list(plan.notes),

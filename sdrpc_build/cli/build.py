@@ -86,6 +86,12 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.add_argument("-j", "--jobs", type=int, help="parallel compile jobs")
     b.add_argument("--no-verify", action="store_true", help="skip the handshake verification")
+    b.add_argument(
+        "--exact",
+        action="store_true",
+        help="build llama.cpp's rpc-server against the sd.cpp tree's own ggml submodule: "
+        "the server speaks exactly the client's protocol version (forks' extra ops included)",
+    )
     s = p.add_argument_group("llama.cpp source")
     s.add_argument(
         "--llama-repo",
@@ -173,6 +179,19 @@ def _options(args: argparse.Namespace, env: Mapping[str, str]) -> BuildOptions:
         raise UsageError("--llama-src and --llama-sdist are exclusive", hint="pick one source")
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1", hint="e.g. -j 4")
+    exact_dir: Optional[Path] = None
+    if args.exact:
+        if args.sd_ref:
+            raise UsageError(
+                "--exact needs a local sd.cpp tree, not --sd-ref",
+                hint="clone it with submodules and pass --sd-cpp PATH",
+            )
+        exact_dir = ((args.sd_cpp or Path(os.getcwd())) / "ggml").expanduser()
+        if not (exact_dir / "CMakeLists.txt").is_file():
+            raise UsageError(
+                f"--exact: {exact_dir} is not a ggml tree",
+                hint="run: git submodule update --init ggml (in the sd.cpp tree)",
+            )
     return BuildOptions(
         cache_root=cache_dir(env, args.cache_dir),
         backend=args.backend,
@@ -186,6 +205,7 @@ def _options(args: argparse.Namespace, env: Mapping[str, str]) -> BuildOptions:
         llama_sdist=args.llama_sdist,
         jobs=args.jobs,
         verify=not args.no_verify,
+        exact_ggml_dir=exact_dir,
     )
 
 
@@ -305,8 +325,8 @@ def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             )
         out_console().print(t)
         return 0
+    opts = _options(args, env)  # usage errors first: before any network access
     pins = _pins(args, env)
-    opts = _options(args, env)
     if args.dry_run:
         plan, notes = dry_run(pins, opts, env)
         build_dir = opts.cache_root / "builds" / plan.key

@@ -406,3 +406,74 @@ def test_concurrent_builds_of_one_request(
     assert sorted(r["cache_hit"] for r in results) == [False, True]  # one built, one waited
     entries = [p.name for p in (cache / "artifacts").iterdir()]
     assert len(entries) == 1 and not entries[0].startswith(".tmp")
+
+
+def _fork_tree(root: Path) -> Path:
+    """An sd.cpp tree whose ggml is a fork: llama.cpp 4df29be's ggml with RPC 5.0.1."""
+    sd = root / "sd.cpp"
+    sd.mkdir()
+    (sd / "CMakeLists.txt").write_text(
+        'project("stable-diffusion")\nif (NOT SD_USE_SYSTEM_GGML)\n'
+        "    add_definitions(-DGGML_MAX_NAME=160)\nendif()\n"
+    )
+    (sd / ".gitmodules").write_text(
+        '[submodule "ggml"]\n\tpath = ggml\n\turl = https://github.com/leejet/ggml.git\n'
+    )
+    shutil.copytree(servers.llama_tree("0.3.35") / "ggml", sd / "ggml")
+    header = sd / "ggml" / "include" / "ggml-rpc.h"
+    text = header.read_text()
+    assert "#define RPC_PROTO_PATCH_VERSION    0" in text
+    header.write_text(
+        text.replace("#define RPC_PROTO_PATCH_VERSION    0", "#define RPC_PROTO_PATCH_VERSION    1")
+    )
+    (sd / "ggml" / "scripts").mkdir(exist_ok=True)
+    (sd / "ggml" / "scripts" / "sync-llama.last").write_text(V5 + "\n")
+    return sd
+
+
+def test_exact_match_build_speaks_the_forks_version(
+    tmp_path: Path, shared_cache: Path, git_build: dict[str, object]
+) -> None:
+    sd = _fork_tree(tmp_path)
+    repo = servers.bare_repo("0.3.35").as_uri()
+    proc = sdrpc_build(
+        "--sd-cpp",
+        str(sd),
+        "--exact",
+        "--llama-repo",
+        repo,
+        "--json",
+        cache=shared_cache,
+        check=True,
+    )
+    r = json.loads(proc.stdout)
+    assert r["verified"] is True and r["cache_hit"] is False
+    assert r["protocol"] == "5.0.1"  # the client's own version, not upstream's 5.0.0
+    assert r["key"].startswith("cpu-4df29be4f4-n160-exact-")
+    m = json.loads(Path(r["manifest"]).read_text())
+    assert m["verify"]["protocol"] == "5.0.1" and m["verify"]["max_name"] == 160
+    assert m["pins"]["client_protocol"]["value"] == "5.0.1"
+    assert m["exact"]["ggml_dir"] == str((sd / "ggml").resolve())
+    # an edit to the client's ggml is a different build
+    again = sdrpc_build(
+        "--sd-cpp", str(sd), "--exact", "--json", "--dry-run", cache=shared_cache, check=True
+    )
+    assert json.loads(again.stdout)["plan"]["key"] != ""
+    # the upstream build of the same pins is compatible too, but not exact
+    up = sdrpc_build("--sd-cpp", str(sd), "--json", cache=shared_cache, check=True)
+    assert json.loads(up.stdout)["protocol"] == "5.0.0"
+
+
+def test_exact_needs_a_local_tree(tmp_path: Path) -> None:
+    dead = "http://127.0.0.1:9"  # never leave loopback, even if validation regressed
+    p = sdrpc_build(
+        "--sd-ref",
+        "leejet/stable-diffusion.cpp@master",
+        "--exact",
+        "--github-api",
+        dead,
+        "--github-raw",
+        dead,
+        cache=tmp_path,
+    )
+    assert p.returncode == 2 and "local sd.cpp tree" in p.stderr
