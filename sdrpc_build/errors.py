@@ -140,5 +140,8 @@ EXIT_CODES: dict[int, str] = {
     24: "sdrpc-launch: host is not an IPv4 address",
     25: "sdrpc-launch: no server binary or build found",
     26: "sdrpc-launch: a server went FATAL (too many failures)",
+    27: "sdrpc-launch status/stop: the instance is not running",
+    28: "sdrpc-launch --detach: an instance of that name is already running",
+    29: "sdrpc-launch stop: a process could not be stopped",
     130: "interrupted",
 }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import platformdirs
 
-__all__ = ["artifacts_dir", "cache_dir", "sources_dir"]
+__all__ = ["artifacts_dir", "cache_dir", "run_dir", "sources_dir"]
 
 
 def cache_dir(env: Mapping[str, str], override: str | Path | None = None) -> Path:
@@ -27,3 +27,8 @@ def sources_dir(root: Path) -> Path:
 def artifacts_dir(root: Path) -> Path:
     """Built servers, one directory per cache key, each with ``manifest.json``."""
     return root / "artifacts"
+
+
+def run_dir(root: Path) -> Path:
+    """State files of detached ``sdrpc-launch`` instances, one ``<name>.json`` each."""
+    return root / "run"

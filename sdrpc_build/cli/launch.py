@@ -7,13 +7,16 @@ Usage::
     sdrpc-launch --backend cuda --visible-devices 0
     sdrpc-launch --per-device                       # one server per device the binary offers
     sdrpc-launch --config servers.toml              # several servers ([[server]] tables)
+    sdrpc-launch --config servers.toml --detach     # in the background, once all are ready
+    sdrpc-launch status [--instance NAME] [--json]  # a detached instance: servers, busy/idle
+    sdrpc-launch stop [--instance NAME]             # stop it (SIGTERM, wait, SIGKILL)
 
 Stop with Ctrl-C (or SIGTERM): every server gets SIGTERM, then SIGKILL after --stop-timeout.
 
 Exit codes:
 
 ==  ===============================================================
-0   stopped on request (or every server exited cleanly)
+0   stopped on request (or every server exited cleanly); --detach: all ready
 1   internal error (run again with --debug)
 2   usage error
 20  a server could not be started or supervised
@@ -23,6 +26,9 @@ Exit codes:
 24  host is not an IPv4 address
 25  no server binary or matching build
 26  one or more servers ended FATAL
+27  status/stop: the instance is not running (none, or a stale state file)
+28  --detach: an instance of that name is already running
+29  stop: a process could not be stopped
 130 interrupted before the servers were started
 ==  ===============================================================
 """
@@ -30,36 +36,37 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
-import time
-from collections.abc import Sequence
-from dataclasses import asdict, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
-from rich.console import Console
-from rich.markup import escape
-
-from sdrpc_build.cli._common import err_console, out_console, run_main
+from sdrpc_build.cli._common import run_main
+from sdrpc_build.cli.launch_report import PROG, Reporter, security_warning
 from sdrpc_build.errors import UsageError
-from sdrpc_build.paths import artifacts_dir, cache_dir
-from sdrpc_build.supervise.cache import format_size, parse_size
+from sdrpc_build.paths import artifacts_dir, cache_dir, run_dir
+from sdrpc_build.supervise.cache import parse_size
 from sdrpc_build.supervise.config import ServerOptions, load_config
 from sdrpc_build.supervise.errors import ServerFatalError
+from sdrpc_build.supervise.instance import DEFAULT_INSTANCE
 from sdrpc_build.supervise.ports import ensure_port_free, pick_free_port
 from sdrpc_build.supervise.procs import line_buffer_prefix, list_devices
 from sdrpc_build.supervise.resolve import Environment, resolve_servers
 from sdrpc_build.supervise.runner import Runner
-from sdrpc_build.supervise.spec import RESTART_POLICIES, ServerSpec, is_loopback
+from sdrpc_build.supervise.spec import RESTART_POLICIES
 from sdrpc_build.supervise.state import Policy
-from sdrpc_build.supervise.supervisor import DeviceRow, Event, Supervisor
+from sdrpc_build.supervise.supervisor import Supervisor
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from sdrpc_build.cli.launch_child import DetachedChild
 
-PROG = "sdrpc-launch"
+__all__ = ["CONTROL_COMMANDS", "main"]
+
+#: ``sdrpc-launch status ...`` / ``sdrpc-launch stop ...`` (first word only)
+CONTROL_COMMANDS = ("status", "stop")
 _PER_SERVER_FLAGS = (
     "binary",
     "backend",
@@ -78,7 +85,12 @@ _PER_SERVER_FLAGS = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Start and supervise ggml rpc-servers.")
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Start and supervise ggml rpc-servers.",
+        epilog="A --detach instance: 'sdrpc-launch status [--instance NAME]' shows it, "
+        "'sdrpc-launch stop [--instance NAME]' ends it (see their --help).",
+    )
     sel = p.add_argument_group("which server binary")
     sel.add_argument("--binary", type=Path, help="an rpc-server binary to run")
     sel.add_argument("--backend", help="newest sdrpc build of this backend (cuda, vulkan, ...)")
@@ -155,8 +167,24 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="window for --max-failures in seconds (60)",
     )
+    sup.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background: return once every server is ready (or fail and leave "
+        "nothing running); see 'sdrpc-launch status' and 'sdrpc-launch stop'",
+    )
+    sup.add_argument(
+        "--instance",
+        metavar="NAME",
+        help=f"name of the --detach instance (default {DEFAULT_INSTANCE!r}; one per name)",
+    )
+    p.add_argument("--_ready-fd", dest="ready_fd", type=int, help=argparse.SUPPRESS)
     out = p.add_argument_group("output")
-    out.add_argument("--json", action="store_true", help="JSON events on stdout, one per line")
+    out.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON events on stdout, one per line (--detach: one object)",
+    )
     out.add_argument("-q", "--quiet", action="store_true", help="do not echo server output")
     out.add_argument("--debug", action="store_true", help="tracebacks for internal errors")
     return p
@@ -216,146 +244,37 @@ def _resolve_host(host: str) -> Optional[str]:
     return str(infos[0][4][0]) if infos else None
 
 
-class Reporter:
-    """Human output (rich) or a JSON event stream."""
-
-    def __init__(self, as_json: bool, quiet: bool, specs: Sequence[ServerSpec]) -> None:
-        self.json = as_json
-        self.quiet = quiet
-        self.out: Console = out_console()
-        self.err: Console = err_console()
-        self.width = max((len(s.name) for s in specs), default=4)
-
-    def say(self, text: str) -> None:
-        self.out.print(f"[bold]{PROG}:[/bold] {text}")
-
-    def warn(self, text: str) -> None:
-        if self.json:
-            self.emit({"event": "warning", "server": None, "message": text})
-        self.err.print(f"[bold yellow]{PROG}: warning:[/bold yellow] {escape(text)}")
-
-    def emit(self, obj: dict[str, Any]) -> None:
-        obj = {"time": round(time.time(), 3), **obj}
-        sys.stdout.write(json.dumps(obj, default=str) + "\n")
-        sys.stdout.flush()
-
-    def output(self, server: str, line: str) -> None:
-        if self.quiet:
-            return
-        text = f"{server:<{self.width}} | {line}\n"
-        stream = sys.stderr if self.json else sys.stdout
-        stream.write(text)
-        stream.flush()
-
-    def event(self, e: Event) -> None:
-        if self.json:
-            data = dict(e.data)
-            if "devices" in data and e.kind == "all-ready":
-                data["device_map"] = [_row_json(r) for r in e.data["devices"]]  # type: ignore[attr-defined]
-                del data["devices"]
-            self.emit({"event": e.kind, "server": e.server, **data})
-            return
-        name = f"[cyan]{e.server}[/cyan]" if e.server else ""
-        d = e.data
-        if e.kind == "starting":
-            verb = "restarting" if d.get("restart") else "starting"
-            self.say(f"{name} {verb} on {d['endpoint']}")
-        elif e.kind == "ready":
-            devs = d.get("devices")
-            devtext = ", ".join(map(str, devs)) if isinstance(devs, list) else f"{devs} device(s)"
-            self.say(
-                f"{name} [green]ready[/green] on {d['endpoint']} in {d['startup_s']} s "
-                f"(protocol {d['protocol']}, {escape(devtext)})"
-            )
-        elif e.kind == "all-ready":
-            self._all_ready(e)
-        elif e.kind == "exited" and d.get("failure"):
-            style = "red" if d.get("failure") else "dim"
-            reason = f": {escape(str(d['reason']))}" if d.get("reason") else ""
-            self.say(f"{name} [{style}]{d['how']}[/{style}]{reason}")
-        elif e.kind == "restarting":
-            self._tail(d.get("tail"))
-            self.say(f"{name} restarting in {d['delay_s']} s (attempt {d['attempt']})")
-        elif e.kind == "fatal":
-            self.err.print(
-                f"[bold red]{PROG}: {e.server} FATAL:[/bold red] {escape(str(d['reason']))}"
-            )
-            self._tail(d.get("tail"), stderr=True)
-        elif e.kind == "stopping":
-            self.say("stopping all servers")
-        elif e.kind == "stopped":
-            self.say(f"{name} stopped ({d['how']})")
-        elif e.kind in ("busy", "idle"):
-            self.say(f"{name} {'client connected' if e.kind == 'busy' else 'client gone'}")
-        elif e.kind == "cache-pruned":
-            self.say(
-                f"{name} cache pruned: {d['removed']} file(s), "
-                f"{format_size(int(str(d['freed'])))} freed, "
-                f"{format_size(int(str(d['remaining'])))} kept "
-                f"(limit {format_size(int(str(d['limit'])))})"
-            )
-        elif e.kind == "warning":
-            self.err.print(
-                f"[yellow]{PROG}: warning:[/yellow] {e.server}: {escape(str(d.get('message')))}"
-            )
-
-    def _tail(self, lines: object, stderr: bool = False) -> None:
-        if not isinstance(lines, list) or not lines:
-            return
-        con = self.err if stderr else self.out
-        for ln in lines:
-            con.print(f"    [dim]|[/dim] {escape(str(ln))}")
-
-    def _all_ready(self, e: Event) -> None:
-        rows: list[DeviceRow] = list(e.data["devices"])  # type: ignore[call-overload]
-        n = len({r.server for r in rows}) or "all"
-        again = "" if e.data.get("first") else " again"
-        self.say(f"[green]{n} server(s) ready{again}[/green]; client options:")
-        self.out.print(f"    --rpc-servers {e.data['rpc_servers']}", highlight=False)
-        for r in rows:
-            mem = f"{format_size(r.free)} free of {format_size(r.total)}"
-            self.out.print(
-                f"    [bold]{r.rpc_name:<6}[/bold] {escape(r.server):<{self.width}}  "
-                f"{r.endpoint:<21} {escape(r.name):<10} {escape(r.description)}  "
-                f"({mem})"
-            )
-        if rows:
-            self.out.print(
-                f"    e.g. sd-cli --rpc-servers {e.data['rpc_servers']} "
-                f"--backend {rows[0].rpc_name}",
-                highlight=False,
-            )
-
-
-def _row_json(r: DeviceRow) -> dict[str, Any]:
-    d = asdict(r)
-    return {
-        "name": r.rpc_name,
-        "endpoint": d["endpoint"],
-        "server": d["position"],
-        "server_name": d["server"],
-        "index": d["device_index"],
-        "device": d["name"],
-        "description": d["description"],
-        "free": d["free"],
-        "total": d["total"],
-    }
-
-
-def _security_warning(reporter: Reporter, spec: ServerSpec) -> None:
-    if is_loopback(spec.host):
-        return
-    reporter.warn(
-        f"{spec.name} listens on {spec.endpoint}: ggml RPC has NO authentication and NO "
-        "encryption. Anyone who can reach this port can send tensors and graphs to the server "
-        "(malformed requests crash it; past bugs allowed code execution). Use only on a trusted "
-        "network, behind a firewall or a tunnel (ssh -L, WireGuard)."
-    )
-
-
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     env = dict(os.environ)
     root = cache_dir(env, args.cache_dir)
+    log_dir: Path = args.log_dir or root / "logs"
+    instance = args.instance or DEFAULT_INSTANCE
+    if args.ready_fd is not None:  # we are the supervisor that --detach started
+        from sdrpc_build.cli.launch_child import DetachedChild
+
+        child = DetachedChild.begin(
+            args.ready_fd, run_dir(root), instance, log_dir, args.stop_timeout
+        )
+        return child.run(lambda: _supervise(args, env, root, log_dir, child))
+    if args.detach:
+        from sdrpc_build.cli.launch_detach import start_detached
+
+        return start_detached(args, argv, env, root, log_dir)
+    if args.instance is not None:
+        raise UsageError(
+            "--instance needs --detach",
+            hint="a foreground sdrpc-launch has no instance name; status and stop take one",
+        )
+    return _supervise(args, env, root, log_dir, None)
+
+
+def _supervise(
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    root: Path,
+    log_dir: Path,
+    child: Optional[DetachedChild],
+) -> int:
     early_warnings: list[str] = []
     world = Environment(
         env=env,
@@ -368,11 +287,15 @@ def _run(args: argparse.Namespace) -> int:
         warn=early_warnings.append,
     )
     specs = resolve_servers(_options(args), world, per_device=args.per_device)
-    reporter = Reporter(args.json, args.quiet, specs)
+    reporter = (
+        Reporter(args.json, args.quiet, specs)
+        if child is None
+        else child.reporter(args.json, specs)
+    )
     for w in early_warnings:
         reporter.warn(w)
     for spec in specs:
-        _security_warning(reporter, spec)
+        security_warning(reporter, spec)
     policy = Policy(
         ready_timeout=args.ready_timeout,
         stop_timeout=args.stop_timeout,
@@ -385,24 +308,33 @@ def _run(args: argparse.Namespace) -> int:
         base_env=env,
         on_event=reporter.event,
         on_output=reporter.output,
-        log_dir=args.log_dir or root / "logs",
+        log_dir=log_dir,
         line_buffer=line_buffer_prefix(),
     )
+    if child is not None:
+        child.attach(sup, runner)
     runner.run()
+    if child is not None:
+        child.raise_if_start_failed()
     fatal = sup.fatal
     if fatal:
         names = ", ".join(s.spec.name for s in fatal)
         reason = fatal[0].machine.fatal_reason or "too many failures"
         raise ServerFatalError(
             f"{len(fatal)} server(s) FATAL: {names} ({reason})",
-            hint=f"see the logs in {args.log_dir or root / 'logs'}",
+            hint=f"see the logs in {log_dir}",
         )
     return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    return run_main(PROG, lambda: _run(args), args.debug)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in CONTROL_COMMANDS:
+        from sdrpc_build.cli.launch_ctl import main as control_main
+
+        return control_main(words)
+    args = _parser().parse_args(words)
+    return run_main(PROG, lambda: _run(args, words), args.debug)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 ``spec`` (what a server is, argv/env) -> ``config``/``resolve`` (user input to specs) ->
 ``supervisor`` (decisions, no I/O; per-server rules in ``state``) -> ``runner`` (the I/O loop,
-with ``procs``, ``readiness``, ``banner``, ``cache`` and ``ports``).
+with ``procs``, ``readiness``, ``banner``, ``cache`` and ``ports``). Detached instances:
+``instance`` (the state file), ``identity`` (PID + start time), ``control`` (stop) and
+``activity`` (busy/idle from a server's log).
 """
 
 __all__: list[str] = []

@@ -9,6 +9,9 @@
 | 24 | ``HostError`` | a host that is not (and does not resolve to) an IPv4 address |
 | 25 | ``NoServerBinaryError`` | no ``--binary`` and no matching build in the artifact store |
 | 26 | ``ServerFatalError`` | one or more servers ended FATAL (too many failures) |
+| 27 | ``NotRunningError`` | ``status``/``stop``: the instance is not running (none, or stale) |
+| 28 | ``InstanceRunningError`` | ``--detach``: a live instance of that name exists (or starts) |
+| 29 | ``StopError`` | ``stop``: a process survived SIGKILL or may not be signalled |
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ __all__ = [
     "LAUNCH_EXIT_CODES",
     "DeviceError",
     "HostError",
+    "InstanceRunningError",
     "LaunchConfigError",
     "LaunchError",
     "NoServerBinaryError",
+    "NotRunningError",
     "PortInUseError",
     "ServerFatalError",
+    "StopError",
 ]
 
 
@@ -63,6 +69,24 @@ class ServerFatalError(LaunchError):
     exit_code = 26
 
 
+class NotRunningError(LaunchError):
+    """``sdrpc-launch status``/``stop``: no live detached instance of that name."""
+
+    exit_code = 27
+
+
+class InstanceRunningError(LaunchError):
+    """``sdrpc-launch --detach``: an instance of that name is already running."""
+
+    exit_code = 28
+
+
+class StopError(LaunchError):
+    """``sdrpc-launch stop``: a process did not go away (or may not be signalled)."""
+
+    exit_code = 29
+
+
 LAUNCH_EXIT_CODES: dict[int, str] = {
     20: "a server could not be started or supervised",
     21: "invalid servers.toml",
@@ -71,4 +95,7 @@ LAUNCH_EXIT_CODES: dict[int, str] = {
     24: "host is not an IPv4 address",
     25: "no server binary or matching build",
     26: "one or more servers ended FATAL",
+    27: "status/stop: the instance is not running",
+    28: "--detach: an instance of that name is already running",
+    29: "stop: a process could not be stopped",
 }
