@@ -195,7 +195,9 @@ def stop_process(
 
     def send(sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
-            if group:
+            if sys.platform == "win32":  # no process groups or POSIX signals
+                proc.kill() if sig == signal.SIGKILL else proc.terminate()
+            elif group:
                 os.killpg(proc.pid, sig)
             else:
                 os.kill(proc.pid, sig)

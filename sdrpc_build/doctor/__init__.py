@@ -1,0 +1,32 @@
+"""``sdrpc doctor``: which backends can this machine build, and what is missing.
+
+Every look at the machine goes through :class:`Probes` (``which``, ``run``,
+``read_text``, ``is_file``, ``disk_free``), so :func:`diagnose` is tested with
+fakes and never starts a process in unit tests. :func:`system_probes` gives the
+real ones. Each missing tool comes with the install command for the platform.
+
+``probes`` (how the machine is looked at, real and fake) -> ``checks`` (one
+:class:`Check` per tool, with ``versions`` parsing output and ``hints`` giving
+install commands) -> ``report`` (:func:`diagnose`: per-backend verdicts).
+``results`` holds the result types.
+"""
+
+from __future__ import annotations
+
+from sdrpc_build.doctor.checks import MIN_DISK_BYTES
+from sdrpc_build.doctor.probes import Probes, system_probes
+from sdrpc_build.doctor.report import diagnose
+from sdrpc_build.doctor.results import BackendReport, Check, DoctorReport
+from sdrpc_build.doctor.versions import MIN_VULKAN_HEADER, parse_vulkan_header_version
+
+__all__ = [
+    "MIN_DISK_BYTES",
+    "MIN_VULKAN_HEADER",
+    "BackendReport",
+    "Check",
+    "DoctorReport",
+    "Probes",
+    "diagnose",
+    "parse_vulkan_header_version",
+    "system_probes",
+]

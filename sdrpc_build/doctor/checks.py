@@ -1,0 +1,336 @@
+"""The per-tool checks: is each tool there, which version, and what to install if not."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+from sdrpc_build.doctor.hints import install_hint
+from sdrpc_build.doctor.probes import Probes
+from sdrpc_build.doctor.results import Check
+from sdrpc_build.doctor.versions import (
+    MIN_VULKAN_HEADER,
+    first_line,
+    parse_version,
+    parse_vulkan_header_version,
+    vstr,
+)
+from sdrpc_build.recipes import Recipe
+
+__all__ = ["MIN_DISK_BYTES", "Doctor"]
+
+#: a source tree plus one build directory; GPU builds need more
+MIN_DISK_BYTES = 2 * 1024**3
+_GOOD_DISK_BYTES = 10 * 1024**3
+_MIN_CMAKE = (3, 15)
+
+
+class Doctor:
+    """The per-tool checks, each run once and cached by name (``get``)."""
+
+    def __init__(self, probes: Probes, cache_root: Path) -> None:
+        self.p = probes
+        self.cache_root = cache_root
+        self.plat = probes.platform
+        self.cache: dict[str, Check] = {}
+        self.cmake_version: Optional[tuple[int, ...]] = None
+
+    def get(self, name: str) -> Check:
+        if name not in self.cache:
+            self.cache[name] = getattr(self, "_" + name.replace("-", "_"))()
+        return self.cache[name]
+
+    def _find(self, names: Sequence[str], extra_dirs: Sequence[Path] = ()) -> Optional[str]:
+        exe = ".exe" if self.plat == "windows" else ""
+        for n in names:
+            found = self.p.which(n)
+            if found:
+                return found
+        for d in extra_dirs:
+            for n in names:
+                cand = d / (n + exe)
+                if self.p.is_file(cand):
+                    return str(cand)
+        return None
+
+    def _tool(
+        self,
+        name: str,
+        names: Sequence[str],
+        extra: Sequence[Path] = (),
+        hint: Optional[str] = None,
+        version_args: Sequence[str] = ("--version",),
+    ) -> Check:
+        path = self._find(names, extra)
+        if path is None:
+            return Check(
+                name,
+                "missing",
+                "not found",
+                install_hint(name, self.plat) if hint is None else hint,
+            )
+        out = self.p.run([path, *version_args]) if version_args else None
+        v = parse_version(out)
+        return Check(name, "ok", f"{vstr(v)} ({path})" if v else path)
+
+    def _cmake(self) -> Check:
+        for path in (self.p.which("cmake"), self.p.pypi_tool("cmake")):
+            if path:
+                v = parse_version(self.p.run([path, "--version"]))
+                if v and v >= _MIN_CMAKE:
+                    self.cmake_version = v
+                    return Check("cmake", "ok", f"{vstr(v)} ({path})")
+                if v:
+                    self.cmake_version = v
+                    return Check(
+                        "cmake",
+                        "too-old",
+                        f"{vstr(v)} < {vstr(_MIN_CMAKE)} ({path})",
+                        install_hint("cmake", self.plat),
+                    )
+        return Check("cmake", "missing", "not found", install_hint("cmake", self.plat))
+
+    def _ninja(self) -> Check:
+        path = self.p.which("ninja") or self.p.pypi_tool("ninja")
+        if path is None:
+            return Check(
+                "ninja",
+                "warning",
+                "not found: CMake's default generator is used",
+                install_hint("ninja", self.plat),
+            )
+        v = parse_version(self.p.run([path, "--version"]))
+        return Check("ninja", "ok", f"{vstr(v)} ({path})" if v else path)
+
+    def _c_compiler(self) -> Check:
+        names = (
+            ("cl", "clang-cl", "gcc", "clang") if self.plat == "windows" else ("cc", "gcc", "clang")
+        )
+        path = self._find(names)
+        if path is None:
+            return Check(
+                "c-compiler", "missing", "not found", install_hint("c-compiler", self.plat)
+            )
+        if Path(path).stem.lower() == "cl":  # MSVC has no --version
+            return Check("c-compiler", "ok", f"MSVC ({path})")
+        first = first_line(self.p.run([path, "--version"]))
+        return Check("c-compiler", "ok", f"{first} ({path})" if first else path)
+
+    def _cxx_compiler(self) -> Check:
+        names = (
+            ("cl", "clang-cl", "g++", "clang++")
+            if self.plat == "windows"
+            else ("c++", "g++", "clang++")
+        )
+        path = self._find(names)
+        if path is None:
+            return Check(
+                "cxx-compiler", "missing", "not found", install_hint("c-compiler", self.plat)
+            )
+        return Check("cxx-compiler", "ok", path)
+
+    def _git(self) -> Check:
+        return self._tool("git", ("git",))
+
+    def _ccache(self) -> Check:
+        c = self._tool("ccache", ("ccache", "sccache"))
+        if c.status == "missing":
+            return Check("ccache", "warning", "not found: rebuilds start from scratch", c.hint)
+        return c
+
+    def _disk(self) -> Check:
+        root = self.cache_root
+        free = self.p.disk_free(root)
+        if free is None:
+            return Check("disk", "warning", f"cannot read free space of {root}")
+        gib = f"{free / 1024**3:.1f} GiB free in {root}"
+        if free < MIN_DISK_BYTES:
+            return Check(
+                "disk",
+                "missing",
+                gib,
+                f"free at least {MIN_DISK_BYTES // 1024**3} GiB, or point "
+                "SDRPC_CACHE_DIR / --cache-dir at a larger disk",
+            )
+        if free < _GOOD_DISK_BYTES:
+            return Check("disk", "warning", gib + " (GPU builds want 10 GiB)")
+        return Check("disk", "ok", gib)
+
+    def _cuda_dirs(self) -> list[Path]:
+        dirs = [
+            Path(self.p.env[k]) / "bin"
+            for k in ("CUDA_PATH", "CUDA_HOME", "CUDA_ROOT")
+            if self.p.env.get(k)
+        ]
+        if self.plat == "linux":
+            dirs.append(Path("/usr/local/cuda/bin"))
+        return dirs
+
+    def _nvcc(self) -> Check:
+        path = self._find(("nvcc",), self._cuda_dirs())
+        if path is None:
+            return Check("nvcc", "missing", "not found", "")
+        out = self.p.run([path, "--version"]) or ""
+        m = re.search(r"release (\d+\.\d+)", out)
+        return Check("nvcc", "ok", f"CUDA {m.group(1)} ({path})" if m else path)
+
+    def _cublas(self) -> Check:
+        """ggml-cuda links cuBLAS: an nvcc without it configures but cannot generate."""
+        roots = [
+            Path(self.p.env[k])
+            for k in ("CUDA_PATH", "CUDA_HOME", "CUDA_ROOT")
+            if self.p.env.get(k)
+        ]
+        nvcc = self.get("nvcc")
+        if nvcc.status != "ok":
+            return Check("cublas", "warning", "not checked (no nvcc)")
+        if "(" in nvcc.detail:
+            roots.append(Path(nvcc.detail.rsplit("(", 1)[1].rstrip(")")).resolve().parent.parent)
+        if self.plat == "linux":
+            roots.append(Path("/usr/local/cuda"))
+        names = ("libcublas.so", "libcublas_static.a", "cublas.lib")
+        libdirs = ("lib64", "lib", "lib/x64", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib")
+        for root in roots:
+            for sub in libdirs:
+                for n in names:
+                    if self.p.is_file(root / sub / n):
+                        return Check("cublas", "ok", str(root / sub / n))
+        for n in names:
+            if self.p.is_file(Path("/usr/lib/x86_64-linux-gnu") / n):
+                return Check("cublas", "ok", f"/usr/lib/x86_64-linux-gnu/{n}")
+        return Check(
+            "cublas",
+            "missing",
+            "cuBLAS not found next to nvcc (ggml-cuda links it)",
+            "install the CUDA toolkit's cuBLAS (Debian/Ubuntu: apt-get install libcublas-dev "
+            "or NVIDIA's cuda-libraries-dev package)",
+        )
+
+    def _nvidia_driver(self) -> Check:
+        smi = self._find(("nvidia-smi",))
+        if smi is None:
+            return Check(
+                "nvidia-driver",
+                "warning",
+                "nvidia-smi not found",
+                install_hint("nvidia-driver", self.plat),
+            )
+        out = self.p.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"])
+        if not out or not out.strip():
+            return Check(
+                "nvidia-driver",
+                "warning",
+                "nvidia-smi found no GPU",
+                install_hint("nvidia-driver", self.plat),
+            )
+        gpus = [ln.strip() for ln in out.splitlines() if ln.strip()]
+        return Check("nvidia-driver", "ok", "; ".join(gpus))
+
+    def _vulkan_include_dirs(self) -> list[Path]:
+        dirs = []
+        sdk = self.p.env.get("VULKAN_SDK")
+        if sdk:
+            dirs += [Path(sdk) / "include", Path(sdk) / "Include"]
+        if self.plat == "linux":
+            dirs += [Path("/usr/include"), Path("/usr/local/include")]
+        elif self.plat == "macos":
+            dirs += [Path("/opt/homebrew/include"), Path("/usr/local/include")]
+        return dirs
+
+    def _vulkan_headers(self) -> Check:
+        for d in self._vulkan_include_dirs():
+            header = d / "vulkan" / "vulkan_core.h"
+            text = self.p.read_text(header)
+            if text is None:
+                continue
+            v = parse_vulkan_header_version(text)
+            if v is None:
+                return Check("vulkan-headers", "warning", f"no VK_HEADER_VERSION in {header}")
+            if v < MIN_VULKAN_HEADER:
+                return Check(
+                    "vulkan-headers",
+                    "too-old",
+                    f"{vstr(v)} < {vstr(MIN_VULKAN_HEADER)} ({header})",
+                    install_hint("vulkan-headers", self.plat),
+                )
+            return Check("vulkan-headers", "ok", f"{vstr(v)} ({header})")
+        return Check(
+            "vulkan-headers",
+            "missing",
+            "vulkan/vulkan_core.h not found",
+            install_hint("vulkan-headers", self.plat),
+        )
+
+    def _spirv_headers(self) -> Check:
+        for d in self._vulkan_include_dirs():
+            header = d / "spirv" / "unified1" / "spirv.hpp"
+            if self.p.is_file(header):
+                return Check("spirv-headers", "ok", str(header))
+        return Check(
+            "spirv-headers",
+            "missing",
+            "spirv/unified1/spirv.hpp not found",
+            install_hint("spirv-headers", self.plat),
+        )
+
+    def _glslc(self) -> Check:
+        sdk = self.p.env.get("VULKAN_SDK")
+        extra = [Path(sdk) / "bin", Path(sdk) / "Bin"] if sdk else []
+        return self._tool("glslc", ("glslc",), extra, hint="")
+
+    def _vulkan_driver(self) -> Check:
+        exe = self._find(("vulkaninfo",))
+        if exe is None:
+            return Check(
+                "vulkan-driver",
+                "warning",
+                "vulkaninfo not found",
+                install_hint("vulkan-driver", self.plat),
+            )
+        out = self.p.run([exe, "--summary"])
+        names = re.findall(r"deviceName\s*=\s*(.+)", out or "")
+        if not names:
+            return Check(
+                "vulkan-driver",
+                "warning",
+                "vulkaninfo found no device",
+                install_hint("vulkan-driver", self.plat),
+            )
+        return Check("vulkan-driver", "ok", "; ".join(n.strip() for n in names))
+
+    def _hipcc(self) -> Check:
+        rocm = Path(self.p.env.get("ROCM_PATH") or "/opt/rocm") / "bin"
+        hip = [Path(self.p.env["HIP_PATH"]) / "bin"] if self.p.env.get("HIP_PATH") else []
+        path = self._find(("hipcc",), [rocm, *hip])
+        if path is None:
+            return Check("hipcc", "missing", "not found", "")
+        m = re.search(r"HIP version: (\S+)", self.p.run([path, "--version"]) or "")
+        return Check("hipcc", "ok", f"HIP {m.group(1)} ({path})" if m else path)
+
+    def _rocm_driver(self) -> Check:
+        rocm = Path(self.p.env.get("ROCM_PATH") or "/opt/rocm") / "bin"
+        exe = self._find(("rocminfo",), [rocm])
+        out = self.p.run([exe]) if exe else None
+        if not out or "gfx" not in out:
+            return Check(
+                "rocm-driver",
+                "warning",
+                "rocminfo found no AMD GPU",
+                install_hint("rocm-driver", self.plat),
+            )
+        return Check("rocm-driver", "ok", ", ".join(sorted(set(re.findall(r"gfx\w+", out)))))
+
+    def recipe_tool(self, recipe: Recipe, name: str) -> Check:
+        special = {"nvcc", "glslc", "hipcc"}
+        if name in special:
+            c = self.get(name)
+        else:
+            c = self.cache.get(name) or self._tool(name, (name,), hint="", version_args=())
+            self.cache[name] = c
+        if c.status == "missing" and not c.hint:
+            hint = next((t.install_hint(self.plat) for t in recipe.tools if t.name == name), "")
+            c = Check(c.name, c.status, c.detail, hint or install_hint(name, self.plat))
+            self.cache[name] = c
+        return c

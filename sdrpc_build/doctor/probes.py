@@ -1,0 +1,80 @@
+"""How doctor looks at the machine: the :class:`Probes` seam and the real probes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["Probes", "system_probes"]
+
+
+@dataclass(frozen=True)
+class Probes:
+    """How doctor looks at the machine. ``run`` returns the output of a zero exit, else None."""
+
+    platform: str  # linux | macos | windows
+    env: Mapping[str, str]
+    which: Callable[[str], Optional[str]]
+    run: Callable[[Sequence[str]], Optional[str]]
+    read_text: Callable[[Path], Optional[str]]
+    is_file: Callable[[Path], bool]
+    disk_free: Callable[[Path], Optional[int]]
+    pypi_tool: Callable[[str], Optional[str]] = field(default=lambda _name: None)
+
+
+def _run(argv: Sequence[str]) -> Optional[str]:
+    try:
+        proc = subprocess.run(
+            list(argv), capture_output=True, text=True, errors="replace", timeout=20, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout + proc.stderr if proc.returncode == 0 else None
+
+
+def _read_text(path: Path) -> Optional[str]:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return None
+
+
+def _disk_free(path: Path) -> Optional[int]:
+    for p in (path, *path.parents):
+        if p.exists():
+            try:
+                return shutil.disk_usage(p).free
+            except OSError:
+                return None
+    return None
+
+
+def _pypi_tool(name: str) -> Optional[str]:
+    attr = {"cmake": "CMAKE_BIN_DIR", "ninja": "BIN_DIR"}[name]
+    try:
+        mod = __import__(name)
+        exe = name + (".exe" if os.name == "nt" else "")
+        path = Path(getattr(mod, attr)) / exe
+    except (ImportError, AttributeError):
+        return None
+    return str(path) if path.is_file() else None
+
+
+def system_probes(env: Mapping[str, str], platform: str) -> Probes:
+    """The real probes: PATH lookups, short subprocesses with timeouts, file reads."""
+    path = env.get("PATH")
+    return Probes(
+        platform=platform,
+        env=env,
+        which=lambda name: shutil.which(name, path=path),
+        run=_run,
+        read_text=_read_text,
+        is_file=lambda p: p.is_file(),
+        disk_free=_disk_free,
+        pypi_tool=_pypi_tool,
+    )

@@ -1,0 +1,74 @@
+"""What doctor finds: one :class:`Check` per tool, one :class:`BackendReport` per recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["BackendReport", "Check", "DoctorReport", "Status"]
+
+Status = Literal["ok", "missing", "too-old", "warning"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str  # version, path, or what is wrong
+    hint: str = ""  # what to run when status is not ok
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "warning")
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "ok": self.ok,
+            "detail": self.detail,
+            "hint": self.hint,
+        }
+
+
+@dataclass(frozen=True)
+class BackendReport:
+    backend: str
+    supported: bool  # the recipe builds on this platform
+    buildable: bool
+    missing: tuple[str, ...]  # required checks that failed
+    notes: tuple[str, ...]  # optional checks that failed (e.g. no GPU driver)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "backend": self.backend,
+            "supported": self.supported,
+            "buildable": self.buildable,
+            "missing": list(self.missing),
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    platform: str
+    checks: tuple[Check, ...]
+    backends: tuple[BackendReport, ...]
+
+    @property
+    def buildable(self) -> list[str]:
+        return [b.backend for b in self.backends if b.buildable]
+
+    def check(self, name: str) -> Check:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "platform": self.platform,
+            "buildable": self.buildable,
+            "checks": [c.as_dict() for c in self.checks],
+            "backends": [b.as_dict() for b in self.backends],
+        }
