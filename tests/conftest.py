@@ -17,12 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import servers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from procs import free_port
 
 
 def wait_accepting(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

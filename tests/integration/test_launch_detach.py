@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import alive, free_port, port_bound
 
 from sdrpc_build.supervise.identity import LIVE, ProcessIdentity, signal_verified, system_table
 
@@ -27,31 +28,6 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = system_table()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie counts as dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def port_bound(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 15.0) -> bool:
