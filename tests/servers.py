@@ -16,6 +16,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from sdrpc_build.source import _safe_members as safe_members
+
 __all__ = [
     "LLAMA_SDISTS",
     "SD_SDIST",
@@ -69,18 +71,6 @@ def sdist_path(project: str, version: str) -> Path:
     return target
 
 
-def _safe_members(tf: tarfile.TarFile) -> list[tarfile.TarInfo]:
-    out = []
-    for m in tf.getmembers():
-        parts = Path(m.name).parts
-        if ".git" in parts and parts[-1] in ("config", "config.worktree"):
-            continue  # never copy credentials
-        if m.issym() or m.islnk() or m.name.startswith("/") or ".." in parts:
-            continue
-        out.append(m)
-    return out
-
-
 def _extract(project: str, version: str) -> Path:
     root = cache_root() / "trees"
     root.mkdir(exist_ok=True)
@@ -91,7 +81,7 @@ def _extract(project: str, version: str) -> Path:
             tmp = root / f"{stem}.tmp"
             subprocess.run(["rm", "-rf", str(tmp), str(dest)], check=True)
             with tarfile.open(sdist_path(project, version)) as tf:
-                tf.extractall(tmp, members=_safe_members(tf))
+                tf.extractall(tmp, members=safe_members(tf, ""))
             (tmp / stem).rename(dest)
             tmp.rmdir()
             (dest / ".complete").write_text("ok\n")
