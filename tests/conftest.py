@@ -43,20 +43,30 @@ def rpc_server(
 ) -> Iterator[Callable[..., tuple[int, subprocess.Popen[bytes]]]]:
     """Factory starting real servers on 127.0.0.1; all are killed (by PID) at teardown.
 
-    ``port, proc = rpc_server("0.3.36", 64)``. Note: connecting to wait for
-    readiness leaves the server idle again (it serves one client at a time).
+    ``port, proc = rpc_server("0.3.36", 64)``; ``env=`` adds environment variables and
+    ``log=PATH`` keeps the server's output. Note: connecting to wait for readiness
+    leaves the server idle again (it serves one client at a time).
     """
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(version: str, max_name: int, *extra: str) -> tuple[int, subprocess.Popen[bytes]]:
+    def start(
+        version: str,
+        max_name: int,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+    ) -> tuple[int, subprocess.Popen[bytes]]:
         binary = server_binary(version, max_name)
         port = free_port()
-        proc = subprocess.Popen(
-            [str(binary), "-H", "127.0.0.1", "-p", str(port), *extra],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(log.open("wb")) if log else subprocess.DEVNULL
+            proc = subprocess.Popen(
+                [str(binary), "-H", "127.0.0.1", "-p", str(port), *extra],
+                stdout=out,
+                stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
         procs.append(proc)
         wait_accepting(port, proc)
         return port, proc
@@ -66,7 +76,7 @@ def rpc_server(
         if p.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=10)
+        p.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -211,16 +211,16 @@ def main(argv: list[str] | None = None) -> int:
             args = _parser().parse_args(raw)
         except SystemExit as exc:  # argparse already printed usage / help
             return 0 if exc.code in (0, None) else 2
-        eps = [(e.host, e.port) for e in parse_endpoints(args.endpoints)]
+        endpoints = parse_endpoints(args.endpoints)
+        eps = [(e.host, e.port) for e in endpoints]
         opts = _options(args)
         outcomes = _run(eps, opts)
         results: list[ServerResult] = []
         errors: list[BenchError] = []
-        for (host, port), o in zip(eps, outcomes):
+        for endpoint, o in zip(endpoints, outcomes):
             if isinstance(o, BenchError):
                 errors.append(o)
-                ep = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                results.append(ServerResult(endpoint=ep, error=o.message))
+                results.append(ServerResult(endpoint=str(endpoint), error=o.message))
             else:
                 results.append(o)
         if args.json:

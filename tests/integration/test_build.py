@@ -21,17 +21,26 @@ V5 = servers.LLAMA_SDISTS["0.3.35"][0]
 V7 = servers.LLAMA_SDISTS["0.3.36"][0]
 
 
+def build_argv(cache: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "sdrpc_build.cli.build", "--cache-dir", str(cache), *args]
+
+
+def build_env(**extra: str) -> dict[str, str]:
+    """The test's environment, minus a cache dir that would override --cache-dir."""
+    e = dict(os.environ)
+    e.pop("SDRPC_CACHE_DIR", None)
+    e.update(extra)
+    return e
+
+
 def sdrpc_build(
     *args: str, cache: Path, env: dict[str, str] | None = None, check: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    e = dict(os.environ)
-    e.pop("SDRPC_CACHE_DIR", None)
-    e.update(env or {})
     proc = subprocess.run(
-        [sys.executable, "-m", "sdrpc_build.cli.build", "--cache-dir", str(cache), *args],
+        build_argv(cache, *args),
         capture_output=True,
         text=True,
-        env=e,
+        env=build_env(**(env or {})),
         timeout=900,
         check=False,
     )
@@ -320,25 +329,12 @@ def test_ctrl_c_leaves_no_partial_entry(
 ) -> None:
     cache = tmp_path / "c"
     shutil.copytree(shared_cache / "sources", cache / "sources", symlinks=True)
-    env = dict(os.environ, CCACHE_DISABLE="1")
-    env.pop("SDRPC_CACHE_DIR", None)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sdrpc_build.cli.build",
-            "--cache-dir",
-            str(cache),
-            "--llama-commit",
-            V5,
-            "--max-name",
-            "160",
-            "--json",
-        ],
+        build_argv(cache, "--llama-commit", V5, "--max-name", "160", "--json"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=build_env(CCACHE_DISABLE="1"),
         start_new_session=True,
     )
     try:
@@ -381,20 +377,8 @@ def test_concurrent_builds_of_one_request(
 ) -> None:
     cache = tmp_path / "c"
     shutil.copytree(shared_cache / "sources", cache / "sources", symlinks=True)
-    env = dict(os.environ)
-    env.pop("SDRPC_CACHE_DIR", None)
-    argv = [
-        sys.executable,
-        "-m",
-        "sdrpc_build.cli.build",
-        "--cache-dir",
-        str(cache),
-        "--llama-commit",
-        V5,
-        "--max-name",
-        "160",
-        "--json",
-    ]
+    env = build_env()
+    argv = build_argv(cache, "--llama-commit", V5, "--max-name", "160", "--json")
     procs = [
         subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         for _ in range(2)

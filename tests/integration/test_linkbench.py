@@ -7,10 +7,8 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,22 +27,6 @@ PROTO = {"0.3.35": "5.0.0", "0.3.36": "7.0.0"}
 SIZES = (4096, 1 << 20, 3 << 20)
 DYING = Path(__file__).parents[1] / "fakes" / "dying_server.py"
 Start = Callable[..., Any]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_accepting(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited early with {proc.returncode}"
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"server on port {port} did not accept within 20 s")
 
 
 @pytest.mark.parametrize(("version", "max_name"), SERVERS)
@@ -92,31 +74,15 @@ def test_data_left_on_the_server_is_exactly_what_was_sent(
 
 
 @pytest.fixture
-def debug_server(server_binary: Callable[[str, int], Path], tmp_path: Path) -> Iterator[Any]:
+def debug_server(rpc_server: Any, tmp_path: Path) -> Callable[[], tuple[int, Path]]:
     """A real v7 server with GGML_RPC_DEBUG=1, its command log in a file."""
-    procs: list[subprocess.Popen[bytes]] = []
 
     def start() -> tuple[int, Path]:
-        port = free_port()
-        log = tmp_path / f"server-{port}.log"
-        with log.open("wb") as fh:
-            proc = subprocess.Popen(
-                [str(server_binary("0.3.36", 160)), "-H", "127.0.0.1", "-p", str(port)],
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "GGML_RPC_DEBUG": "1"},
-                start_new_session=True,
-            )
-        procs.append(proc)
-        wait_accepting(port, proc)
+        log = tmp_path / f"server-{len(list(tmp_path.glob('server-*.log')))}.log"
+        port, _proc = rpc_server("0.3.36", 160, env={"GGML_RPC_DEBUG": "1"}, log=log)
         return port, log
 
-    yield start
-    for p in procs:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-        p.wait(timeout=10)
+    return start
 
 
 def _allocs_and_frees(log: Path) -> tuple[list[str], list[str]]:
