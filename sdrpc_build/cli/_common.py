@@ -5,18 +5,19 @@ This is the only place (with the other ``cli`` modules) that prints or exits.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from rich.console import Console
 
 from sdrpc_build.errors import Interrupted, SdrpcError
 
-__all__ = ["err_console", "out_console", "report_error", "run_main"]
+__all__ = ["err_console", "out_console", "report_error", "run_main", "run_parsed"]
 
 
 def out_console(file: TextIO | None = None) -> Console:
@@ -67,3 +68,23 @@ def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
             f"{prog}: hint: run again with --debug for a traceback and report it", file=sys.stderr
         )
         return 1
+
+
+def run_parsed(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    body: Callable[[argparse.Namespace], int],
+) -> int:
+    """Parse ``argv`` (usage errors exit 2, ``--help`` 0) and run ``body`` via run_main."""
+    raw = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in raw
+
+    def parsed() -> int:
+        try:
+            args = parser.parse_args(raw)
+        except SystemExit as exc:  # argparse already printed usage / help
+            return 0 if exc.code in (0, None) else 2
+        return body(args)
+
+    return run_main(prog, parsed, debug)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from sdrpc_build.bench import (
@@ -32,7 +31,7 @@ from sdrpc_build.bench import (
     to_json,
 )
 from sdrpc_build.check import parse_endpoints
-from sdrpc_build.cli._common import err_console, out_console, report_error, run_main
+from sdrpc_build.cli._common import err_console, out_console, report_error, run_parsed
 from sdrpc_build.errors import UsageError
 from sdrpc_build.linkbench import BenchError, BenchOptions, bench_server
 
@@ -202,37 +201,31 @@ def _print(results: list[ServerResult]) -> None:
             con.print(f"  {note}", markup=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    raw = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in raw
-
-    def body() -> int:
-        try:
-            args = _parser().parse_args(raw)
-        except SystemExit as exc:  # argparse already printed usage / help
-            return 0 if exc.code in (0, None) else 2
-        endpoints = parse_endpoints(args.endpoints)
-        eps = [(e.host, e.port) for e in endpoints]
-        opts = _options(args)
-        outcomes = _run(eps, opts)
-        results: list[ServerResult] = []
-        errors: list[BenchError] = []
-        for endpoint, o in zip(endpoints, outcomes):
-            if isinstance(o, BenchError):
-                errors.append(o)
-                results.append(ServerResult(endpoint=str(endpoint), error=o.message))
-            else:
-                results.append(o)
-        if args.json:
-            print(json.dumps(to_json(results), indent=2))
+def _body(args: argparse.Namespace) -> int:
+    endpoints = parse_endpoints(args.endpoints)
+    eps = [(e.host, e.port) for e in endpoints]
+    opts = _options(args)
+    outcomes = _run(eps, opts)
+    results: list[ServerResult] = []
+    errors: list[BenchError] = []
+    for endpoint, o in zip(endpoints, outcomes):
+        if isinstance(o, BenchError):
+            errors.append(o)
+            results.append(ServerResult(endpoint=str(endpoint), error=o.message))
         else:
-            _print(results)
-        code = 0
-        for failure in errors:
-            code = report_error(failure, PROG, debug)
-        return code
+            results.append(o)
+    if args.json:
+        print(json.dumps(to_json(results), indent=2))
+    else:
+        _print(results)
+    code = 0
+    for failure in errors:
+        code = report_error(failure, PROG, args.debug)
+    return code
 
-    return run_main(PROG, body, debug)
+
+def main(argv: list[str] | None = None) -> int:
+    return run_parsed(PROG, _parser(), argv, _body)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from sdrpc_build.check import (
     judge,
     parse_endpoints,
 )
-from sdrpc_build.cli._common import out_console, run_main
+from sdrpc_build.cli._common import out_console, run_parsed
 from sdrpc_build.errors import ProtocolError, UsageError
 from sdrpc_build.protocol.client import ProbeResult, probe
 from sdrpc_build.protocol.codec import format_version, parse_version
@@ -252,29 +251,23 @@ def _print_tables(
             con.print(f"{r.endpoint}: {line}", markup=False)
 
 
+def _body(args: argparse.Namespace) -> int:
+    eps = parse_endpoints(args.endpoints)
+    timeout = _timeout(args.timeout)
+    spec = _client_spec(args)
+    results = _probe_all(eps, timeout, spec)
+    verdicts = [judge(r, spec) for r in results]
+    dmap = device_map(results)
+    code = exit_code(verdicts)
+    if args.json:
+        print(json.dumps(_to_json(spec, results, verdicts, dmap, code), indent=2))
+    else:
+        _print_tables(spec, results, verdicts, dmap)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    raw = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in raw
-
-    def body() -> int:
-        try:
-            args = _parser().parse_args(raw)
-        except SystemExit as exc:  # argparse already printed usage / help
-            return 0 if exc.code in (0, None) else 2
-        eps = parse_endpoints(args.endpoints)
-        timeout = _timeout(args.timeout)
-        spec = _client_spec(args)
-        results = _probe_all(eps, timeout, spec)
-        verdicts = [judge(r, spec) for r in results]
-        dmap = device_map(results)
-        code = exit_code(verdicts)
-        if args.json:
-            print(json.dumps(_to_json(spec, results, verdicts, dmap, code), indent=2))
-        else:
-            _print_tables(spec, results, verdicts, dmap)
-        return code
-
-    return run_main(PROG, body, debug)
+    return run_parsed(PROG, _parser(), argv, _body)
 
 
 if __name__ == "__main__":  # pragma: no cover
