@@ -208,7 +208,7 @@ def _body(args: argparse.Namespace) -> int:
     outcomes = _run(eps, opts)
     results: list[ServerResult] = []
     errors: list[BenchError] = []
-    for endpoint, o in zip(endpoints, outcomes):
+    for endpoint, o in zip(endpoints, outcomes, strict=True):
         if isinstance(o, BenchError):
             errors.append(o)
             results.append(ServerResult(endpoint=str(endpoint), error=o.message))

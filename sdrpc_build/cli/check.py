@@ -157,7 +157,7 @@ def _to_json(
 ) -> dict[str, Any]:
     names = {(d.server, d.index): d.name for d in dmap}
     servers = []
-    for s, (r, v) in enumerate(zip(results, verdicts)):
+    for s, (r, v) in enumerate(zip(results, verdicts, strict=True)):
         servers.append(
             {
                 "endpoint": r.endpoint,
@@ -228,7 +228,7 @@ def _print_tables(
     t = Table(title="servers")
     for col in ("endpoint", "status", "protocol", "MAX_NAME", "devices", "verdict"):
         t.add_column(col, overflow="fold")
-    for r, v in zip(results, verdicts):
+    for r, v in zip(results, verdicts, strict=True):
         style = "green" if v.compatible else "red"
         t.add_row(
             r.endpoint,
@@ -246,7 +246,7 @@ def _print_tables(
         for m in dmap:
             d.add_row(m.name, m.endpoint, str(m.index), _mib(m.free), _mib(m.total))
         con.print(d)
-    for r, v in zip(results, verdicts):
+    for r, v in zip(results, verdicts, strict=True):
         for line in _problems(r, v):
             con.print(f"{r.endpoint}: {line}", markup=False)
 

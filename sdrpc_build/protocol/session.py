@@ -150,7 +150,7 @@ class RpcClient:
             raise Closed(f"{where} accepted and at once reset the connection") from None
         except ConnectionRefusedError:
             raise Unreachable(f"connection refused by {where} (nothing listens there)") from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise Unreachable(f"connecting to {where} timed out after {self.timeout:g} s") from None
         except (OSError, OverflowError, ValueError) as exc:
             raise Unreachable(f"cannot connect to {where}: {exc}") from None
@@ -183,7 +183,7 @@ class RpcClient:
                 while view:  # each send() call gets its own idle timeout
                     n = sock.send(view)
                     view = view[n:]
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise Timeout(f"sending to {self._where()} stalled for {self.timeout:g} s") from None
         except OSError as exc:
             raise Closed(f"{self._where()} closed the connection while we sent ({exc})") from None
@@ -204,7 +204,7 @@ class RpcClient:
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise socket.timeout
+                        raise TimeoutError
                     sock.settimeout(left)
                 else:
                     sock.settimeout(self.timeout)
@@ -217,7 +217,7 @@ class RpcClient:
                     declared = int.from_bytes(view[:HEADER], "little")
                     if declared != header:
                         raise SizeMismatch(what, want - HEADER, declared, bytes(view[:16]))
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise Timeout(
                 f"no complete {what} from {self._where()} within {self.timeout:g} s "
                 f"(got {got} bytes)",

@@ -67,7 +67,7 @@ class FakeServer:
         while not self.stop.is_set():
             try:
                 conn, _ = self._ls.accept()
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 continue
             except OSError:
                 return

@@ -116,7 +116,7 @@ def main() -> int:
     while time.monotonic() < deadline:
         try:
             conn, _ = ls.accept()
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             continue
         with conn:
             conn.settimeout(30)

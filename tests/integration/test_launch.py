@@ -138,7 +138,7 @@ def test_three_servers_from_config_restart_and_device_map(
     cfg.write_text(
         "".join(
             f'[[server]]\nname = "s{i}"\nbinary = "{b}"\nport = {p}\nthreads = 1\n\n'
-            for i, (b, p) in enumerate(zip([v35, v36, v35], ports))
+            for i, (b, p) in enumerate(zip([v35, v36, v35], ports, strict=True))
         )
     )
     lc = launch("--config", str(cfg))

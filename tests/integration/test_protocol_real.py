@@ -101,7 +101,7 @@ def test_golden_bytes_still_match_the_real_server(
     v = PROTO[version]
     stored = json.loads((GOLDEN / f"v{v[0]}-n{max_name}.json").read_text())["steps"]
     assert [s["name"] for s in fresh] == [s["name"] for s in stored]
-    for a, b in zip(fresh, stored):
+    for a, b in zip(fresh, stored, strict=True):
         assert (a["reply"] is None) == (b["reply"] is None), a["name"]
         if a["name"] in (
             "hello_caps",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import Any
@@ -71,7 +72,7 @@ def test_parse_sizes_sorts_dedups_and_rounds_to_4() -> None:
 
 def test_default_sizes_are_4k_to_256m_in_steps_of_4() -> None:
     assert DEFAULT_SIZES[0] == 4 * KIB and DEFAULT_SIZES[-1] == 256 * MIB
-    assert all(b == 4 * a for a, b in zip(DEFAULT_SIZES, DEFAULT_SIZES[1:]))
+    assert all(b == 4 * a for a, b in itertools.pairwise(DEFAULT_SIZES))
 
 
 def test_schedule_caps_by_free_memory_and_max_size() -> None:

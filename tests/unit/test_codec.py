@@ -111,7 +111,7 @@ def test_golden_replies_decode(path: Path) -> None:
     steps = [s for s in g["steps"] if s["reply"]]
     frames = b"".join(bytes.fromhex(s["reply"]) for s in steps)
     sizes = [struct.unpack_from("<Q", bytes.fromhex(s["reply"]))[0] for s in steps]
-    payloads = dict(zip([s["name"] for s in steps], _replies(frames, sizes)))
+    payloads = dict(zip([s["name"] for s in steps], _replies(frames, sizes), strict=True))
     hello = decode_hello(payloads["hello_caps"])
     assert hello.version == tuple(g["protocol"]) and hello.caps == bytes(24)
     assert decode_u32(payloads["device_count"]) == 1
