@@ -11,13 +11,30 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import Any, NoReturn, TextIO
 
 from rich.console import Console
 
-from sdrpc_build.errors import Interrupted, SdrpcError
+from sdrpc_build import __version__
+from sdrpc_build.errors import Interrupted, SdrpcError, UsageError
 
-__all__ = ["err_console", "out_console", "report_error", "run_main", "run_parsed"]
+__all__ = ["Parser", "err_console", "out_console", "report_error", "run_main", "run_parsed"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with sdrpc's error contract and a ``--version`` on every command.
+
+    A usage error raises :class:`UsageError` (one line, a ``hint:`` line naming
+    ``--help``, exit 2) instead of printing argparse's usage block and exiting;
+    ``run_parsed`` reports it like every other error.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, hint=f"'{self.prog} --help' lists the options and their values")
 
 
 def out_console(file: TextIO | None = None) -> Console:
@@ -36,8 +53,11 @@ def report_error(exc: SdrpcError, prog: str, debug: bool = False) -> int:
     print(f"{prog}: error: {exc.message}", file=stream)
     if exc.details:
         print(exc.details.rstrip("\n"), file=stream)
-    if exc.hint:
-        print(f"{prog}: hint: {exc.hint}", file=stream)
+    hint = exc.hint
+    if not hint and isinstance(exc, UsageError):
+        hint = f"'{prog} --help' lists the options and their values"
+    if hint:
+        print(f"{prog}: hint: {hint}", file=stream)
     return exc.exit_code
 
 

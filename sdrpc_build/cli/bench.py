@@ -31,7 +31,7 @@ from sdrpc_build.bench import (
     to_json,
 )
 from sdrpc_build.check import parse_endpoints
-from sdrpc_build.cli._common import err_console, out_console, report_error, run_parsed
+from sdrpc_build.cli._common import Parser, err_console, out_console, report_error, run_parsed
 from sdrpc_build.errors import UsageError
 from sdrpc_build.linkbench import BenchError, BenchOptions, bench_server
 
@@ -41,7 +41,7 @@ PROG = "sdrpc-bench"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG,
         description="Measure the link to ggml RPC servers with the protocol itself "
         "(SET_TENSOR / GET_TENSOR throughput, latency, model upload time).",

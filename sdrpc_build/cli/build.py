@@ -17,9 +17,8 @@ from typing import Optional
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdrpc_build import __version__
 from sdrpc_build.build import BuildOptions, BuildResult, build, dry_run
-from sdrpc_build.cli._common import err_console, out_console, run_main
+from sdrpc_build.cli._common import Parser, err_console, out_console, run_parsed
 from sdrpc_build.errors import EXIT_CODES, PinsError, UsageError
 from sdrpc_build.paths import artifacts_dir, cache_dir
 from sdrpc_build.pins import DEFAULT_MAX_NAME, Pin, SdPins, is_full_sha, read_sd_tree
@@ -35,7 +34,7 @@ PROG = "sdrpc-build"
 
 def make_parser() -> argparse.ArgumentParser:
     codes = "\n".join(f"  {k:>3}  {v}" for k, v in EXIT_CODES.items())
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG,
         description="Build a ggml rpc-server that matches a stable-diffusion.cpp client, "
         "cache it, and verify it with a real handshake.",
@@ -122,7 +121,6 @@ def make_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("dist"), help="wheel output directory (default: dist)"
     )
     o.add_argument("--debug", action="store_true", help="tracebacks for errors")
-    o.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
@@ -405,9 +403,7 @@ def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    return run_main(PROG, lambda: _cmd(args, os.environ), args.debug)
+    return run_parsed(PROG, make_parser(), argv, lambda args: _cmd(args, os.environ))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from sdrpc_build.check import (
     judge,
     parse_endpoints,
 )
-from sdrpc_build.cli._common import out_console, run_parsed
+from sdrpc_build.cli._common import Parser, out_console, run_parsed
 from sdrpc_build.errors import ProtocolError, UsageError
 from sdrpc_build.protocol.client import ProbeResult, probe
 from sdrpc_build.protocol.codec import format_version, parse_version
@@ -62,7 +62,7 @@ EXIT_CODES: dict[str, int] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG,
         description="Check ggml RPC servers against a stable-diffusion.cpp client.",
         epilog="exit codes: 0 all compatible, 2 usage, 3 bad --sd-cpp pins, 10 incompatible, "

@@ -17,8 +17,7 @@ from typing import Optional
 
 from rich.table import Table
 
-from sdrpc_build import __version__
-from sdrpc_build.cli._common import out_console, run_main
+from sdrpc_build.cli._common import Parser, out_console, run_parsed
 from sdrpc_build.cmake import current_platform
 from sdrpc_build.doctor import DoctorReport, diagnose, system_probes
 from sdrpc_build.errors import ToolError
@@ -33,7 +32,7 @@ _STYLE = {"ok": "green", "warning": "yellow", "missing": "red", "too-old": "red"
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG,
         description="Check this machine for the tools each backend needs (cmake, compilers, "
         "nvcc, Vulkan SDK, hipcc, ...), say how to install what is missing, and list the "
@@ -54,7 +53,6 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--debug", action="store_true", help="tracebacks for errors")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
@@ -116,8 +114,7 @@ def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = make_parser().parse_args(argv)
-    return run_main(PROG, lambda: _cmd(args, os.environ), args.debug)
+    return run_parsed(PROG, make_parser(), argv, lambda args: _cmd(args, os.environ))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from sdrpc_build.cli._common import run_main
+from sdrpc_build.cli._common import Parser, run_parsed
 from sdrpc_build.cli.launch_report import PROG, Reporter, security_warning
 from sdrpc_build.errors import UsageError
 from sdrpc_build.paths import artifacts_dir, cache_dir, run_dir
@@ -85,7 +85,7 @@ _PER_SERVER_FLAGS = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG,
         description="Start and supervise ggml rpc-servers.",
         epilog="A --detach instance: 'sdrpc-launch status [--instance NAME]' shows it, "
@@ -333,8 +333,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from sdrpc_build.cli.launch_ctl import main as control_main
 
         return control_main(words)
-    args = _parser().parse_args(words)
-    return run_main(PROG, lambda: _run(args, words), args.debug)
+    return run_parsed(PROG, _parser(), words, lambda args: _run(args, words))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Any, Literal, Optional
 
 from rich.markup import escape
 
-from sdrpc_build.cli._common import err_console, out_console, run_main
+from sdrpc_build.cli._common import Parser, err_console, out_console, run_parsed
 from sdrpc_build.cli.launch_detach import instance_flag
 from sdrpc_build.cli.launch_report import PROG, print_device_map, row_json
 from sdrpc_build.errors import UsageError
@@ -106,7 +106,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
         "status": "Show a detached sdrpc-launch instance: its servers, busy or idle, uptime.",
         "stop": "Stop a detached sdrpc-launch instance: SIGTERM, wait, SIGKILL.",
     }[command]
-    p = argparse.ArgumentParser(prog=f"{PROG} {command}", description=what)
+    p = Parser(prog=f"{PROG} {command}", description=what)
     p.add_argument(
         "--instance",
         metavar="NAME",
@@ -349,6 +349,5 @@ def _stop(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     """``argv[0]`` is ``status`` or ``stop``."""
     command, rest = argv[0], argv[1:]
-    args = _parser(command).parse_args(rest)
     body = _status if command == "status" else _stop
-    return run_main(PROG, lambda: body(args), args.debug)
+    return run_parsed(f"{PROG} {command}", _parser(command), rest, body)

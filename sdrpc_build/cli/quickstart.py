@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sdrpc_build.build import BuildOptions, build
-from sdrpc_build.cli._common import run_main
+from sdrpc_build.cli._common import Parser, run_parsed
 from sdrpc_build.errors import LaunchError
 from sdrpc_build.paths import cache_dir
 from sdrpc_build.pins import Pin, SdPins
@@ -64,18 +64,21 @@ def _read_events(proc: subprocess.Popen[str], deadline: float) -> dict[str, Any]
 
 
 def _body(args: argparse.Namespace) -> int:
-    from sdrpc_build.cli import check
+    # progress goes to stderr under --json, so stdout carries one JSON object
+    out = sys.stderr if args.json else sys.stdout
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
 
     root = cache_dir(os.environ, args.cache_dir)
-    print(
+    say(
         f"[1/3] sdrpc-build: llama.cpp {DEFAULT_PINS.llama_commit.value[:12]}, "
-        f"GGML_MAX_NAME=160, CPU, source {DEFAULT_SDIST} (cache {root})",
-        flush=True,
+        f"GGML_MAX_NAME=160, CPU, source {DEFAULT_SDIST} (cache {root})"
     )
     res = build(DEFAULT_PINS, BuildOptions(cache_root=root, llama_sdist=DEFAULT_SDIST), os.environ)
     m = res.manifest
     how = "cache hit" if res.cache_hit else f"built in {res.seconds:.0f}s"
-    print(f"      {how}, verified={m.verified}: {m.binary}", flush=True)
+    say(f"      {how}, verified={m.verified}: {m.binary}")
     argv = [
         sys.executable,
         "-m",
@@ -89,21 +92,47 @@ def _body(args: argparse.Namespace) -> int:
         "--cache-dir",
         str(root),
     ]
-    print("[2/3] sdrpc-launch --binary ... -p " + str(args.port), flush=True)
+    say("[2/3] sdrpc-launch --binary ... -p " + str(args.port))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         ready = _read_events(proc, time.monotonic() + 60)
         endpoint = str(ready["rpc_servers"])
-        print(f"      ready: {endpoint}", flush=True)
-        print(
-            f"[3/3] sdrpc-check {endpoint} --expect-proto 5.0.0 --expect-max-name 160", flush=True
-        )
-        rc = check.main([endpoint, "--expect-proto", "5.0.0", "--expect-max-name", "160"])
-        if rc == 0:
-            print(f"sd-cli --rpc-servers {endpoint} --backend RPC0 ...")
-            print("quickstart: OK: built, launched and checked a compatible server")
+        say(f"      ready: {endpoint}")
+        expect = ["--expect-proto", "5.0.0", "--expect-max-name", "160"]
+        say(f"[3/3] sdrpc-check {endpoint} {' '.join(expect)}")
+        check_argv = [sys.executable, "-m", "sdrpc_build.cli.check", endpoint, *expect]
+        if args.json:
+            done = subprocess.run(
+                [*check_argv, "--json"], check=False, stdout=subprocess.PIPE, text=True
+            )
+            rc = done.returncode
+            try:
+                report: Any = json.loads(done.stdout)
+            except ValueError:
+                report = None
         else:
-            print(f"quickstart: FAILED: sdrpc-check exited {rc}")
+            rc = subprocess.run(check_argv, check=False).returncode
+        ok = rc == 0
+        if ok:
+            say(f"sd-cli --rpc-servers {endpoint} --backend RPC0 ...")
+            say("quickstart: OK: built, launched and checked a compatible server")
+        else:
+            say(f"quickstart: FAILED: sdrpc-check exited {rc}")
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "ok": ok,
+                        "binary": str(m.binary),
+                        "key": m.key,
+                        "cache_hit": res.cache_hit,
+                        "rpc_servers": endpoint,
+                        "sd_cli": f"--rpc-servers {endpoint} --backend RPC0",
+                        "check_exit_code": rc,
+                        "check": report,
+                    }
+                )
+            )
         return rc
     finally:
         # SIGINT to the launcher alone, as Ctrl-C would: it stops its servers itself
@@ -111,12 +140,14 @@ def _body(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    p = Parser(prog=PROG, description=__doc__)
     p.add_argument("--cache-dir", type=Path, help="cache root (env SDRPC_CACHE_DIR)")
     p.add_argument("-p", "--port", type=int, default=0, help="port (default 0: a free one)")
-    p.add_argument("--debug", action="store_true")
-    args = p.parse_args(argv)
-    return run_main(PROG, lambda: _body(args), args.debug)
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object on stdout; progress on stderr"
+    )
+    p.add_argument("--debug", action="store_true", help="tracebacks for internal errors")
+    return run_parsed(PROG, p, argv, _body)
 
 
 if __name__ == "__main__":
