@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "measure the link and the servers sd.cpp will use"),
     "doctor": ("doctor", "which backends can this machine build; what to install"),
     "quickstart": ("quickstart", "build, launch and check a server in one go"),
+    "cache": ("cache", "what sdrpc keeps on disk; --prune reclaims it"),
 }
 
 
