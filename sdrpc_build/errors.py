@@ -8,6 +8,7 @@ output and process exit codes.
 from __future__ import annotations
 
 __all__ = [
+    "DEFAULT_HINTS",
     "EXIT_CODES",
     "BuildError",
     "CheckError",
@@ -144,4 +145,33 @@ EXIT_CODES: dict[int, str] = {
     28: "sdrpc-launch --detach: an instance of that name is already running",
     29: "sdrpc-launch stop: a process could not be stopped",
     130: "interrupted",
+}
+
+#: what to try when an error carries no hint of its own, per exit code
+DEFAULT_HINTS: dict[int, str] = {
+    2: "'--help' lists the options and their values",
+    3: "check the sd.cpp tree (git submodule update --init ggml), or give "
+    "--llama-commit SHA --max-name N",
+    4: "sdrpc-build --list-backends lists the recipes; a --recipe file must be UTF-8 TOML",
+    5: "check --llama-repo / --llama-src / --llama-sdist; --debug shows more",
+    6: "sdrpc doctor lists what is missing and how to install it",
+    7: "read the build log shown above; sdrpc doctor checks the tools",
+    8: "the server failed the handshake shown above; rebuild with --force",
+    9: "check the permissions and free space of the cache (--cache-dir or SDRPC_CACHE_DIR)",
+    10: "rebuild the server from the client's pins: sdrpc-build --sd-cpp PATH",
+    11: "is the server running and reachable from here? (sdrpc-launch status)",
+    12: "the server serves one client at a time; try again when it is idle",
+    13: "point sdrpc-check at an rpc-server's port",
+    14: "the server sent malformed data: check its version and log",
+    20: "read the server's last lines above and its log (sdrpc-launch status shows where)",
+    21: "fix servers.toml; the README lists its keys and values",
+    22: "pick another port (-p) or stop what holds it",
+    23: "use one of the devices the server lists",
+    24: "give a literal IPv4 address of this machine, e.g. 127.0.0.1",
+    25: "build one with sdrpc-build, or pass --binary PATH",
+    26: "read the server's last lines above and its log",
+    27: "start one with: sdrpc-launch ... --detach",
+    28: "stop it first (sdrpc-launch stop --instance NAME) or pick another --instance",
+    29: "find the process named above and end it by hand",
+    130: "run the same command again; nothing half-written was kept",
 }

@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TextIO
 from rich.console import Console
 
 from sdrpc_build import __version__
-from sdrpc_build.errors import Interrupted, SdrpcError, UsageError
+from sdrpc_build.errors import DEFAULT_HINTS, Interrupted, SdrpcError, UsageError
 
 __all__ = ["Parser", "err_console", "out_console", "report_error", "run_main", "run_parsed"]
 
@@ -56,6 +56,7 @@ def report_error(exc: SdrpcError, prog: str, debug: bool = False) -> int:
     hint = exc.hint
     if not hint and isinstance(exc, UsageError):
         hint = f"'{prog} --help' lists the options and their values"
+    hint = hint or DEFAULT_HINTS.get(exc.exit_code)
     if hint:
         print(f"{prog}: hint: {hint}", file=stream)
     return exc.exit_code

@@ -50,9 +50,16 @@ def _load(module: str) -> Callable[[Optional[list[str]]], int]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args:
+        print(f"{PROG}: error: no command given", file=sys.stderr)
+        print(
+            f"{PROG}: hint: '{PROG} --help' lists the commands: {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args[0] in ("-h", "--help", "help"):
         print(_usage())
-        return 0 if args else 2
+        return 0
     if args[0] == "--version":
         print(f"{PROG} {__version__}")
         return 0

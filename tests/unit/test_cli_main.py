@@ -11,11 +11,17 @@ from sdrpc_build.cli import main as umbrella
 
 
 def test_usage_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    assert umbrella.main([]) == 2
-    out = capsys.readouterr().out
-    for name in ("build", "check", "launch", "bench", "doctor", "quickstart"):
-        assert f"  {name}" in out
     assert umbrella.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("build", "check", "launch", "bench", "doctor", "quickstart", "cache"):
+        assert f"  {name}" in out
+
+
+def test_no_command_is_a_usage_error_with_a_hint(capsys: pytest.CaptureFixture[str]) -> None:
+    assert umbrella.main([]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "sdrpc: error: no command given"
+    assert err[1].startswith("sdrpc: hint: ") and "cache" in err[1]
 
 
 def test_dispatch_passes_the_rest_of_argv(monkeypatch: pytest.MonkeyPatch) -> None:
