@@ -27,6 +27,7 @@ from sdrpc_build.cmake import (
     parse_ninja_progress,
     run_logged,
 )
+from sdrpc_build.doctor.preflight import require_buildable
 from sdrpc_build.errors import BuildError, PinsError, ToolError, VerifyError
 from sdrpc_build.paths import artifacts_dir, sources_dir
 from sdrpc_build.pins import SdPins, format_version, parse_rpc_version
@@ -175,6 +176,10 @@ def dry_run(
     """The plan without network or build; the tree facts only if the source is cached."""
     recipe = resolve_recipe(opts)
     notes: list[str] = []
+    try:  # the preflight sdrpc-build runs (and sdrpc doctor shows)
+        require_buildable(recipe, env, opts.cache_root, opts.defines, need_git=not opts.llama_sdist)
+    except ToolError as exc:
+        notes.append(f"{exc.message} ({exc.hint})")
     try:
         tools: Optional[Toolchain] = discover_toolchain(recipe, env)
     except ToolError as exc:
@@ -250,6 +255,8 @@ def build(
     t0 = time.monotonic()
     recipe = resolve_recipe(opts)
     rep.phase("toolchain")
+    # the preflight sdrpc doctor shows: exit 6 with what to install, before any fetch or configure
+    require_buildable(recipe, env, opts.cache_root, opts.defines, need_git=not opts.llama_sdist)
     tools = discover_toolchain(recipe, env)
     state = "clean"
     local: Optional[Source] = None
