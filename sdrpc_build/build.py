@@ -18,7 +18,7 @@ from typing import Optional, Protocol
 
 from filelock import FileLock
 
-from sdrpc_build import __version__
+from sdrpc_build import __version__, doctor
 from sdrpc_build.cmake import (
     Toolchain,
     ccache_env,
@@ -27,7 +27,6 @@ from sdrpc_build.cmake import (
     parse_ninja_progress,
     run_logged,
 )
-from sdrpc_build.doctor.preflight import require_buildable
 from sdrpc_build.errors import BuildError, PinsError, ToolError, VerifyError
 from sdrpc_build.paths import artifacts_dir, sources_dir
 from sdrpc_build.pins import SdPins, format_version, parse_rpc_version
@@ -177,7 +176,9 @@ def dry_run(
     recipe = resolve_recipe(opts)
     notes: list[str] = []
     try:  # the preflight sdrpc-build runs (and sdrpc doctor shows)
-        require_buildable(recipe, env, opts.cache_root, opts.defines, need_git=not opts.llama_sdist)
+        doctor.require_buildable(
+            recipe, env, opts.cache_root, opts.defines, need_git=not opts.llama_sdist
+        )
     except ToolError as exc:
         notes.append(f"{exc.message} ({exc.hint})")
     try:
@@ -256,7 +257,9 @@ def build(
     recipe = resolve_recipe(opts)
     rep.phase("toolchain")
     # the preflight sdrpc doctor shows: exit 6 with what to install, before any fetch or configure
-    require_buildable(recipe, env, opts.cache_root, opts.defines, need_git=not opts.llama_sdist)
+    doctor.require_buildable(
+        recipe, env, opts.cache_root, opts.defines, need_git=not opts.llama_sdist
+    )
     tools = discover_toolchain(recipe, env)
     state = "clean"
     local: Optional[Source] = None
