@@ -18,7 +18,7 @@ from typing import Optional, Protocol
 
 from filelock import FileLock
 
-from sdrpc_build import __version__
+from sdrpc_build import __version__, doctor
 from sdrpc_build.cmake import (
     Toolchain,
     ccache_env,
@@ -175,6 +175,12 @@ def dry_run(
     """The plan without network or build; the tree facts only if the source is cached."""
     recipe = resolve_recipe(opts)
     notes: list[str] = []
+    try:  # the preflight sdrpc-build runs (and sdrpc doctor shows)
+        doctor.require_buildable(
+            recipe, env, opts.cache_root, opts.defines, need_git=not opts.llama_sdist
+        )
+    except ToolError as exc:
+        notes.append(f"{exc.message} ({exc.hint})")
     try:
         tools: Optional[Toolchain] = discover_toolchain(recipe, env)
     except ToolError as exc:
@@ -250,6 +256,10 @@ def build(
     t0 = time.monotonic()
     recipe = resolve_recipe(opts)
     rep.phase("toolchain")
+    # the preflight sdrpc doctor shows: exit 6 with what to install, before any fetch or configure
+    doctor.require_buildable(
+        recipe, env, opts.cache_root, opts.defines, need_git=not opts.llama_sdist
+    )
     tools = discover_toolchain(recipe, env)
     state = "clean"
     local: Optional[Source] = None

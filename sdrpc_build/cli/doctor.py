@@ -20,9 +20,10 @@ from rich.table import Table
 from sdrpc_build.cli._common import Parser, out_console, run_parsed
 from sdrpc_build.cmake import current_platform
 from sdrpc_build.doctor import DoctorReport, diagnose, system_probes
-from sdrpc_build.errors import ToolError
+from sdrpc_build.doctor.preflight import blocked_error
+from sdrpc_build.errors import RecipeError, ToolError
 from sdrpc_build.paths import cache_dir
-from sdrpc_build.recipes import list_recipes, load_recipe
+from sdrpc_build.recipes import Recipe, list_recipes, suggest
 
 __all__ = ["main", "make_parser"]
 
@@ -78,12 +79,23 @@ def _print(report: DoctorReport) -> None:
     con.print(f"can build here: {', '.join(can) if can else 'none of the backends checked'}")
 
 
+def _wanted(names: list[str], recipes: list[Recipe]) -> list[str]:
+    known = sorted(r.name for r in recipes)
+    for name in names:
+        if name not in known:
+            raise RecipeError(
+                f"unknown backend {name!r}{suggest(name, known)}",
+                hint=f"known backends: {', '.join(known)}; "
+                "without --backend, sdrpc doctor checks them all",
+            )
+    return names
+
+
 def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    wanted: Optional[list[str]] = None
-    if args.backend:
-        wanted = [load_recipe(b).name for b in args.backend]  # unknown -> RecipeError
+    recipes = list_recipes()
+    wanted = _wanted(args.backend, recipes) if args.backend else None
     report = diagnose(
-        list_recipes(),
+        recipes,
         system_probes(env, current_platform()),
         cache_dir(env, args.cache_dir),
         wanted,
@@ -95,13 +107,8 @@ def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if wanted is not None:
         blocked = [b for b in report.backends if not b.buildable]
         if blocked:
-            first = blocked[0]
-            if not args.json:
-                why = ", ".join(first.missing) or "; ".join(first.notes)
-                raise ToolError(
-                    f"backend {first.backend!r} cannot be built here: {why}",
-                    hint="install what the table above lists, then run sdrpc doctor again",
-                )
+            if not args.json:  # the error sdrpc-build gives for it, word for word
+                raise blocked_error(blocked[0])
             return ToolError.exit_code
     elif not report.buildable:
         if not args.json:

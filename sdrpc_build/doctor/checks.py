@@ -1,23 +1,19 @@
-"""The per-tool checks: is each tool there, which version, and what to install if not."""
+"""The machine-wide checks (cmake, compilers, git, disk, GPU drivers), and each recipe
+requirement looked up once: is it there, which version, and what to install if not."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
 from sdrpc_build.doctor.hints import install_hint
 from sdrpc_build.doctor.probes import Probes
+from sdrpc_build.doctor.requires import check_requirement
 from sdrpc_build.doctor.results import Check
-from sdrpc_build.doctor.versions import (
-    MIN_VULKAN_HEADER,
-    first_line,
-    parse_version,
-    parse_vulkan_header_version,
-    vstr,
-)
-from sdrpc_build.recipes import Recipe
+from sdrpc_build.doctor.versions import first_line, parse_version, vstr
+from sdrpc_build.recipes import Requirement
 
 __all__ = ["MIN_DISK_BYTES", "Doctor"]
 
@@ -28,7 +24,8 @@ _MIN_CMAKE = (3, 15)
 
 
 class Doctor:
-    """The per-tool checks, each run once and cached by name (``get``)."""
+    """The checks, each run once: machine-wide ones by name (``get``), recipe
+    requirements by what they look for (``requirement``); ``cache`` lists them by name."""
 
     def __init__(self, probes: Probes, cache_root: Path) -> None:
         self.p = probes
@@ -36,6 +33,7 @@ class Doctor:
         self.plat = probes.platform
         self.cache: dict[str, Check] = {}
         self.cmake_version: Optional[tuple[int, ...]] = None
+        self._requirements: dict[object, Optional[Check]] = {}
 
     def get(self, name: str) -> Check:
         if name not in self.cache:
@@ -158,56 +156,6 @@ class Doctor:
             return Check("disk", "warning", gib + " (GPU builds want 10 GiB)")
         return Check("disk", "ok", gib)
 
-    def _cuda_dirs(self) -> list[Path]:
-        dirs = [
-            Path(self.p.env[k]) / "bin"
-            for k in ("CUDA_PATH", "CUDA_HOME", "CUDA_ROOT")
-            if self.p.env.get(k)
-        ]
-        if self.plat == "linux":
-            dirs.append(Path("/usr/local/cuda/bin"))
-        return dirs
-
-    def _nvcc(self) -> Check:
-        path = self._find(("nvcc",), self._cuda_dirs())
-        if path is None:
-            return Check("nvcc", "missing", "not found", "")
-        out = self.p.run([path, "--version"]) or ""
-        m = re.search(r"release (\d+\.\d+)", out)
-        return Check("nvcc", "ok", f"CUDA {m.group(1)} ({path})" if m else path)
-
-    def _cublas(self) -> Check:
-        """ggml-cuda links cuBLAS: an nvcc without it configures but cannot generate."""
-        roots = [
-            Path(self.p.env[k])
-            for k in ("CUDA_PATH", "CUDA_HOME", "CUDA_ROOT")
-            if self.p.env.get(k)
-        ]
-        nvcc = self.get("nvcc")
-        if nvcc.status != "ok":
-            return Check("cublas", "warning", "not checked (no nvcc)")
-        if "(" in nvcc.detail:
-            roots.append(Path(nvcc.detail.rsplit("(", 1)[1].rstrip(")")).resolve().parent.parent)
-        if self.plat == "linux":
-            roots.append(Path("/usr/local/cuda"))
-        names = ("libcublas.so", "libcublas_static.a", "cublas.lib")
-        libdirs = ("lib64", "lib", "lib/x64", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib")
-        for root in roots:
-            for sub in libdirs:
-                for n in names:
-                    if self.p.is_file(root / sub / n):
-                        return Check("cublas", "ok", str(root / sub / n))
-        for n in names:
-            if self.p.is_file(Path("/usr/lib/x86_64-linux-gnu") / n):
-                return Check("cublas", "ok", f"/usr/lib/x86_64-linux-gnu/{n}")
-        return Check(
-            "cublas",
-            "missing",
-            "cuBLAS not found next to nvcc (ggml-cuda links it)",
-            "install the CUDA toolkit's cuBLAS (Debian/Ubuntu: apt-get install libcublas-dev "
-            "or NVIDIA's cuda-libraries-dev package)",
-        )
-
     def _nvidia_driver(self) -> Check:
         smi = self._find(("nvidia-smi",))
         if smi is None:
@@ -227,58 +175,6 @@ class Doctor:
             )
         gpus = [ln.strip() for ln in out.splitlines() if ln.strip()]
         return Check("nvidia-driver", "ok", "; ".join(gpus))
-
-    def _vulkan_include_dirs(self) -> list[Path]:
-        dirs = []
-        sdk = self.p.env.get("VULKAN_SDK")
-        if sdk:
-            dirs += [Path(sdk) / "include", Path(sdk) / "Include"]
-        if self.plat == "linux":
-            dirs += [Path("/usr/include"), Path("/usr/local/include")]
-        elif self.plat == "macos":
-            dirs += [Path("/opt/homebrew/include"), Path("/usr/local/include")]
-        return dirs
-
-    def _vulkan_headers(self) -> Check:
-        for d in self._vulkan_include_dirs():
-            header = d / "vulkan" / "vulkan_core.h"
-            text = self.p.read_text(header)
-            if text is None:
-                continue
-            v = parse_vulkan_header_version(text)
-            if v is None:
-                return Check("vulkan-headers", "warning", f"no VK_HEADER_VERSION in {header}")
-            if v < MIN_VULKAN_HEADER:
-                return Check(
-                    "vulkan-headers",
-                    "too-old",
-                    f"{vstr(v)} < {vstr(MIN_VULKAN_HEADER)} ({header})",
-                    install_hint("vulkan-headers", self.plat),
-                )
-            return Check("vulkan-headers", "ok", f"{vstr(v)} ({header})")
-        return Check(
-            "vulkan-headers",
-            "missing",
-            "vulkan/vulkan_core.h not found",
-            install_hint("vulkan-headers", self.plat),
-        )
-
-    def _spirv_headers(self) -> Check:
-        for d in self._vulkan_include_dirs():
-            header = d / "spirv" / "unified1" / "spirv.hpp"
-            if self.p.is_file(header):
-                return Check("spirv-headers", "ok", str(header))
-        return Check(
-            "spirv-headers",
-            "missing",
-            "spirv/unified1/spirv.hpp not found",
-            install_hint("spirv-headers", self.plat),
-        )
-
-    def _glslc(self) -> Check:
-        sdk = self.p.env.get("VULKAN_SDK")
-        extra = [Path(sdk) / "bin", Path(sdk) / "Bin"] if sdk else []
-        return self._tool("glslc", ("glslc",), extra, hint="")
 
     def _vulkan_driver(self) -> Check:
         exe = self._find(("vulkaninfo",))
@@ -300,15 +196,6 @@ class Doctor:
             )
         return Check("vulkan-driver", "ok", "; ".join(n.strip() for n in names))
 
-    def _hipcc(self) -> Check:
-        rocm = Path(self.p.env.get("ROCM_PATH") or "/opt/rocm") / "bin"
-        hip = [Path(self.p.env["HIP_PATH"]) / "bin"] if self.p.env.get("HIP_PATH") else []
-        path = self._find(("hipcc",), [rocm, *hip])
-        if path is None:
-            return Check("hipcc", "missing", "not found", "")
-        m = re.search(r"HIP version: (\S+)", self.p.run([path, "--version"]) or "")
-        return Check("hipcc", "ok", f"HIP {m.group(1)} ({path})" if m else path)
-
     def _rocm_driver(self) -> Check:
         rocm = Path(self.p.env.get("ROCM_PATH") or "/opt/rocm") / "bin"
         exe = self._find(("rocminfo",), [rocm])
@@ -322,15 +209,14 @@ class Doctor:
             )
         return Check("rocm-driver", "ok", ", ".join(sorted(set(re.findall(r"gfx\w+", out)))))
 
-    def recipe_tool(self, recipe: Recipe, name: str) -> Check:
-        special = {"nvcc", "glslc", "hipcc"}
-        if name in special:
-            c = self.get(name)
-        else:
-            c = self.cache.get(name) or self._tool(name, (name,), hint="", version_args=())
-            self.cache[name] = c
-        if c.status == "missing" and not c.hint:
-            hint = next((t.install_hint(self.plat) for t in recipe.tools if t.name == name), "")
-            c = Check(c.name, c.status, c.detail, hint or install_hint(name, self.plat))
-            self.cache[name] = c
-        return c
+    def requirement(
+        self, req: Requirement, defines: Mapping[str, str], tools: Mapping[str, str]
+    ) -> Optional[Check]:
+        """One recipe requirement (see :func:`check_requirement`), cached; listed by name."""
+        key = (req, tuple(sorted(defines.items())), tuple(sorted(tools.items())))
+        if key not in self._requirements:
+            c = check_requirement(req, self.p, defines, tools)
+            self._requirements[key] = c
+            if c is not None:
+                self.cache.setdefault(c.name, c)
+        return self._requirements[key]

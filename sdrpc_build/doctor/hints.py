@@ -1,4 +1,8 @@
-"""The install command for a missing tool, per platform."""
+"""The install command for a missing machine-wide tool, per platform.
+
+What a backend needs (nvcc, cuBLAS, Vulkan headers, ...) says its own install
+command in its recipe (``install.<platform>`` of each ``[[requires]]``).
+"""
 
 from __future__ import annotations
 
@@ -25,14 +29,6 @@ _INSTALL: Mapping[str, Mapping[str, str]] = {
         "macos": "brew install ccache",
         "windows": "winget install Ccache.Ccache",
     },
-    "vulkan-headers": {
-        "linux": "install the LunarG Vulkan SDK and source its setup-env.sh "
-        "(Ubuntu 24.04+/Debian 13+: apt-get install libvulkan-dev glslc spirv-headers; "
-        "Debian 12's 1.3.239 is too old)",
-        "windows": "install the LunarG Vulkan SDK (it sets VULKAN_SDK)",
-        "macos": "install the LunarG Vulkan SDK and source its setup-env.sh",
-    },
-    "spirv-headers": {"linux": "apt-get install spirv-headers (or use the LunarG Vulkan SDK)"},
     "nvidia-driver": {
         "linux": "install the NVIDIA driver (Debian/Ubuntu: apt-get install "
         "nvidia-driver); only needed to run the server here",

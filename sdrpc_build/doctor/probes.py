@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform as _platform
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["Probes", "system_probes"]
+__all__ = ["Probes", "multiarch", "system_probes"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class Probes:
     is_file: Callable[[Path], bool]
     disk_free: Callable[[Path], Optional[int]]
     pypi_tool: Callable[[str], Optional[str]] = field(default=lambda _name: None)
+    #: Debian's multiarch triplet: ``/usr/lib/<multiarch>``, ``/usr/include/<multiarch>``
+    multiarch: str = "x86_64-linux-gnu"
+    #: the path with symlinks resolved (to find a tool's install root)
+    realpath: Callable[[str], str] = field(default=lambda path: path)
 
 
 def _run(argv: Sequence[str]) -> Optional[str]:
@@ -65,6 +70,13 @@ def _pypi_tool(name: str) -> Optional[str]:
     return str(path) if path.is_file() else None
 
 
+def multiarch(machine: str) -> str:
+    """``x86_64`` -> ``x86_64-linux-gnu``, ``arm64``/``aarch64`` -> ``aarch64-linux-gnu``."""
+    m = machine.lower()
+    m = {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+    return f"{m}-linux-gnu"
+
+
 def system_probes(env: Mapping[str, str], platform: str) -> Probes:
     """The real probes: PATH lookups, short subprocesses with timeouts, file reads."""
     path = env.get("PATH")
@@ -77,4 +89,6 @@ def system_probes(env: Mapping[str, str], platform: str) -> Probes:
         is_file=lambda p: p.is_file(),
         disk_free=_disk_free,
         pypi_tool=_pypi_tool,
+        multiarch=multiarch(_platform.machine()),
+        realpath=os.path.realpath,
     )

@@ -16,6 +16,12 @@ class Check:
     status: Status
     detail: str  # version, path, or what is wrong
     hint: str = ""  # what to run when status is not ok
+    path: str = ""  # where it was found
+
+    @property
+    def problem(self) -> str:
+        """``name detail``: what blocks a build, for one line."""
+        return f"{self.name} {self.detail}"
 
     @property
     def ok(self) -> bool:
@@ -28,6 +34,7 @@ class Check:
             "ok": self.ok,
             "detail": self.detail,
             "hint": self.hint,
+            "path": self.path,
         }
 
 
@@ -38,6 +45,23 @@ class BackendReport:
     buildable: bool
     missing: tuple[str, ...]  # required checks that failed
     notes: tuple[str, ...]  # optional checks that failed (e.g. no GPU driver)
+    blockers: tuple[Check, ...] = ()  # the failed checks behind ``missing``, with hints
+
+    @property
+    def problem(self) -> str:
+        """Why it cannot be built here, on one line ("" when it can)."""
+        return "; ".join(c.problem for c in self.blockers)
+
+    @property
+    def hint(self) -> str:
+        """What to install, each command once (named by what it provides when several)."""
+        by_hint: dict[str, list[str]] = {}
+        for c in self.blockers:
+            if c.hint:
+                by_hint.setdefault(c.hint, []).append(c.name)
+        if len(by_hint) == 1:
+            return next(iter(by_hint))
+        return "; ".join(f"{', '.join(names)}: {hint}" for hint, names in by_hint.items())
 
     def as_dict(self) -> dict[str, object]:
         return {

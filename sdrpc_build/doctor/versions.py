@@ -1,4 +1,7 @@
-"""Version numbers from tool output and from ``vulkan_core.h``."""
+"""Version numbers from tool output and from ``vulkan_core.h``.
+
+The minimum Vulkan header version is data: ``min_version`` in ``recipes/vulkan.toml``.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +10,11 @@ from collections.abc import Iterable
 from typing import Optional
 
 __all__ = [
-    "MIN_VULKAN_HEADER",
     "first_line",
     "parse_version",
     "parse_vulkan_header_version",
     "vstr",
 ]
-
-#: Vulkan headers older than this lack ``vk::LayerSettingEXT`` (public since 1.3.272);
-#: 2026 llama.cpp trees fail to compile ggml-vulkan.cpp with them (Debian 12 ships 1.3.239).
-MIN_VULKAN_HEADER = (1, 3, 272)
 
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _VK_HEADER_RE = re.compile(r"^#define\s+VK_HEADER_VERSION\s+(\d+)\s*$", re.M)

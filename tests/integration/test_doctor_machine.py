@@ -45,3 +45,4 @@ def test_doctor_unknown_backend_is_one_line() -> None:
     assert proc.returncode == 4
     assert "did you mean 'vulkan'" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert "--recipe" not in proc.stderr  # an sdrpc-build option: doctor has none

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
+from sdrpc_build.cli import build as cli_build
 from sdrpc_build.cli import doctor as cli_doctor
 from sdrpc_build.doctor import (
     MIN_DISK_BYTES,
     DoctorReport,
     Probes,
+    blocked_error,
     diagnose,
     parse_vulkan_header_version,
+    require_buildable,
 )
-from sdrpc_build.recipes import list_recipes
+from sdrpc_build.errors import ToolError
+from sdrpc_build.recipes import list_recipes, load_recipe
 
 GIB = 1024**3
 
@@ -26,6 +31,24 @@ VK_239 = """
 #define VK_HEADER_VERSION_COMPLETE VK_MAKE_API_VERSION(0, 1, 3, VK_HEADER_VERSION)
 """
 VK_290 = VK_239.replace("239", "290")
+
+#: what a Debian machine has after ``apt-get install glslc libvulkan-dev spirv-headers``
+VULKAN_DEBIAN = {
+    "/usr/include/vulkan/vulkan_core.h": VK_239,
+    "/usr/lib/x86_64-linux-gnu/libvulkan.so": "",
+    "/usr/share/cmake/SPIRV-Headers/SPIRV-HeadersConfig.cmake": "",
+}
+#: what ``apt-get install libopenblas-dev`` gives (Debian 12)
+OPENBLAS_DEBIAN = {
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so": "",
+    "/usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h": "",
+}
+#: a CUDA toolkit's nvcc, runtime headers and driver stub, without cuBLAS
+CUDA_NO_CUBLAS = {
+    "/opt/cuda/bin/nvcc": "",
+    "/opt/cuda/include/cuda_runtime.h": "",
+    "/opt/cuda/lib64/stubs/libcuda.so": "",
+}
 
 
 class Machine:
@@ -73,6 +96,18 @@ class Machine:
     def diagnose(self, backends: Optional[list[str]] = None) -> DoctorReport:
         return diagnose(list_recipes(), self.probes(), Path("/cache"), backends)
 
+    def build_error(
+        self, backend: str, defines: Sequence[tuple[str, str]] = ()
+    ) -> Optional[ToolError]:
+        """What sdrpc-build's preflight says on this machine (None: it goes on to configure)."""
+        try:
+            require_buildable(
+                load_recipe(backend), self.env, Path("/cache"), defines, probes=self.probes()
+            )
+        except ToolError as exc:
+            return exc
+        return None
+
 
 def _backend(report: DoctorReport, name: str) -> tuple[bool, tuple[str, ...]]:
     b = next(b for b in report.backends if b.backend == name)
@@ -92,10 +127,9 @@ def test_vulkan_header_version_parsing() -> None:
 
 def test_bare_linux_machine_builds_cpu_only() -> None:
     report = Machine().diagnose()
-    assert "cpu" in report.buildable
-    assert "cuda" not in report.buildable and "vulkan" not in report.buildable
+    assert report.buildable == ["cpu"]
     ok, missing = _backend(report, "cuda")
-    assert not ok and missing == ("nvcc",)
+    assert not ok and missing == ("nvcc", "cuda_runtime.h", "cublas", "cublas_v2.h", "libcuda")
     assert "apt-get install nvidia-cuda-toolkit" in report.check("nvcc").hint  # recipe's hint
     metal = next(b for b in report.backends if b.backend == "metal")
     assert not metal.supported and not metal.buildable
@@ -128,21 +162,24 @@ def test_windows_msvc_is_not_asked_for_a_version() -> None:
     assert report.buildable == ["cpu"]
 
 
-def test_cuda_found_via_cuda_path_and_driver_reported() -> None:
-    m = Machine(
-        env={"CUDA_PATH": "/opt/cuda"},
-        files={"/opt/cuda/bin/nvcc": ""},
-        outputs={"nvcc": "Cuda compilation tools, release 12.4, V12.4.131"},
-    )
-    # nvcc alone (as on this CI machine) configures but cannot link ggml-cuda
+def test_cuda_needs_cublas_and_libcuda_not_just_nvcc() -> None:
+    """nvcc alone (as on this CI machine) passed doctor, then failed in cmake (exit 7):
+    ggml-cuda links CUDA::cublas and CUDA::cuda_driver."""
+    m = Machine(env={"CUDA_PATH": "/opt/cuda"}, files=CUDA_NO_CUBLAS)
     report = m.diagnose(["cuda"])
     assert report.buildable == []
-    assert report.check("cublas").status == "missing"
+    assert _backend(report, "cuda")[1] == ("cublas", "cublas_v2.h")
+    assert "libcublas-dev" in report.check("cublas").hint
+    error = m.build_error("cuda")
+    assert error is not None and error.exit_code == 6
+    assert "cublas" in error.message and "libcublas-dev" in (error.hint or "")
     m.files["/opt/cuda/lib64/libcublas.so"] = ""
+    assert _backend(m.diagnose(["cuda"]), "cuda")[1] == ("cublas_v2.h",)
+    m.files["/opt/cuda/include/cublas_v2.h"] = ""
     report = m.diagnose(["cuda"])
-    assert report.check("cublas").detail == "/opt/cuda/lib64/libcublas.so"
+    assert report.check("cublas").path == "/opt/cuda/lib64/libcublas.so"
     assert report.buildable == ["cuda"]
-    assert report.check("nvcc").detail == "CUDA 12.4 (/opt/cuda/bin/nvcc)"
+    assert m.build_error("cuda") is None
     b = report.backends[0]
     assert b.notes and b.notes[0].startswith("nvidia-driver")  # builds, cannot run here
     m.exes["nvidia-smi"] = "/usr/bin/nvidia-smi"
@@ -152,32 +189,67 @@ def test_cuda_found_via_cuda_path_and_driver_reported() -> None:
     assert report.backends[0].notes == ()
 
 
+def test_cuda_libraries_are_looked_for_next_to_the_nvcc_on_path() -> None:
+    files = {
+        "/opt/cuda-12.4/bin/nvcc": "",
+        "/opt/cuda-12.4/targets/x86_64-linux/include/cuda_runtime.h": "",
+        "/opt/cuda-12.4/targets/x86_64-linux/include/cublas_v2.h": "",
+        "/opt/cuda-12.4/targets/x86_64-linux/lib/libcublas.so": "",
+        "/opt/cuda-12.4/targets/x86_64-linux/lib/stubs/libcuda.so": "",
+    }
+    m = Machine(files=files)
+    m.exes["nvcc"] = "/opt/cuda-12.4/bin/nvcc"
+    assert m.diagnose(["cuda"]).buildable == ["cuda"]
+    del m.files["/opt/cuda-12.4/targets/x86_64-linux/lib/stubs/libcuda.so"]
+    assert _backend(m.diagnose(["cuda"]), "cuda")[1] == ("libcuda",)
+    # GGML_CUDA_NO_VMM=ON: ggml-cuda does not link the driver library
+    assert m.build_error("cuda", [("GGML_CUDA_NO_VMM", "ON")]) is None
+    assert m.build_error("cuda", [("GGML_CUDA_NO_VMM", "OFF")]) is not None
+
+
 @pytest.mark.parametrize(("header", "status"), [(VK_239, "too-old"), (VK_290, "ok")])
 def test_vulkan_header_version_decides(header: str, status: str) -> None:
     m = Machine(
         exes=("cmake", "ninja", "cc", "c++", "git", "glslc"),
-        files={
-            "/usr/include/vulkan/vulkan_core.h": header,
-            "/usr/include/spirv/unified1/spirv.hpp": "",
-        },
+        files={**VULKAN_DEBIAN, "/usr/include/vulkan/vulkan_core.h": header},
     )
     report = m.diagnose(["vulkan"])
     check = report.check("vulkan-headers")
     assert check.status == status
     if status == "too-old":
         assert "1.3.239 < 1.3.272" in check.detail
-        assert "LunarG" in check.hint
+        assert check.hint == (
+            "install Vulkan headers >= 1.3.272 (e.g. the LunarG SDK, or Debian trixie's "
+            "libvulkan-dev)"
+        )
         assert report.buildable == []
+        assert _backend(report, "vulkan")[1] == ("vulkan-headers",)
     else:
         assert report.buildable == ["vulkan"]
 
 
-def test_vulkan_sdk_env_wins_and_spirv_is_required_on_linux() -> None:
+def test_vulkan_include_dir_define_is_what_the_build_uses() -> None:
+    """sdrpc-build -D Vulkan_INCLUDE_DIR=DIR (newer headers unpacked anywhere) passes the
+    preflight, as it passes CMake; doctor, without -D, still says what to install."""
+    m = Machine(
+        exes=("cmake", "ninja", "cc", "c++", "git", "glslc"),
+        files={**VULKAN_DEBIAN, "/home/u/vk/usr/include/vulkan/vulkan_core.h": VK_290},
+    )
+    assert m.diagnose(["vulkan"]).buildable == []
+    error = m.build_error("vulkan")
+    assert error is not None and "vulkan-headers 1.3.239 < 1.3.272" in error.message
+    assert m.build_error("vulkan", [("Vulkan_INCLUDE_DIR", "/home/u/vk/usr/include")]) is None
+    wrong = m.build_error("vulkan", [("Vulkan_INCLUDE_DIR", "/nowhere")])
+    assert wrong is not None and "-D Vulkan_INCLUDE_DIR=/nowhere" in wrong.message
+
+
+def test_vulkan_sdk_env_wins_and_needs_spirv_headers() -> None:
     m = Machine(
         env={"VULKAN_SDK": "/sdk"},
         files={
             "/sdk/include/vulkan/vulkan_core.h": VK_290,
             "/sdk/bin/glslc": "",
+            "/sdk/lib/libvulkan.so": "",
             "/usr/include/vulkan/vulkan_core.h": VK_239,
         },
     )
@@ -185,6 +257,71 @@ def test_vulkan_sdk_env_wins_and_spirv_is_required_on_linux() -> None:
     assert report.check("vulkan-headers").detail.endswith("(/sdk/include/vulkan/vulkan_core.h)")
     assert report.check("glslc").status == "ok"
     assert _backend(report, "vulkan") == (False, ("spirv-headers",))
+    m.files["/sdk/lib/cmake/SPIRV-Headers/SPIRV-HeadersConfig.cmake"] = ""
+    assert m.diagnose(["vulkan"]).buildable == ["vulkan"]
+
+
+def test_blas_needs_the_openblas_library_and_cblas_h_not_just_pkg_config() -> None:
+    """pkg-config alone passed doctor, then FindBLAS failed in cmake (exit 7)."""
+    m = Machine(exes=("cmake", "ninja", "cc", "c++", "git", "pkg-config"))
+    report = m.diagnose(["blas"])
+    assert _backend(report, "blas") == (False, ("openblas", "cblas.h"))
+    assert report.check("openblas").hint.startswith("apt-get install libopenblas-dev")
+    m.files.update(OPENBLAS_DEBIAN)
+    assert m.diagnose(["blas"]).buildable == ["blas"]
+    del m.exes["pkg-config"]
+    assert _backend(m.diagnose(["blas"]), "blas")[1] == ("pkg-config",)
+
+
+def test_blas_of_another_vendor_is_left_to_cmake() -> None:
+    m = Machine(exes=("cmake", "ninja", "cc", "c++", "git", "pkg-config"))
+    assert m.build_error("blas") is not None
+    assert m.build_error("blas", [("GGML_BLAS_VENDOR", "Intel10_64lp")]) is None
+
+
+def test_opencl_needs_headers_and_the_icd_loader() -> None:
+    m = Machine(exes=("cmake", "ninja", "cc", "c++", "git", "python3"))
+    report = m.diagnose(["opencl"])
+    assert _backend(report, "opencl") == (False, ("CL/cl.h", "libOpenCL"))
+    assert "ocl-icd-opencl-dev" in report.check("libOpenCL").hint
+    assert "opencl-headers" in report.check("CL/cl.h").hint
+    m.files.update({"/usr/include/CL/cl.h": "", "/usr/lib/x86_64-linux-gnu/libOpenCL.so": ""})
+    assert m.diagnose(["opencl"]).buildable == ["opencl"]
+    del m.exes["python3"]
+    assert _backend(m.diagnose(["opencl"]), "opencl")[1] == ("python3",)
+
+
+def test_libraries_are_looked_up_as_cmake_does() -> None:
+    m = Machine(exes=("cmake", "ninja", "cc", "c++", "git", "pkg-config"))
+    m.files["/usr/lib/x86_64-linux-gnu/libopenblas.so.0"] = ""  # runtime package only
+    m.files["/usr/include/x86_64-linux-gnu/cblas.h"] = ""
+    assert _backend(m.diagnose(["blas"]), "blas")[1] == ("openblas",)
+    m.env["CMAKE_PREFIX_PATH"] = "/opt/ob"
+    m.files["/opt/ob/lib/libopenblas.a"] = ""
+    assert m.diagnose(["blas"]).buildable == ["blas"]
+    m = Machine(exes=("cmake", "ninja", "cc", "c++", "git", "pkg-config"))
+    m.env["PATH"] = "/opt/ob2/bin:/usr/bin"  # CMake searches the prefixes of PATH's bin dirs
+    m.files.update({"/opt/ob2/lib64/libopenblas.so": "", "/opt/ob2/include/cblas.h": ""})
+    assert m.diagnose(["blas"]).buildable == ["blas"]
+
+
+def test_doctor_and_the_build_give_the_same_verdict_and_words() -> None:
+    machines = [
+        Machine(),
+        Machine(env={"CUDA_PATH": "/opt/cuda"}, files=CUDA_NO_CUBLAS),
+        Machine(exes=("cmake", "ninja", "cc", "c++", "git", "glslc"), files=VULKAN_DEBIAN),
+        Machine(exes=("cmake", "ninja", "cc", "c++", "git", "pkg-config"), files=OPENBLAS_DEBIAN),
+        Machine(exes=("cmake", "git"), free=MIN_DISK_BYTES // 4),
+    ]
+    for m in machines:
+        report = m.diagnose()
+        for b in report.backends:
+            error = m.build_error(b.backend)
+            assert (error is None) == b.buildable, (b.backend, b.missing)
+            if error is not None:
+                doctors = blocked_error(b)
+                assert (error.message, error.hint) == (doctors.message, doctors.hint)
+                assert error.exit_code == 6
 
 
 def test_low_disk_blocks_and_unknown_disk_warns() -> None:
@@ -225,9 +362,39 @@ def test_cli_json_and_exit_codes(
     assert doc["buildable"] == ["cpu"]
     assert cli_doctor.main(["--backend", "cuda"]) == 6
     captured = capsys.readouterr()
-    assert "sdrpc doctor: error: backend 'cuda' cannot be built here: nvcc" in captured.err
+    assert "sdrpc doctor: error: backend 'cuda' cannot be built here: nvcc not found" in (
+        captured.err
+    )
+    assert "sdrpc doctor: hint: " in captured.err
     assert "Traceback" not in captured.err
     assert cli_doctor.main(["--backend", "cdua"]) == 4
-    assert "did you mean 'cuda'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "did you mean 'cuda'" in err
+    assert "hint: known backends: blas, cann, cpu, cuda," in err
     assert cli_doctor.main([]) == 0  # cpu can be built
     assert "can build here: cpu\n" in capsys.readouterr().out
+
+
+def _flags(text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", text))
+
+
+def test_doctor_hints_name_only_flags_doctor_takes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No hint doctor can print names an sdrpc-build option doctor lacks (--recipe, -D, ...)."""
+    has = set(cli_doctor.make_parser()._option_string_actions)
+    sdrpc_flags = set(cli_build.make_parser()._option_string_actions)
+    hints = []
+    for m in (Machine(platform=p, exes=("cmake",), free=1) for p in ("linux", "macos", "windows")):
+        report = m.diagnose()
+        hints += [c.hint for c in report.checks] + [b.hint for b in report.backends]
+        monkeypatch.setattr(cli_doctor, "system_probes", lambda env, plat, m=m: m.probes())
+        for argv in (["--backend", "cdua"], ["--backend", "cuda"], []):
+            cli_doctor.main(argv)
+            hints += [ln for ln in capsys.readouterr().err.splitlines() if "hint:" in ln]
+    for r in list_recipes():
+        hints += [req.install_hint(p) for req in r.requires for p in ("linux", "macos", "windows")]
+    assert len(hints) > 50
+    foreign = {f: h for h in hints for f in (_flags(h) & sdrpc_flags) - has}
+    assert foreign == {}
