@@ -19,6 +19,7 @@ __all__ = [
     "SdrpcError",
     "SourceError",
     "StoreError",
+    "Terminated",
     "ToolError",
     "UsageError",
     "VerifyError",
@@ -112,9 +113,15 @@ class LaunchError(SdrpcError):
 
 
 class Interrupted(SdrpcError):
-    """The user pressed Ctrl-C (or the process got SIGTERM)."""
+    """The user pressed Ctrl-C."""
 
     exit_code = 130
+
+
+class Terminated(Interrupted):
+    """The process got SIGTERM (a service manager, ``kill``): stopped cleanly, 128 + 15."""
+
+    exit_code = 143
 
 
 EXIT_CODES: dict[int, str] = {
@@ -143,5 +150,6 @@ EXIT_CODES: dict[int, str] = {
     27: "sdrpc-launch status/stop: the instance is not running",
     28: "sdrpc-launch --detach: an instance of that name is already running",
     29: "sdrpc-launch stop: a process could not be stopped",
-    130: "interrupted",
+    130: "interrupted (Ctrl-C); nothing half-written is kept",
+    143: "terminated (SIGTERM); stopped like Ctrl-C, nothing half-written is kept",
 }

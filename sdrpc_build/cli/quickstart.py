@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from sdrpc_build.build import BuildOptions, build
 from sdrpc_build.cli._common import run_main
+from sdrpc_build.cli.build_report import build_reporter
 from sdrpc_build.errors import LaunchError
 from sdrpc_build.paths import cache_dir
 from sdrpc_build.pins import Pin, SdPins
@@ -72,7 +73,10 @@ def _body(args: argparse.Namespace) -> int:
         f"GGML_MAX_NAME=160, CPU, source {DEFAULT_SDIST} (cache {root})",
         flush=True,
     )
-    res = build(DEFAULT_PINS, BuildOptions(cache_root=root, llama_sdist=DEFAULT_SDIST), os.environ)
+    with build_reporter(PROG) as rep:  # progress on stderr, plain lines when piped
+        res = build(
+            DEFAULT_PINS, BuildOptions(cache_root=root, llama_sdist=DEFAULT_SDIST), os.environ, rep
+        )
     m = res.manifest
     how = "cache hit" if res.cache_hit else f"built in {res.seconds:.0f}s"
     print(f"      {how}, verified={m.verified}: {m.binary}", flush=True)
