@@ -119,9 +119,17 @@ def _lock(root: Path, name: str) -> FileLock:
     return FileLock(str(d / f"{name}.lock"))
 
 
-def _git_env() -> dict[str, str]:
+def _git_env(url_has_credentials: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env["GIT_TERMINAL_PROMPT"] = "0"  # never hang on a password prompt
+    if url_has_credentials:
+        # the URL brings its own credentials: no credential helper may store them
+        # (an empty credential.helper clears the configured list)
+        raw = env.get("GIT_CONFIG_COUNT", "")
+        n = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4 else 0
+        env[f"GIT_CONFIG_KEY_{n}"] = "credential.helper"
+        env[f"GIT_CONFIG_VALUE_{n}"] = ""
+        env["GIT_CONFIG_COUNT"] = str(n + 1)
     return env
 
 
@@ -163,7 +171,7 @@ def fetch_git(
             shutil.rmtree(tmp, ignore_errors=True)
             try:
                 repo = git.Repo.init(tmp)
-                with repo.git.custom_environment(**_git_env()):
+                with repo.git.custom_environment(**_git_env(repo_url.has_credentials)):
                     repo.git.fetch("--depth", "1", "--no-tags", target, commit)
                     repo.git.checkout("--detach", "-q", "FETCH_HEAD")
                 head = repo.head.commit.hexsha
