@@ -24,12 +24,12 @@ from sdrpc_build.cmake import (
     ccache_env,
     current_platform,
     discover_toolchain,
-    parse_ninja_progress,
+    parse_ninja_step,
     run_logged,
 )
-from sdrpc_build.errors import BuildError, PinsError, ToolError, VerifyError
-from sdrpc_build.paths import artifacts_dir, sources_dir
-from sdrpc_build.pins import SdPins, format_version, parse_rpc_version
+from sdrpc_build.errors import BuildError, PinsError, StoreError, ToolError, VerifyError
+from sdrpc_build.paths import artifacts_dir, shown_path, sources_dir
+from sdrpc_build.pins import SdPins, check_max_name, format_version, parse_rpc_version
 from sdrpc_build.plan import (
     OPTION_RE,
     PROJECT_INCLUDE_NAME,
@@ -45,6 +45,7 @@ from sdrpc_build.plan import (
     read_tree_facts,
 )
 from sdrpc_build.recipes import Recipe, load_recipe, load_recipe_file
+from sdrpc_build.scratch import clean_stale
 from sdrpc_build.source import (
     DEFAULT_LLAMA_REPO,
     Source,
@@ -53,7 +54,8 @@ from sdrpc_build.source import (
     from_local_checkout,
     from_sdist,
 )
-from sdrpc_build.store import Manifest, install_entry, lookup
+from sdrpc_build.store import Manifest, cache_error, install_entry, lookup, prepare_cache
+from sdrpc_build.url import SecretUrl
 from sdrpc_build.verify import VerifyResult, verify_binary
 
 __all__ = [
@@ -65,13 +67,14 @@ __all__ = [
     "exact_facts",
     "prepare_build_dir",
     "resolve_recipe",
+    "scratch_parents",
     "tree_digest",
 ]
 
 
 class Reporter(Protocol):
     def phase(self, name: str) -> None: ...
-    def progress(self, done: int, total: int) -> None: ...
+    def progress(self, done: int, total: int, what: str = "") -> None: ...
     def log(self, message: str) -> None: ...
 
 
@@ -79,7 +82,7 @@ class _Quiet:
     def phase(self, name: str) -> None:
         pass
 
-    def progress(self, done: int, total: int) -> None:
+    def progress(self, done: int, total: int, what: str = "") -> None:
         pass
 
     def log(self, message: str) -> None:
@@ -94,7 +97,7 @@ class BuildOptions:
     defines: tuple[tuple[str, str], ...] = ()
     portable: bool = False
     force: bool = False
-    llama_repo: str = DEFAULT_LLAMA_REPO
+    llama_repo: SecretUrl = DEFAULT_LLAMA_REPO
     llama_src: Optional[Path] = None
     allow_dirty: bool = False
     llama_sdist: Optional[str] = None
@@ -128,7 +131,7 @@ def _request(
 ) -> BuildRequest:
     return BuildRequest(
         commit=pins.llama_commit.value,
-        max_name=pins.max_name.value,
+        max_name=check_max_name(pins.max_name.value, pins.max_name.source),
         recipe=recipe,
         user_defines=opts.defines,
         portable=opts.portable,
@@ -142,12 +145,18 @@ def _request(
 def tree_digest(root: Path) -> str:
     """A content hash of a source tree (what --exact builds against), for the cache key."""
     h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_file() and not rel.startswith((".git/", "build")) and rel != ".git":
-            h.update(rel.encode() + b"\0")
-            h.update(p.read_bytes())
-            h.update(b"\0")
+    try:
+        for p in sorted(root.rglob("*")):
+            rel = p.relative_to(root).as_posix()
+            if p.is_file() and not rel.startswith((".git/", "build")) and rel != ".git":
+                h.update(rel.encode() + b"\0")
+                h.update(p.read_bytes())
+                h.update(b"\0")
+    except OSError as exc:
+        raise PinsError(
+            f"cannot read {shown_path(exc.filename or root)}: {exc.strerror or exc}",
+            hint="--exact reads the sd.cpp tree's whole ggml submodule: check its permissions",
+        ) from None
     return "sha256:" + h.hexdigest()[:32]
 
 
@@ -194,8 +203,7 @@ def dry_run(
     facts = read_tree_facts(source.tree) if source and source.tree.is_dir() else None
     if facts is None:
         notes.append(
-            "source not cached yet: it would be fetched from "
-            + (opts.llama_sdist or opts.llama_repo)
+            f"source not cached yet: it would be fetched from {opts.llama_sdist or opts.llama_repo}"
         )
     if facts is not None and opts.exact_ggml_dir is not None:
         facts = exact_facts(facts, opts.exact_ggml_dir)
@@ -204,16 +212,35 @@ def dry_run(
     return make_plan(req, facts), notes
 
 
-def _get_source(pins: SdPins, opts: BuildOptions, reporter: Reporter) -> Source:
+def _get_source(
+    pins: SdPins, opts: BuildOptions, env: Mapping[str, str], reporter: Reporter
+) -> Source:
     commit = pins.llama_commit.value
     sroot = sources_dir(opts.cache_root)
     if opts.llama_src is not None:
         return from_local_checkout(opts.llama_src, commit, opts.allow_dirty)
     if opts.llama_sdist is not None:
         return from_sdist(
-            sroot, opts.cache_root / "downloads", opts.llama_sdist, commit, log=reporter.log
+            sroot,
+            opts.cache_root / "downloads",
+            opts.llama_sdist,
+            commit,
+            env=env,
+            log=reporter.log,
         )
     return fetch_git(sroot, commit, opts.llama_repo, retries=opts.fetch_retries, log=reporter.log)
+
+
+def scratch_parents(cache_root: Path) -> list[Path]:
+    """The cache directories in which a build creates temporary paths."""
+    return [
+        cache_root,
+        sources_dir(cache_root),
+        artifacts_dir(cache_root),
+        cache_root / "builds",
+        cache_root / "downloads",
+        cache_root / "tmp",
+    ]
 
 
 def _find_binary(build_dir: Path, target: str) -> Path:
@@ -255,6 +282,14 @@ def build(
     rep: Reporter = reporter or _Quiet()
     t0 = time.monotonic()
     recipe = resolve_recipe(opts)
+    try:
+        prepare_cache(opts.cache_root, ("locks",))
+        cache_problem: Optional[StoreError] = None
+    except StoreError as exc:  # read-only or broken cache: a cache hit may still be served
+        cache_problem = exc
+    if cache_problem is None:
+        for path in clean_stale(scratch_parents(opts.cache_root)):
+            rep.log(f"removed {path.name}, left behind by a killed build")
     rep.phase("toolchain")
     # the preflight sdrpc doctor shows: exit 6 with what to install, before any fetch or configure
     doctor.require_buildable(
@@ -270,32 +305,45 @@ def build(
     req = _request(pins, recipe, opts, tools, state, exact_id)
     key = cache_key(req)
     arts = artifacts_dir(opts.cache_root)
-    locks = opts.cache_root / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(locks / f"{key}.lock")):
+    if cache_problem is not None:
+        try:
+            hit = None if opts.force else lookup(arts, key)
+        except OSError:
+            hit = None
+        if hit is None:
+            raise cache_problem
+        return BuildResult(hit, True, None, None, time.monotonic() - t0)
+    with FileLock(str(opts.cache_root / "locks" / f"{key}.lock")):
         if not opts.force:
             hit = lookup(arts, key)
             if hit is not None:
                 return BuildResult(hit, True, None, None, time.monotonic() - t0)
         rep.phase("source")
-        source = local or _get_source(pins, opts, rep)
+        source = local or _get_source(pins, opts, env, rep)
         facts = read_tree_facts(source.tree)
         project_dir = source.tree
         if opts.exact_ggml_dir is not None:
             facts = exact_facts(facts, opts.exact_ggml_dir)
             project_dir = opts.cache_root / "builds" / f"{key}.src"
-            project_dir.mkdir(parents=True, exist_ok=True)
             server_cpp = source.tree / facts.server_dir / "rpc-server.cpp"
-            (project_dir / "CMakeLists.txt").write_text(
-                exact_project_text(opts.exact_ggml_dir.resolve(), server_cpp, facts.target)
-            )
+            try:
+                project_dir.mkdir(parents=True, exist_ok=True)
+                (project_dir / "CMakeLists.txt").write_text(
+                    exact_project_text(opts.exact_ggml_dir.resolve(), server_cpp, facts.target)
+                )
+            except OSError as exc:
+                raise cache_error(exc, "write the build directory") from None
         plan = make_plan(req, facts)
         build_dir = opts.cache_root / "builds" / key
-        prepare_build_dir(build_dir, source, plan)
         log_path = build_dir / "build.log"
+        try:
+            prepare_build_dir(build_dir, source, plan)
+            log = log_path.open("w")
+        except OSError as exc:
+            raise cache_error(exc, "write the build directory") from None
         benv = ccache_env(env, source.tree) if tools.ccache else dict(env)
         tb = time.monotonic()
-        with log_path.open("w") as log:
+        with log:
             rep.phase("configure")
             run_logged(
                 configure_argv(plan, tools.cmake, project_dir, build_dir, tools.ninja),
@@ -307,7 +355,7 @@ def build(
             rep.phase("compile")
 
             def on_line(line: str) -> None:
-                p = parse_ninja_progress(line)
+                p = parse_ninja_step(line)
                 if p:
                     rep.progress(*p)
 

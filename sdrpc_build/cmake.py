@@ -3,19 +3,26 @@
 cmake and ninja come from the system when new enough, else from the PyPI
 packages sdrpc depends on. The runner logs ``+ cmd``, streams output to a log
 file and a line callback, and raises :class:`BuildError` with the relevant tail
-of the output on failure.
+of the output on failure. The command runs in its own process group (session):
+on Ctrl-C, SIGTERM or any other exception the whole group (cmake, ninja, every
+compiler job) gets SIGTERM, then SIGKILL, and the runner returns only once no
+process of that group is left.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Any, Optional
 
 from sdrpc_build.errors import BuildError, Interrupted, ToolError
 from sdrpc_build.recipes import Recipe
@@ -27,11 +34,15 @@ __all__ = [
     "discover_toolchain",
     "failure_tail",
     "parse_ninja_progress",
+    "parse_ninja_step",
     "run_logged",
+    "stop_group",
 ]
 
-_VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
-_NINJA_RE = re.compile(r"^\[(\d+)/(\d+)\]")
+_VERSION_RE = re.compile(r"([0-9]{1,6})\.([0-9]{1,6})(?:\.([0-9]{1,6}))?")
+_NINJA_RE = re.compile(r"^\[([0-9]{1,9})/([0-9]{1,9})\]\s*(.*)$")
+#: seconds between SIGTERM to a command's group and SIGKILL
+STOP_GRACE = 10.0
 #: CMAKE_PROJECT_INCLUDE needs 3.15
 _MIN_CMAKE = (3, 15)
 
@@ -161,8 +172,22 @@ def discover_toolchain(
 
 def parse_ninja_progress(line: str) -> Optional[tuple[int, int]]:
     """``[12/31] Building C object ...`` -> (12, 31)."""
+    step = parse_ninja_step(line)
+    return (step[0], step[1]) if step else None
+
+
+def parse_ninja_step(line: str) -> Optional[tuple[int, int, str]]:
+    """``[12/31] Building C object a/b/ggml.c.o`` -> (12, 31, "building ggml.c.o")."""
     m = _NINJA_RE.match(line)
-    return (int(m.group(1)), int(m.group(2))) if m else None
+    if not m:
+        return None
+    words = m.group(3).split()
+    what = ""
+    if words:
+        what = words[0].lower()
+        if len(words) > 1:
+            what += " " + words[-1].replace("\\", "/").rsplit("/", 1)[-1]
+    return int(m.group(1)), int(m.group(2)), what
 
 
 def failure_tail(lines: Sequence[str], n: int = 25) -> str:
@@ -202,11 +227,12 @@ def run_logged(
             text=True,
             errors="replace",
             bufsize=1,
+            start_new_session=os.name != "nt",  # its own group: stopped as a whole
         )
     except OSError as exc:
         raise ToolError(f"cannot run {argv[0]}: {exc.strerror}", hint=hint) from None
+    assert proc.stdout is not None
     try:
-        assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.rstrip("\n")
             lines.append(line)
@@ -215,18 +241,98 @@ def run_logged(
             log.write(line + "\n")
             on_line(line)
         rc = proc.wait()
-        proc.stdout.close()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        raise Interrupted(f"{what} interrupted", hint="run the same command again") from None
+    except BaseException as exc:  # Ctrl-C, SIGTERM (raised by the CLI), a failing callback
+        stop_group(proc)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"{what} interrupted", hint="run the same command again") from None
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdout.close()
     log.flush()
     if rc != 0:
         raise BuildError(f"{what} failed (exit {rc})", hint=hint, details=failure_tail(lines))
     return lines
+
+
+def _group_alive(pgid: int) -> bool:
+    """Some process of group ``pgid`` is still running (zombies do not count on Linux)."""
+    proc_root = Path("/proc")
+    if sys.platform.startswith("linux") and proc_root.is_dir():
+        for d in proc_root.iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rpartition(")")[2].split()
+            if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+                return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def stop_group(proc: subprocess.Popen[str], grace: float = STOP_GRACE) -> None:
+    """Stop ``proc`` and every process of its group: SIGTERM, wait, SIGKILL; bounded.
+
+    Returns once no member of the group runs (or after ``grace`` + 5 s at most).
+    """
+    with _no_interrupts():
+        _stop_group(proc, grace)
+
+
+@contextlib.contextmanager
+def _no_interrupts() -> Iterator[None]:
+    """Ignore SIGINT/SIGTERM while a stop is under way (a second Ctrl-C must not cut it)."""
+    saved: list[tuple[signal.Signals, Any]] = []
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            saved.append((sig, signal.signal(sig, signal.SIG_IGN)))
+    except ValueError:  # not the main thread: signals go to the main thread anyway
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in saved:
+            signal.signal(sig, handler)
+
+
+def _stop_group(proc: subprocess.Popen[str], grace: float) -> None:
+    if os.name == "nt":
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        return
+    pgid = proc.pid  # a session leader: its PID is the group's ID
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _group_alive(pgid) or proc.poll() is None:
+        _signal_group(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        end = time.monotonic() + 5
+        while _group_alive(pgid) and time.monotonic() < end:
+            time.sleep(0.05)
 
 
 def ccache_env(env: Mapping[str, str], source_dir: Path) -> dict[str, str]:

@@ -37,13 +37,14 @@ CATEGORIES: dict[str, tuple[str, str]] = {
     "builds": ("builds", "CMake build trees (intermediate; ccache makes rebuilds fast)"),
     "sources": ("sources", "llama.cpp sources, one folder per commit"),
     "downloads": ("downloads", "sdists downloaded from PyPI"),
+    "tmp": ("tmp", "wheel work dirs of sdrpc-build --wheel"),
     "logs": ("logs", "server and supervisor logs of sdrpc-launch"),
     "rpc-cache": ("rpc-cache", "servers' -c tensor cache (sdrpc-launch --cache-max-size caps it)"),
     "run": ("run", "state files of detached sdrpc-launch instances"),
 }
 #: never pruned: the servers' own tensor cache has its own cap; state files belong to launch
 KEPT_BY_PRUNE = frozenset({"rpc-cache", "run"})
-_TMP_MARK = ".tmp-"
+_TMP_MARKS = (".tmp-", ".sdrpc-tmp-")
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,11 @@ def plan_prune(
     }
     out: list[Entry] = []
     for e in entries:
-        if e.category in KEPT_BY_PRUNE or _TMP_MARK in e.path.name or _inside(e.path, busy):
+        if (
+            e.category in KEPT_BY_PRUNE
+            or any(t in e.path.name for t in _TMP_MARKS)
+            or _inside(e.path, busy)
+        ):
             continue
         name = e.path.name
         if e.category == "artifacts":

@@ -20,6 +20,7 @@ __all__ = [
     "SdrpcError",
     "SourceError",
     "StoreError",
+    "Terminated",
     "ToolError",
     "UsageError",
     "VerifyError",
@@ -113,9 +114,15 @@ class LaunchError(SdrpcError):
 
 
 class Interrupted(SdrpcError):
-    """The user pressed Ctrl-C (or the process got SIGTERM)."""
+    """The user pressed Ctrl-C."""
 
     exit_code = 130
+
+
+class Terminated(Interrupted):
+    """The process got SIGTERM (a service manager, ``kill``): stopped cleanly, 128 + 15."""
+
+    exit_code = 143
 
 
 EXIT_CODES: dict[int, str] = {
@@ -144,7 +151,8 @@ EXIT_CODES: dict[int, str] = {
     27: "sdrpc-launch status/stop: the instance is not running",
     28: "sdrpc-launch --detach: an instance of that name is already running",
     29: "sdrpc-launch stop: a process could not be stopped",
-    130: "interrupted",
+    130: "interrupted (Ctrl-C); nothing half-written is kept",
+    143: "terminated (SIGTERM); stopped like Ctrl-C, nothing half-written is kept",
 }
 
 #: what to try when an error carries no hint of its own, per exit code
@@ -174,4 +182,5 @@ DEFAULT_HINTS: dict[int, str] = {
     28: "stop it first (sdrpc-launch stop --instance NAME) or pick another --instance",
     29: "find the process named above and end it by hand",
     130: "run the same command again; nothing half-written was kept",
+    143: "run the same command again; nothing half-written was kept",
 }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import platformdirs
 
-__all__ = ["artifacts_dir", "cache_dir", "run_dir", "sources_dir"]
+__all__ = ["artifacts_dir", "cache_dir", "run_dir", "shown_path", "sources_dir"]
 
 
 def cache_dir(env: Mapping[str, str], override: str | Path | None = None) -> Path:
@@ -32,3 +32,11 @@ def artifacts_dir(root: Path) -> Path:
 def run_dir(root: Path) -> Path:
     """State files of detached ``sdrpc-launch`` instances, one ``<name>.json`` each."""
     return root / "run"
+
+
+def shown_path(path: str | Path, limit: int = 300) -> str:
+    """A path for a one-line message: in full unless absurdly long (then head...tail)."""
+    text = str(path)
+    if len(text) <= limit:
+        return text
+    return f"{text[:120]}...{text[-120:]} ({len(text)} characters)"

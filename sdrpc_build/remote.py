@@ -3,15 +3,16 @@
 Uses GitHub's REST API (ref -> commit, the ggml submodule's gitlink) and raw
 file endpoints. Base URLs are configurable so tests point at a local server.
 Requests have timeouts and retries; a token from ``GITHUB_TOKEN`` is sent but
-never printed.
+never printed, and base URLs are :class:`~sdrpc_build.url.SecretUrl` values:
+credentials in them reach the network call only, never a message or a pin.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -27,6 +28,7 @@ from sdrpc_build.pins import (
     parse_rpc_version,
     parse_sync_llama_last,
 )
+from sdrpc_build.url import SecretUrl, redact_text
 
 __all__ = ["RemoteConfig", "parse_ref", "read_remote_ref"]
 
@@ -34,30 +36,51 @@ _REF_RE = re.compile(r"^([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)@(\S+)$")
 _GH_URL_RE = re.compile(r"github\.com[:/]([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?/?$")
 
 
+DEFAULT_API = SecretUrl("https://api.github.com")
+DEFAULT_RAW = SecretUrl("https://raw.githubusercontent.com")
+
+
 @dataclass(frozen=True)
 class RemoteConfig:
-    api: str = "https://api.github.com"
-    raw: str = "https://raw.githubusercontent.com"
+    """Where and how to ask. ``api``/``raw`` may be given as text: they become SecretUrls."""
+
+    api: SecretUrl = DEFAULT_API
+    raw: SecretUrl = DEFAULT_RAW
     timeout: float = 15.0
     retries: int = 3
-    token: Optional[str] = None
+    token: Optional[str] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("api", "raw"):
+            value: Union[str, SecretUrl] = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, SecretUrl.parse(value))
 
     @classmethod
     def from_env(
-        cls, env: Mapping[str, str], api: Optional[str] = None, raw: Optional[str] = None
+        cls,
+        env: Mapping[str, str],
+        api: Optional[SecretUrl] = None,
+        raw: Optional[SecretUrl] = None,
     ) -> RemoteConfig:
+        env_api = env.get("SDRPC_GITHUB_API", "").strip()
+        env_raw = env.get("SDRPC_GITHUB_RAW", "").strip()
         return cls(
-            api=(api or env.get("SDRPC_GITHUB_API") or cls.api).rstrip("/"),
-            raw=(raw or env.get("SDRPC_GITHUB_RAW") or cls.raw).rstrip("/"),
+            api=api or (SecretUrl.parse(env_api) if env_api else DEFAULT_API),
+            raw=raw or (SecretUrl.parse(env_raw) if env_raw else DEFAULT_RAW),
             token=env.get("GITHUB_TOKEN") or None,
         )
+
+    def scrub(self, text: str) -> str:
+        """``text`` without any credential of this configuration."""
+        return redact_text(text, self.api, self.raw, secrets=[self.token or ""])
 
 
 def parse_ref(text: str) -> tuple[str, str, str]:
     m = _REF_RE.match(text)
     if not m:
         raise UsageError(
-            f"--sd-ref {text!r} is not OWNER/REPO@REF",
+            f"--sd-ref {redact_text(text)[:200]!r} is not OWNER/REPO@REF",
             hint="e.g. --sd-ref leejet/stable-diffusion.cpp@master",
         )
     return m.group(1), m.group(2), m.group(3)
@@ -82,10 +105,10 @@ def _session(cfg: RemoteConfig) -> requests.Session:
     return s
 
 
-def _get(s: requests.Session, url: str, cfg: RemoteConfig, what: str) -> requests.Response:
+def _get(s: requests.Session, url: SecretUrl, cfg: RemoteConfig, what: str) -> requests.Response:
     try:
-        r = s.get(url, timeout=cfg.timeout)
-    except requests.RequestException as exc:
+        r = s.get(url.reveal(), timeout=cfg.timeout)
+    except (requests.RequestException, ValueError) as exc:
         raise SourceError(
             f"cannot reach {url} ({type(exc).__name__})",
             hint="check the network, or use a local checkout with --sd-cpp",
@@ -103,7 +126,7 @@ def _get(s: requests.Session, url: str, cfg: RemoteConfig, what: str) -> request
     return r
 
 
-def _json(r: requests.Response, url: str) -> dict[str, Any]:
+def _json(r: requests.Response, url: SecretUrl) -> dict[str, Any]:
     try:
         data = r.json()
     except ValueError:
@@ -123,21 +146,21 @@ def read_remote_ref(
     """Pins of ``OWNER/REPO@REF`` without a local checkout."""
     owner, repo, rev = parse_ref(ref)
     s = _session(cfg)
-    url = f"{cfg.api}/repos/{owner}/{repo}/commits/{rev}"
+    url = cfg.api.join("repos", owner, repo, "commits", rev)
     sha = str(_json(_get(s, url, cfg, f"ref {rev!r} of {owner}/{repo}"), url).get("sha", ""))
     if not is_full_sha(sha):
         raise SourceError(f"{url} gave no commit for {rev!r}", hint="check the ref")
-    raw_base = f"{cfg.raw}/{owner}/{repo}/{sha}"
-    cm_url = f"{raw_base}/CMakeLists.txt"
+    raw_base = cfg.raw.join(owner, repo, sha)
+    cm_url = raw_base.join("CMakeLists.txt")
     cm_text = _get(s, cm_url, cfg, "CMakeLists.txt").text
     if "stable-diffusion" not in cm_text:
         raise PinsError(
             f"{owner}/{repo}@{rev} is not a stable-diffusion.cpp tree",
             hint="point --sd-ref at stable-diffusion.cpp or a fork of it",
         )
-    gm_text = _get(s, f"{raw_base}/.gitmodules", cfg, ".gitmodules").text
-    ggml_url = parse_gitmodules(gm_text).get("ggml")
-    c_url = f"{cfg.api}/repos/{owner}/{repo}/contents/ggml?ref={sha}"
+    gm_text = _get(s, raw_base.join(".gitmodules"), cfg, ".gitmodules").text
+    gm_url = parse_gitmodules(gm_text).get("ggml")
+    c_url = cfg.api.join("repos", owner, repo, f"contents/ggml?ref={sha}")
     sub = _json(_get(s, c_url, cfg, "the ggml submodule"), c_url)
     gitlink = str(sub.get("sha", ""))
     if not is_full_sha(gitlink):
@@ -145,28 +168,28 @@ def read_remote_ref(
             f"{owner}/{repo}@{rev} has no ggml submodule commit",
             hint="pass --llama-commit and --max-name instead",
         )
-    ggml_url = str(sub.get("submodule_git_url") or ggml_url or "")
-    gm = _GH_URL_RE.search(ggml_url)
+    ggml_url = SecretUrl.parse(str(sub.get("submodule_git_url") or gm_url or ""))
+    gm = _GH_URL_RE.search(str(ggml_url))
     if not gm:
         raise PinsError(
-            f"ggml submodule URL {ggml_url!r} is not on GitHub",
+            f"ggml submodule URL {str(ggml_url)[:200]!r} is not on GitHub",
             hint="use a local checkout with --sd-cpp",
         )
-    ggml_raw = f"{cfg.raw}/{gm.group(1)}/{gm.group(2)}/{gitlink}"
+    ggml_raw = cfg.raw.join(gm.group(1), gm.group(2), gitlink)
     if llama_commit is not None:
         commit_pin = Pin(llama_commit, "--llama-commit")
     else:
-        sync_url = f"{ggml_raw}/scripts/sync-llama.last"
+        sync_url = ggml_raw.join("scripts/sync-llama.last")
         data = _get(s, sync_url, cfg, "sync-llama.last").content
-        commit_pin = Pin(parse_sync_llama_last(data, sync_url), sync_url)
+        commit_pin = Pin(parse_sync_llama_last(data, str(sync_url)), str(sync_url))
     if max_name is not None:
         name_pin = Pin(max_name, "--max-name")
     else:
         value = parse_max_name(cm_text)
         if value is None:
             raise PinsError(f"no GGML_MAX_NAME definition in {cm_url}", hint="pass --max-name N")
-        name_pin = Pin(value, cm_url)
-    h_url = f"{ggml_raw}/include/ggml-rpc.h"
+        name_pin = Pin(value, str(cm_url))
+    h_url = ggml_raw.join("include/ggml-rpc.h")
     try:
         proto = parse_rpc_version(_get(s, h_url, cfg, "ggml-rpc.h").text)
     except PinsError:
@@ -174,10 +197,10 @@ def read_remote_ref(
     return SdPins(
         llama_commit=commit_pin,
         max_name=name_pin,
-        client_protocol=Pin(proto, h_url if proto else "unknown (no ggml-rpc.h)"),
+        client_protocol=Pin(proto, str(h_url) if proto else "unknown (no ggml-rpc.h)"),
         ggml_url=Pin(ggml_url, ".gitmodules"),
-        ggml_commit=Pin(gitlink, c_url),
-        sd_commit=Pin(sha, url),
-        rpc_client=Pin("SD_RPC" in cm_text, cm_url),
+        ggml_commit=Pin(gitlink, str(c_url)),
+        sd_commit=Pin(sha, str(url)),
+        rpc_client=Pin("SD_RPC" in cm_text, str(cm_url)),
         origin=f"{owner}/{repo}@{rev}",
     )

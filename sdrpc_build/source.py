@@ -5,10 +5,21 @@ commit recorded in its git data). Fetched sources live in a shared cache, one
 directory per commit, installed atomically under a file lock; a source already
 there is reused without any network traffic. An sdist's ``.git/config`` is
 never copied (one of them carries a CI token).
+
+Credentials: the repository URL is a :class:`~sdrpc_build.url.SecretUrl`; only
+git sees the real one. git's messages are scrubbed, and ``.git/FETCH_HEAD``
+(which records the URL) is deleted after the checkout. pip's messages are
+scrubbed of the index URLs in its ``PIP_*`` environment variables.
+
+Temporary trees are :mod:`sdrpc_build.scratch` paths (owner PID + start time), so
+a build killed mid-fetch leaves nothing that the next build does not remove. A
+cached sdist that is damaged (truncated download, bad gzip CRC) is deleted and
+downloaded once more.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -18,14 +29,17 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import Optional, Union
 
 from filelock import FileLock
 
 from sdrpc_build.errors import SourceError, UsageError
+from sdrpc_build.scratch import scratch_path
+from sdrpc_build.url import SecretUrl, redact_text
 
 __all__ = [
     "DEFAULT_LLAMA_REPO",
@@ -36,7 +50,9 @@ __all__ = [
     "from_sdist",
 ]
 
-DEFAULT_LLAMA_REPO = "https://github.com/ggml-org/llama.cpp.git"
+DEFAULT_LLAMA_REPO = SecretUrl("https://github.com/ggml-org/llama.cpp.git")
+#: pip's settings that may hold an index URL with credentials
+_PIP_URL_VARS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS")
 MARKER = ".sdrpc-source.json"
 _SDIST_RE = re.compile(r"^([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+!-]+)$")
 _NOT_THERE = (
@@ -62,11 +78,6 @@ class Source:
     origin: str  # URL, path or sdist spec (never credentials)
     state: str = "clean"  # "clean" or "dirty:<hash>"
     fetched: bool = False  # False when reused from the cache
-
-
-def _redact(url: str) -> str:
-    """Drop user:password@ from a URL before it is printed or stored."""
-    return re.sub(r"(://)[^/@]+@", r"\1", url)
 
 
 def _read_marker(tree: Path) -> Optional[dict[str, str]]:
@@ -108,16 +119,35 @@ def _lock(root: Path, name: str) -> FileLock:
     return FileLock(str(d / f"{name}.lock"))
 
 
-def _git_env() -> dict[str, str]:
+def _git_env(url_has_credentials: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env["GIT_TERMINAL_PROMPT"] = "0"  # never hang on a password prompt
+    if url_has_credentials:
+        # the URL brings its own credentials: no credential helper may store them
+        # (an empty credential.helper clears the configured list)
+        raw = env.get("GIT_CONFIG_COUNT", "")
+        n = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4 else 0
+        env[f"GIT_CONFIG_KEY_{n}"] = "credential.helper"
+        env[f"GIT_CONFIG_VALUE_{n}"] = ""
+        env["GIT_CONFIG_COUNT"] = str(n + 1)
     return env
+
+
+def _local_path(raw: str) -> Optional[Path]:
+    """``raw`` as an existing local path (not a URL), else None."""
+    if "://" in raw or raw.startswith("git@"):
+        return None
+    try:
+        p = Path(raw).expanduser()
+        return p.resolve() if p.exists() else None
+    except (OSError, RuntimeError):
+        return None
 
 
 def fetch_git(
     sources_root: Path,
     commit: str,
-    url: str = DEFAULT_LLAMA_REPO,
+    url: Union[SecretUrl, str] = DEFAULT_LLAMA_REPO,
     *,
     retries: int = 3,
     retry_delay: float = 1.0,
@@ -126,25 +156,28 @@ def fetch_git(
     """Shallow-fetch ``commit`` from ``url`` (reusing the cache) and verify HEAD."""
     import git  # GitPython
 
+    repo_url = url if isinstance(url, SecretUrl) else SecretUrl.parse(url)
+    shown = str(repo_url)
     sources_root.mkdir(parents=True, exist_ok=True)
     with _lock(sources_root, commit):
         hit = cached_source(sources_root, commit)
         if hit is not None:
             return hit
-        shown = _redact(url)
-        if "://" not in url and not url.startswith("git@") and Path(url).expanduser().exists():
-            url = Path(url).expanduser().resolve().as_uri()
-        tmp = sources_root / f"{commit}.tmp-{os.getpid()}"
+        local = _local_path(repo_url.reveal())
+        target = local.as_uri() if local is not None else repo_url.reveal()
+        tmp = scratch_path(sources_root, commit)
         last = ""
         for attempt in range(1, retries + 1):
             shutil.rmtree(tmp, ignore_errors=True)
             try:
                 repo = git.Repo.init(tmp)
-                with repo.git.custom_environment(**_git_env()):
-                    repo.git.fetch("--depth", "1", "--no-tags", url, commit)
+                with repo.git.custom_environment(**_git_env(repo_url.has_credentials)):
+                    repo.git.fetch("--depth", "1", "--no-tags", target, commit)
                     repo.git.checkout("--detach", "-q", "FETCH_HEAD")
                 head = repo.head.commit.hexsha
                 repo.close()
+                # FETCH_HEAD names the URL the commit came from, credentials included
+                (tmp / ".git" / "FETCH_HEAD").unlink(missing_ok=True)
                 if head != commit:
                     raise SourceError(
                         f"{shown} gave commit {head}, not {commit}",
@@ -155,8 +188,8 @@ def fetch_git(
                 return Source(sources_root / commit, commit, "git", shown, fetched=True)
             except git.GitCommandError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
-                text = str(exc.stderr or exc).strip()
-                last = _redact(text.splitlines()[-1]) if text else "git failed"
+                text = repo_url.scrub(str(exc.stderr or "").strip())
+                last = text.splitlines()[-1] if text else f"git exited {exc.status}"
                 low = text.lower()
                 if any(s in low for s in _NOT_THERE):
                     raise SourceError(
@@ -253,6 +286,91 @@ def _sdist_commit(gitdir: Path) -> Optional[str]:
     return head
 
 
+def _archive_problem(archive: Path) -> Optional[str]:
+    """Why a downloaded ``.tar.gz`` cannot be used (truncated, bad CRC, not a tar), or None.
+
+    Reads the whole file: gzip checks its CRC and length at the end of the stream.
+    """
+    try:
+        with gzip.open(archive, "rb") as f:
+            while f.read(1 << 20):
+                pass
+        with tarfile.open(archive) as tf:
+            if not tf.getmembers():
+                return "an empty archive"
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return None
+
+
+def _pip_download(
+    spec: str, downloads: Path, archive: Path, python: str, env: Mapping[str, str]
+) -> None:
+    base = [
+        python,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        spec,
+        "-d",
+        str(downloads),
+    ]
+    # without build isolation pip reuses the installed scikit-build-core (fast,
+    # offline-friendly); fall back to an isolated metadata build if that fails
+    run_env = dict(env)
+    proc = subprocess.run(
+        [*base, "--no-build-isolation"], capture_output=True, text=True, env=run_env, check=False
+    )
+    if proc.returncode != 0 and not archive.is_file():
+        proc = subprocess.run(base, capture_output=True, text=True, env=run_env, check=False)
+    if proc.returncode != 0 or not archive.is_file():
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        secrets = [SecretUrl.parse(v) for k in _PIP_URL_VARS for v in env.get(k, "").split()]
+        raise SourceError(
+            f"pip could not download {spec}",
+            details=redact_text(tail, *secrets),
+            hint="check that the version exists on your package index and that it is "
+            "reachable (PIP_INDEX_URL); or use --llama-repo / --llama-src",
+        )
+
+
+def _usable_archive(
+    spec: str,
+    downloads: Path,
+    archive: Path,
+    python: str,
+    env: Mapping[str, str],
+    log: Callable[[str], None],
+) -> None:
+    """Make ``archive`` a complete sdist: download it, and once more if it is damaged."""
+    problem: Optional[str] = None
+    for attempt in (1, 2):
+        if not archive.is_file():
+            log(f"downloading {spec} with pip")
+            _pip_download(spec, downloads, archive, python, env)
+        problem = _archive_problem(archive)
+        if problem is None:
+            return
+        try:
+            archive.unlink()
+        except OSError as exc:
+            raise SourceError(
+                f"{archive} is damaged ({problem}) and cannot be deleted: {exc.strerror}",
+                hint=f"delete {archive} by hand and run the same command again",
+            ) from None
+        if attempt == 1:
+            log(f"{archive.name} is damaged ({problem}); deleted it, downloading it again")
+    raise SourceError(
+        f"{spec} is damaged even after a fresh download ({problem})",
+        hint="check free disk space and your package index (PIP_INDEX_URL); the damaged "
+        "file was deleted, so the next run downloads it again",
+    )
+
+
 def from_sdist(
     sources_root: Path,
     downloads: Path,
@@ -260,13 +378,14 @@ def from_sdist(
     commit: Optional[str],
     *,
     python: str = sys.executable,
+    env: Optional[Mapping[str, str]] = None,
     log: Callable[[str], None] = lambda _m: None,
 ) -> Source:
     """Download a llama-cpp-python sdist with pip and use its vendored llama.cpp tree."""
     m = _SDIST_RE.match(spec)
     if not m:
         raise UsageError(
-            f"--llama-sdist {spec!r} is not NAME==VERSION",
+            f"--llama-sdist {redact_text(spec)[:200]!r} is not NAME==VERSION",
             hint="e.g. --llama-sdist llama-cpp-python==0.3.35",
         )
     if commit is not None:
@@ -278,39 +397,11 @@ def from_sdist(
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / f"{stem}.tar.gz"
     with _lock(downloads, stem):
-        if not archive.is_file():
-            log(f"downloading {spec} with pip")
-            base = [
-                python,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                "--disable-pip-version-check",
-                spec,
-                "-d",
-                str(downloads),
-            ]
-            # without build isolation pip reuses the installed scikit-build-core (fast,
-            # offline-friendly); fall back to an isolated metadata build if that fails
-            proc = subprocess.run(
-                [*base, "--no-build-isolation"], capture_output=True, text=True, check=False
-            )
-            if proc.returncode != 0 and not archive.is_file():
-                proc = subprocess.run(base, capture_output=True, text=True, check=False)
-            if proc.returncode != 0 or not archive.is_file():
-                tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-                raise SourceError(
-                    f"pip could not download {spec}",
-                    details=tail,
-                    hint="check the version exists on your package index",
-                )
+        _usable_archive(spec, downloads, archive, python, os.environ if env is None else env, log)
     gm = f"{stem}/.git/modules/vendor/llama.cpp/"
     vendor = f"{stem}/vendor/llama.cpp/"
     sources_root.mkdir(parents=True, exist_ok=True)
-    tmp = sources_root / f"sdist-{stem}.tmp-{os.getpid()}"
+    tmp = scratch_path(sources_root, f"sdist-{stem}")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         with tarfile.open(archive) as tf:
@@ -345,5 +436,10 @@ def from_sdist(
                 _install(tree_tmp, sources_root / found, found, "sdist", spec)
         log(f"extracted llama.cpp {found[:12]} from {spec}")
         return Source(sources_root / found, found, "sdist", spec, fetched=True)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise SourceError(
+            f"cannot extract {archive.name}: {exc}",
+            hint=f"delete {archive} and run the same command again",
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

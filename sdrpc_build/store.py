@@ -2,11 +2,14 @@
 
 Entries are assembled in a temporary directory next to their final place and
 renamed into it in one step, so a crash or Ctrl-C never leaves a half-written
-entry; leftovers of interrupted runs are removed by the next write.
+entry; leftovers of killed runs (:mod:`sdrpc_build.scratch` paths whose owner is
+gone) are removed by the next write. A cache that cannot be read or written (a
+file, read-only, a path too long) is a :class:`StoreError` (exit 9).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,19 +21,43 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sdrpc_build.errors import StoreError
+from sdrpc_build.paths import shown_path
+from sdrpc_build.scratch import clean_stale, scratch_path
 
 __all__ = [
     "MANIFEST",
     "Manifest",
+    "cache_error",
     "find_manifest",
     "install_entry",
     "list_manifests",
     "lookup",
+    "prepare_cache",
     "sha256_file",
 ]
 
 MANIFEST = "manifest.json"
-_TMP_PREFIX = ".tmp-"
+_CACHE_HINT = (
+    "pass --cache-dir DIR (or set SDRPC_CACHE_DIR) to a writable directory with free space"
+)
+
+
+def cache_error(exc: OSError, what: str) -> StoreError:
+    """A file-system error in the cache as a StoreError naming the path (exit 9)."""
+    where = f" {shown_path(exc.filename)}" if exc.filename else ""
+    return StoreError(f"cannot {what}{where}: {exc.strerror or exc}", hint=_CACHE_HINT)
+
+
+def prepare_cache(root: Path, subdirs: tuple[str, ...] = ()) -> None:
+    """Create the cache root (and ``subdirs``) and prove it is writable, or raise StoreError."""
+    try:
+        for d in (root, *(root / s for s in subdirs)):
+            d.mkdir(parents=True, exist_ok=True)
+        probe = scratch_path(root, ".write-probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise cache_error(exc, "use the cache directory") from None
 
 
 @dataclass(frozen=True)
@@ -94,15 +121,18 @@ def lookup(artifacts_root: Path, key: str) -> Optional[Manifest]:
 
 def list_manifests(artifacts_root: Path) -> list[Manifest]:
     """Every complete entry, newest first."""
-    if not artifacts_root.is_dir():
-        return []
-    out = []
-    for entry in artifacts_root.iterdir():
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        m = lookup(artifacts_root, entry.name)
-        if m is not None:
-            out.append(m)
+    try:
+        if not artifacts_root.is_dir():
+            return []
+        out = []
+        for entry in artifacts_root.iterdir():
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            m = lookup(artifacts_root, entry.name)
+            if m is not None:
+                out.append(m)
+    except OSError as exc:
+        raise cache_error(exc, "read the store") from None
     return sorted(out, key=lambda m: m.created, reverse=True)
 
 
@@ -127,11 +157,6 @@ def find_manifest(artifacts_root: Path, selector: str) -> Manifest:
     )
 
 
-def _clean_leftovers(artifacts_root: Path, key: str) -> None:
-    for old in artifacts_root.glob(f"{_TMP_PREFIX}{key}-*"):
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def install_entry(
     artifacts_root: Path,
     key: str,
@@ -140,10 +165,10 @@ def install_entry(
     log_file: Optional[Path] = None,
 ) -> Manifest:
     """Copy ``binary`` (and the log) into a new entry and write its manifest, atomically."""
-    artifacts_root.mkdir(parents=True, exist_ok=True)
-    _clean_leftovers(artifacts_root, key)
-    tmp = artifacts_root / f"{_TMP_PREFIX}{key}-{os.getpid()}"
+    tmp = scratch_path(artifacts_root, f".{key}")
     try:
+        artifacts_root.mkdir(parents=True, exist_ok=True)
+        clean_stale([artifacts_root])
         (tmp / "bin").mkdir(parents=True)
         dest_bin = tmp / "bin" / binary.name
         shutil.copy2(binary, dest_bin)
@@ -160,10 +185,7 @@ def install_entry(
             shutil.rmtree(final)  # --force rebuild replaces the old entry
         os.replace(tmp, final)
     except OSError as exc:
-        raise StoreError(
-            f"cannot write store entry {key}: {exc}",
-            hint=f"check permissions and free space in {artifacts_root}",
-        ) from None
+        raise cache_error(exc, f"write store entry {key}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Manifest.load(artifacts_root / key)
@@ -173,9 +195,15 @@ def update_manifest(entry: Manifest, changes: Mapping[str, Any]) -> Manifest:
     """Rewrite an entry's manifest atomically (write temp file, rename)."""
     doc = dict(entry.data)
     doc.update(changes)
-    tmp = entry.path / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, entry.path / MANIFEST)
+    tmp = scratch_path(entry.path, f".{MANIFEST}")
+    try:
+        clean_stale([entry.path])
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, entry.path / MANIFEST)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise cache_error(exc, f"update {entry.path / MANIFEST}") from None
     return Manifest.load(entry.path)
 
 

@@ -10,10 +10,15 @@ which :func:`installed_servers` (and so sdrpc-launch) finds it.
 
 The installed package directory has the layout of a store entry, so
 :meth:`Manifest.load` reads it as one.
+
+The project is assembled in a :mod:`sdrpc_build.scratch` directory of the cache
+(removed by the next build if this one is killed), and the wheel enters the
+output directory by an atomic rename: never a half-written ``.whl``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -22,13 +27,14 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
 from sdrpc_build import __version__
 from sdrpc_build.cmake import run_logged
 from sdrpc_build.errors import BuildError, StoreError, ToolError, UsageError
+from sdrpc_build.scratch import clean_stale, scratch_path
 from sdrpc_build.store import MANIFEST, Manifest
 
 __all__ = [
@@ -193,11 +199,41 @@ def project_files(entry: Manifest, version: Optional[str] = None) -> dict[str, s
     }
 
 
-def build_wheel(entry: Manifest, out_dir: Path, *, env: Optional[Mapping[str, str]] = None) -> Path:
+@contextlib.contextmanager
+def _work_dir(scratch_root: Optional[Path], stem: str) -> Iterator[Path]:
+    """A fresh directory under ``scratch_root`` (owner-named), else in the system temp dir."""
+    tmp: Optional[Path] = None
+    if scratch_root is not None:
+        try:
+            scratch_root.mkdir(parents=True, exist_ok=True)
+            clean_stale([scratch_root])
+            tmp = scratch_path(scratch_root, stem)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        except OSError:
+            tmp = None  # a read-only cache: the system temp dir will do
+    if tmp is None:
+        with tempfile.TemporaryDirectory(prefix="sdrpc-wheel-") as name:
+            yield Path(name)
+        return
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_wheel(
+    entry: Manifest,
+    out_dir: Path,
+    *,
+    env: Optional[Mapping[str, str]] = None,
+    scratch_root: Optional[Path] = None,
+) -> Path:
     """Package ``entry`` as a wheel in ``out_dir``; return the wheel's path.
 
     Runs ``python -m pip wheel --no-deps --no-build-isolation --no-index``, so
     it works offline; scikit-build-core (``sdrpc[wheel]``) must be installed.
+    ``scratch_root`` (the cache's ``tmp/``) holds the work directory.
     """
     if importlib.util.find_spec("scikit_build_core") is None:
         raise ToolError(
@@ -219,8 +255,7 @@ def build_wheel(entry: Manifest, out_dir: Path, *, env: Optional[Mapping[str, st
             f"cannot create wheel directory {out_dir}: {exc.strerror}",
             hint="pass a writable --out DIR",
         ) from None
-    with tempfile.TemporaryDirectory(prefix="sdrpc-wheel-") as tmp_name:
-        tmp = Path(tmp_name)
+    with _work_dir(scratch_root, f"wheel-{dist}") as tmp:
         project = tmp / "project"
         for rel, text in project_files(entry, version).items():
             path = project / rel
@@ -272,7 +307,18 @@ def build_wheel(entry: Manifest, out_dir: Path, *, env: Optional[Mapping[str, st
                 hint="run again with --debug and report it",
             )
         final = out_dir / built[0].name
-        shutil.move(str(built[0]), str(final))
+        staged = scratch_path(out_dir, f".{built[0].name}")
+        try:
+            clean_stale([out_dir])
+            shutil.copy2(built[0], staged)
+            os.replace(staged, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                staged.unlink(missing_ok=True)
+            raise UsageError(
+                f"cannot write {final}: {exc.strerror or exc}",
+                hint="pass a writable --out DIR with free space",
+            ) from None
     return final
 
 

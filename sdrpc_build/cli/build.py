@@ -1,7 +1,8 @@
 """sdrpc-build: from a stable-diffusion.cpp checkout to a cached, verified rpc-server.
 
 Exit codes: 0 ok, 2 usage, 3 pins, 4 recipe, 5 source, 6 tool missing,
-7 configure/compile, 8 verification, 9 store, 130 interrupted.
+7 configure/compile, 8 verification, 9 store, 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -9,23 +10,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Optional
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sdrpc_build.build import BuildOptions, BuildResult, build, dry_run
 from sdrpc_build.cli._common import Parser, err_console, out_console, run_parsed
-from sdrpc_build.errors import EXIT_CODES, PinsError, UsageError
-from sdrpc_build.paths import artifacts_dir, cache_dir
-from sdrpc_build.pins import DEFAULT_MAX_NAME, Pin, SdPins, is_full_sha, read_sd_tree
+from sdrpc_build.cli.build_report import build_reporter, print_table
+from sdrpc_build.errors import EXIT_CODES, PinsError, Terminated, UsageError
+from sdrpc_build.paths import artifacts_dir, cache_dir, shown_path
+from sdrpc_build.pins import Pin, SdPins, is_full_sha, parse_max_name_value, read_sd_tree
 from sdrpc_build.plan import configure_argv, parse_define
 from sdrpc_build.recipes import list_recipes
 from sdrpc_build.source import DEFAULT_LLAMA_REPO
 from sdrpc_build.store import list_manifests
+from sdrpc_build.url import SecretUrl
 
 __all__ = ["main", "make_parser"]
 
@@ -54,16 +58,22 @@ def make_parser() -> argparse.ArgumentParser:
         help="resolve the pins remotely, e.g. leejet/stable-diffusion.cpp@master",
     )
     src.add_argument("--llama-commit", metavar="SHA", help="override the llama.cpp commit (40 hex)")
-    src.add_argument("--max-name", type=int, metavar="N", help="override GGML_MAX_NAME")
+    src.add_argument(
+        "--max-name",
+        metavar="N",
+        help="override GGML_MAX_NAME (a multiple of 16; required with --llama-commit alone)",
+    )
     src.add_argument(
         "--github-api",
         metavar="URL",
+        type=SecretUrl.parse,
         default=None,
         help="base URL of the GitHub API (default https://api.github.com; env SDRPC_GITHUB_API)",
     )
     src.add_argument(
         "--github-raw",
         metavar="URL",
+        type=SecretUrl.parse,
         default=None,
         help="base URL for raw files (default https://raw.githubusercontent.com; "
         "env SDRPC_GITHUB_RAW)",
@@ -83,7 +93,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--portable", action="store_true", help="GGML_NATIVE=OFF: a binary for other machines' CPUs"
     )
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
-    b.add_argument("-j", "--jobs", type=int, help="parallel compile jobs")
+    b.add_argument("-j", "--jobs", metavar="N", help="parallel compile jobs")
     b.add_argument("--no-verify", action="store_true", help="skip the handshake verification")
     b.add_argument(
         "--exact",
@@ -94,6 +104,7 @@ def make_parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("llama.cpp source")
     s.add_argument(
         "--llama-repo",
+        type=SecretUrl.parse,
         default=DEFAULT_LLAMA_REPO,
         metavar="URL|PATH",
         help="git URL or path to fetch from (default: %(default)s)",
@@ -124,34 +135,41 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _jobs(text: Optional[str]) -> Optional[int]:
+    if text is None:
+        return None
+    raw = text.strip()
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 4 or not 1 <= int(raw) <= 4096:
+        raise UsageError(f"--jobs {text[:20]!r} is not a number from 1 to 4096", hint="e.g. -j 4")
+    return int(raw)
+
+
 def _pins(args: argparse.Namespace, env: Mapping[str, str]) -> SdPins:
     if args.llama_commit is not None and not is_full_sha(args.llama_commit):
         raise UsageError(
-            f"--llama-commit {args.llama_commit!r} is not a full 40-hex commit",
+            f"--llama-commit {args.llama_commit[:60]!r} is not a full 40-hex commit",
             hint="pinned means a full SHA; abbreviations and branch names are refused",
         )
-    if args.max_name is not None and not 1 <= args.max_name <= 4096:
-        raise UsageError(
-            f"--max-name {args.max_name} is out of range",
-            hint="sd.cpp uses 160 (128 before 2026-07); ggml's default is 64",
-        )
+    max_name: Optional[int] = None
+    if args.max_name is not None:
+        max_name = parse_max_name_value(args.max_name, "--max-name", UsageError)
     if args.sd_ref:
         from sdrpc_build.remote import RemoteConfig, read_remote_ref
 
         cfg = RemoteConfig.from_env(env, api=args.github_api, raw=args.github_raw)
-        return read_remote_ref(
-            args.sd_ref, cfg, llama_commit=args.llama_commit, max_name=args.max_name
-        )
+        return read_remote_ref(args.sd_ref, cfg, llama_commit=args.llama_commit, max_name=max_name)
     if args.sd_cpp is None and args.llama_commit is not None:
-        # no tree needed: the commit and name length are given
+        # no tree: the commit and the name length must both be given
+        if max_name is None:
+            raise UsageError(
+                "--llama-commit without an sd.cpp tree needs --max-name N",
+                hint="give the client's GGML_MAX_NAME: --max-name 160 for sd.cpp since "
+                "2026-07 (128 before); ggml's default 64 fits no sd.cpp client. Or pass "
+                "--sd-cpp PATH / --sd-ref OWNER/REPO@REF to read it",
+            )
         return SdPins(
             llama_commit=Pin(args.llama_commit, "--llama-commit"),
-            max_name=Pin(
-                args.max_name if args.max_name is not None else DEFAULT_MAX_NAME,
-                "--max-name"
-                if args.max_name is not None
-                else f"ggml default ({DEFAULT_MAX_NAME}); pass --max-name",
-            ),
+            max_name=Pin(max_name, "--max-name"),
             client_protocol=Pin(None, "unknown (no sd.cpp tree)"),
             ggml_url=Pin(None, "unknown (no sd.cpp tree)"),
             ggml_commit=Pin(None, "unknown (no sd.cpp tree)"),
@@ -161,7 +179,7 @@ def _pins(args: argparse.Namespace, env: Mapping[str, str]) -> SdPins:
         )
     tree = args.sd_cpp or Path(os.getcwd())
     try:
-        return read_sd_tree(tree, llama_commit=args.llama_commit, max_name=args.max_name)
+        return read_sd_tree(tree, llama_commit=args.llama_commit, max_name=max_name)
     except PinsError as exc:
         if args.sd_cpp is None and "not a stable-diffusion.cpp tree" in exc.message:
             raise PinsError(
@@ -175,8 +193,7 @@ def _pins(args: argparse.Namespace, env: Mapping[str, str]) -> SdPins:
 def _options(args: argparse.Namespace, env: Mapping[str, str]) -> BuildOptions:
     if args.llama_src and args.llama_sdist:
         raise UsageError("--llama-src and --llama-sdist are exclusive", hint="pick one source")
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError("--jobs must be at least 1", hint="e.g. -j 4")
+    jobs = _jobs(args.jobs)
     exact_dir: Optional[Path] = None
     if args.exact:
         if args.sd_ref:
@@ -185,9 +202,16 @@ def _options(args: argparse.Namespace, env: Mapping[str, str]) -> BuildOptions:
                 hint="clone it with submodules and pass --sd-cpp PATH",
             )
         exact_dir = ((args.sd_cpp or Path(os.getcwd())) / "ggml").expanduser()
-        if not (exact_dir / "CMakeLists.txt").is_file():
+        try:
+            is_tree = (exact_dir / "CMakeLists.txt").is_file()
+        except OSError as exc:
+            raise PinsError(
+                f"cannot read {shown_path(exact_dir)}: {exc.strerror or exc}",
+                hint="check the --sd-cpp path and its permissions",
+            ) from None
+        if not is_tree:
             raise UsageError(
-                f"--exact: {exact_dir} is not a ggml tree",
+                f"--exact: {shown_path(exact_dir)} is not a ggml tree",
                 hint="run: git submodule update --init ggml (in the sd.cpp tree)",
             )
     return BuildOptions(
@@ -201,7 +225,7 @@ def _options(args: argparse.Namespace, env: Mapping[str, str]) -> BuildOptions:
         llama_src=args.llama_src,
         allow_dirty=args.allow_dirty,
         llama_sdist=args.llama_sdist,
-        jobs=args.jobs,
+        jobs=jobs,
         verify=not args.no_verify,
         exact_ggml_dir=exact_dir,
     )
@@ -214,25 +238,7 @@ def _print_pins(pins: SdPins) -> None:
     t.add_column("from")
     for name, d in pins.as_dict().items():
         t.add_row(name, "unknown" if d["value"] is None else str(d["value"]), str(d["source"]))
-    out_console().print(t)
-
-
-class _RichReporter:
-    def __init__(self, progress: Optional[Progress]) -> None:
-        self.p = progress
-        self.task = progress.add_task("starting", total=None) if progress else None
-
-    def phase(self, name: str) -> None:
-        if self.p is not None and self.task is not None:
-            self.p.update(self.task, description=name, completed=0, total=None)
-
-    def progress(self, done: int, total: int) -> None:
-        if self.p is not None and self.task is not None:
-            self.p.update(self.task, completed=done, total=total)
-
-    def log(self, message: str) -> None:
-        if self.p is not None:
-            self.p.console.print(f"[dim]{message}[/dim]")
+    print_table(t)
 
 
 def _result_json(res: BuildResult) -> dict[str, object]:
@@ -315,13 +321,13 @@ def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             t.add_row(
                 m.key,
                 m.backend,
-                m.commit[:12],
+                m.commit,
                 str(m.max_name),
                 m.protocol,
                 "yes" if m.verified else "no",
                 m.created,
             )
-        out_console().print(t)
+        print_table(t)
         return 0
     opts = _options(args, env)  # usage errors first: before any network access
     pins = _pins(args, env)
@@ -354,33 +360,18 @@ def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         con.print("configure: " + " ".join(cfg))
         con.print("build:     " + " ".join(bld))
         return 0
-    show = not args.json and sys.stderr.isatty()
     err = err_console()
     if not args.json:
         _print_pins(pins)
-    progress = (
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        )
-        if show
-        else None
-    )
-    reporter = _RichReporter(progress)
-    if progress is not None:
-        with progress:
-            res = build(pins, opts, env, reporter)
-    else:
+    with build_reporter(PROG) as reporter:
         res = build(pins, opts, env, reporter)
     wheel_path: Optional[Path] = None
     if args.wheel:
         from sdrpc_build.wheel import build_wheel
 
-        wheel_path = build_wheel(res.manifest, args.out, env=env)
+        wheel_path = build_wheel(
+            res.manifest, args.out, env=env, scratch_root=opts.cache_root / "tmp"
+        )
     for w in res.warnings:
         err.print(f"[bold yellow]warning:[/bold yellow] {w}")
     if args.json:
@@ -395,14 +386,23 @@ def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     verified = "verified" if m.verified else "NOT verified"
     print(
         f"{m.target} {m.protocol} ({m.backend}, GGML_MAX_NAME={m.max_name}, "
-        f"llama.cpp {m.commit[:12]}): {how}, {verified}"
+        f"llama.cpp {m.commit}): {how}, {verified}"
     )
     print(f"manifest: {m.path / 'manifest.json'}")
     print(str(m.binary))
     return 0
 
 
+def _on_sigterm(_signum: int, _frame: Optional[FrameType]) -> None:
+    """SIGTERM stops a build like Ctrl-C (compile jobs stopped, nothing stored), exit 143."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup must not be cut short
+    raise Terminated(
+        "terminated (SIGTERM)", hint="run the same command again; nothing half-written was kept"
+    )
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     return run_parsed(PROG, make_parser(), argv, lambda args: _cmd(args, os.environ))
 
 

@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from sdrpc_build.build import BuildOptions, build
 from sdrpc_build.cli._common import Parser, run_parsed
+from sdrpc_build.cli.build_report import build_reporter
 from sdrpc_build.errors import LaunchError
 from sdrpc_build.paths import cache_dir
 from sdrpc_build.pins import Pin, SdPins
@@ -75,7 +76,10 @@ def _body(args: argparse.Namespace) -> int:
         f"[1/3] sdrpc-build: llama.cpp {DEFAULT_PINS.llama_commit.value[:12]}, "
         f"GGML_MAX_NAME=160, CPU, source {DEFAULT_SDIST} (cache {root})"
     )
-    res = build(DEFAULT_PINS, BuildOptions(cache_root=root, llama_sdist=DEFAULT_SDIST), os.environ)
+    with build_reporter(PROG) as rep:  # progress on stderr, plain lines when piped
+        res = build(
+            DEFAULT_PINS, BuildOptions(cache_root=root, llama_sdist=DEFAULT_SDIST), os.environ, rep
+        )
     m = res.manifest
     how = "cache hit" if res.cache_hit else f"built in {res.seconds:.0f}s"
     say(f"      {how}, verified={m.verified}: {m.binary}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import servers
+from procs import alive
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +57,10 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def git_build(shared_cache: Path) -> dict[str, object]:
+def git_build_run(shared_cache: Path) -> subprocess.CompletedProcess[str]:
     """One real build: shallow fetch of the real v5 commit over file://, CPU server, n160."""
     repo = servers.bare_repo("0.3.35")
-    proc = sdrpc_build(
+    return sdrpc_build(
         "--llama-commit",
         V5,
         "--max-name",
@@ -69,7 +71,23 @@ def git_build(shared_cache: Path) -> dict[str, object]:
         cache=shared_cache,
         check=True,
     )
-    return dict(json.loads(proc.stdout))
+
+
+@pytest.fixture(scope="module")
+def git_build(git_build_run: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    return dict(json.loads(git_build_run.stdout))
+
+
+def test_piped_build_shows_progress(git_build_run: subprocess.CompletedProcess[str]) -> None:
+    """Not a terminal (a pipe, CI, quickstart): plain progress lines on stderr all the same."""
+    err = git_build_run.stderr.splitlines()
+    for phase in ("toolchain", "source", "configure", "compile", "verify", "store"):
+        assert f"sdrpc-build: {phase}..." in err
+    steps = [ln for ln in err if re.fullmatch(r"sdrpc-build: \[\d+/\d+\] \d+% \S.*", ln)]
+    assert steps, git_build_run.stderr
+    assert re.search(r"\[1/(\d+)\] ", steps[0]) and "100% linking ggml-rpc-server" in steps[-1]
+    assert any(re.search(r"building \S+\.c(pp)?\.o$", ln) for ln in steps)
+    assert "\x1b[" not in git_build_run.stderr  # no terminal control sequences in a log
 
 
 def test_git_fetch_build_verify(git_build: dict[str, object], shared_cache: Path) -> None:
@@ -138,6 +156,24 @@ def test_plain_output_ends_with_binary_path(
 ) -> None:
     proc = sdrpc_build("--llama-commit", V5, "--max-name", "160", cache=shared_cache, check=True)
     assert proc.stdout.strip().splitlines()[-1] == git_build["binary"]
+
+
+def test_narrow_piped_output_never_cuts_keys_commits_or_paths(
+    git_build: dict[str, object], shared_cache: Path
+) -> None:
+    narrow = {"COLUMNS": "80"}
+    listing = sdrpc_build("--list", cache=shared_cache, env=narrow, check=True).stdout
+    key = str(git_build["key"])
+    row = next(ln for ln in listing.splitlines() if key in ln)  # the whole key, on one line
+    assert V5 in row and "…" not in listing
+    plain = sdrpc_build(
+        "--llama-commit", V5, "--max-name", "160", cache=shared_cache, env=narrow, check=True
+    ).stdout
+    assert f"llama.cpp {V5}" in plain and "…" not in plain
+    assert plain.splitlines()[-1] == git_build["binary"]
+    assert f"manifest: {git_build['manifest']}" in plain.splitlines()
+    pins_row = next(ln for ln in plain.splitlines() if "llama_commit" in ln)
+    assert V5 in pins_row
 
 
 def test_commit_not_at_remote(shared_cache: Path) -> None:
@@ -231,6 +267,65 @@ def test_llama_sdist_source(tmp_path: Path) -> None:
     assert not [p for p in cache.rglob("config") if ".git" in p.parts]
 
 
+def test_damaged_cached_sdist_is_downloaded_again(tmp_path: Path) -> None:
+    good = servers.sdist_path("llama-cpp-python", "0.3.35")
+    size = good.stat().st_size
+    cache = tmp_path / "c"
+    (cache / "downloads").mkdir(parents=True)
+    cached = cache / "downloads" / good.name
+    cached.write_bytes(good.read_bytes()[: size // 2])  # a download cut short
+    offline = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(good.parent)}  # pip's "index"
+    args = ("--llama-commit", V7, "--max-name", "160", "--llama-sdist", "llama-cpp-python==0.3.35")
+    p = sdrpc_build(*args, cache=cache, env=offline)
+    # the damaged file was replaced by a good one: the run gets as far as reading its commit
+    assert p.returncode == 5 and f"vendors llama.cpp {V5}" in p.stderr, p.stderr
+    assert "is damaged" in p.stderr and "downloading it again" in p.stderr
+    assert cached.stat().st_size == size
+    # an index that only has a damaged file: a clear error (exit 5), never "report it"
+    bad_index = tmp_path / "index"
+    bad_index.mkdir()
+    (bad_index / good.name).write_bytes(good.read_bytes()[: size // 3])
+    cached.write_bytes(good.read_bytes()[: size // 2])
+    p = sdrpc_build(*args, cache=cache, env={**offline, "PIP_FIND_LINKS": str(bad_index)})
+    assert p.returncode == 5, p.stderr
+    assert "sdrpc-build: error: " in p.stderr and "sdrpc-build: hint: " in p.stderr
+    assert "report" not in p.stderr and "Traceback" not in p.stderr
+    assert not cached.exists()  # the next run downloads it afresh
+
+
+def test_killed_extraction_is_cleaned_by_the_next_build(tmp_path: Path) -> None:
+    """kill -9 while the sdist is extracted: the next build removes the leftover tree."""
+    cache = tmp_path / "c"
+    (cache / "downloads").mkdir(parents=True)
+    shutil.copy2(servers.sdist_path("llama-cpp-python", "0.3.35"), cache / "downloads")
+    sdist = ("--llama-sdist", "llama-cpp-python==0.3.35")
+    proc = subprocess.Popen(
+        build_argv(cache, "--llama-commit", V5, "--max-name", "160", *sdist),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=build_env(),
+        start_new_session=True,
+    )
+    leftovers: list[Path] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            leftovers = list((cache / "sources").glob("sdist-*.sdrpc-tmp-*"))
+            if leftovers and list(leftovers[0].glob("*/vendor/llama.cpp/*")):
+                break
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert leftovers and leftovers[0].is_dir(), "never caught the extraction in progress"
+    assert not (cache / "sources" / V5).exists()
+    p = sdrpc_build("--llama-commit", V7, "--max-name", "160", *sdist, cache=cache)
+    assert p.returncode == 5 and "vendors llama.cpp" in p.stderr  # quick, after the cleanup
+    assert f"removed {leftovers[0].name}, left behind by a killed build" in p.stderr
+    assert not leftovers[0].exists()
+    assert not list(cache.rglob("*.sdrpc-tmp-*"))
+
+
 def test_real_sd_cpp_tree_pins(sd_cpp_tree: Path, tmp_path: Path) -> None:
     proc = sdrpc_build("--sd-cpp", str(sd_cpp_tree), "--dry-run", "--json", cache=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -259,6 +354,37 @@ def test_real_sd_cpp_tree_pins(sd_cpp_tree: Path, tmp_path: Path) -> None:
             3,
             "not a positive number",
         ),
+        (
+            lambda t: (t / "CMakeLists.txt").write_text(
+                (t / "CMakeLists.txt").read_text().replace("GGML_MAX_NAME=128", "GGML_MAX_NAME=²")
+            ),
+            3,
+            "not a positive number",
+        ),
+        (
+            lambda t: (t / "CMakeLists.txt").write_text(
+                (t / "CMakeLists.txt")
+                .read_text()
+                .replace("GGML_MAX_NAME=128", "GGML_MAX_NAME=" + "9" * 400)
+            ),
+            3,
+            "out of range",
+        ),
+        (
+            lambda t: (t / "CMakeLists.txt").write_text(
+                (t / "CMakeLists.txt").read_text().replace("GGML_MAX_NAME=128", "GGML_MAX_NAME=100")
+            ),
+            3,
+            "not a multiple of 16",
+        ),
+        (  # a file that cannot be read (even by root: /proc/self/mem fails on read)
+            lambda t: (
+                (t / "CMakeLists.txt").unlink(),
+                (t / "CMakeLists.txt").symlink_to("/proc/self/mem"),
+            ),
+            3,
+            "cannot read",
+        ),
     ],
 )
 def test_bad_sd_trees(
@@ -276,7 +402,9 @@ def test_bad_sd_trees(
 
 
 def test_usage_errors(tmp_path: Path) -> None:
-    p = sdrpc_build("--llama-commit", V5, "--backend", "vulkn", "--dry-run", cache=tmp_path)
+    p = sdrpc_build(
+        "--llama-commit", V5, "--max-name", "160", "--backend", "vulkn", "--dry-run", cache=tmp_path
+    )
     assert p.returncode == 4 and "did you mean 'vulkan'" in p.stderr
     p = sdrpc_build("--llama-commit", "abc", cache=tmp_path)
     assert p.returncode == 2 and "40-hex" in p.stderr
@@ -286,14 +414,103 @@ def test_usage_errors(tmp_path: Path) -> None:
     assert p.returncode == 3 and "current directory" in p.stderr
     bad = tmp_path / "r.toml"
     bad.write_text('[defines]\nA = "ON"\n[[tool]]\nname = "x"\n')
-    p = sdrpc_build("--llama-commit", V5, "--recipe", str(bad), "--dry-run", cache=tmp_path)
+    p = sdrpc_build(
+        "--llama-commit", V5, "--max-name", "160", "--recipe", str(bad), "--dry-run", cache=tmp_path
+    )
     assert p.returncode == 4 and "did you mean 'tools'" in p.stderr
+
+
+def _one_error(p: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert p.returncode == code, (p.returncode, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    errors = [i for i, ln in enumerate(lines) if ln.startswith("sdrpc-build: error: ")]
+    assert len(errors) == 1 and text in lines[errors[0]], p.stderr  # after progress lines
+    assert lines[errors[0] + 1 :] == [lines[-1]], p.stderr  # then only the hint
+    assert lines[-1].startswith("sdrpc-build: hint: ")
+    assert all(len(ln) < 500 for ln in lines) and "Traceback" not in p.stderr
+
+
+def test_llama_commit_alone_needs_max_name(tmp_path: Path) -> None:
+    """ggml's default 64 fits no sd.cpp client: never planned silently."""
+    p = sdrpc_build("--llama-commit", V5, "--dry-run", cache=tmp_path)
+    _one_error(p, 2, "needs --max-name")
+    assert "160" in p.stderr and "--sd-cpp" in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("7", "out of range"),
+        ("100", "not a multiple of 16"),
+        ("24", "not a multiple of 16"),
+        pytest.param("9" * 20, "out of range", id="20-digits"),
+        pytest.param("9" * 400, "out of range", id="400-digits"),
+        ("²", "not a positive number"),
+        ("٣", "not a positive number"),
+        ("0160", "not a positive number"),
+    ],
+)
+def test_max_name_values_ggml_cannot_build_are_refused_up_front(
+    tmp_path: Path, value: str, text: str
+) -> None:
+    p = sdrpc_build("--llama-commit", V5, "--max-name", value, cache=tmp_path)
+    _one_error(p, 2, text)
+    assert "multiple of 16" in p.stderr
+    assert not (tmp_path / "sources").exists()  # refused before any fetch or build
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file", "too-long", "proc"])
+def test_unusable_cache_dir(tmp_path: Path, where: str) -> None:
+    if where == "file":
+        cache = tmp_path / "cache"
+        cache.write_text("")
+    elif where == "under-a-file":
+        (tmp_path / "f").write_text("")
+        cache = tmp_path / "f" / "cache"
+    elif where == "too-long":
+        cache = tmp_path / ("c" * 100_000)
+    else:
+        cache = Path("/proc/self/sdrpc-cache")  # not writable, even for root
+    p = sdrpc_build(
+        "--llama-commit",
+        V5,
+        "--max-name",
+        "160",
+        "--llama-repo",
+        "file:///nonexistent",
+        cache=cache,
+    )
+    _one_error(p, 9, "cannot use the cache directory")
+    assert "--cache-dir" in p.stderr
+
+
+def test_unusable_sd_cpp_paths(tmp_path: Path) -> None:
+    p = sdrpc_build("--sd-cpp", str(tmp_path / ("d" * 100_000)), "--dry-run", cache=tmp_path)
+    _one_error(p, 3, "")
+    p = sdrpc_build(
+        "--sd-cpp", str(tmp_path / ("d" * 100_000)), "--exact", "--dry-run", cache=tmp_path
+    )
+    _one_error(p, 3, "")
+
+
+def test_broken_lock_dir_still_serves_a_cache_hit(
+    tmp_path: Path, shared_cache: Path, git_build: dict[str, object]
+) -> None:
+    cache = tmp_path / "c"
+    shutil.copytree(shared_cache / "artifacts", cache / "artifacts", symlinks=True)
+    (cache / "locks").write_text("not a directory")  # the cache cannot be written
+    p = sdrpc_build("--llama-commit", V5, "--max-name", "160", "--json", cache=cache, check=True)
+    assert json.loads(p.stdout)["cache_hit"] is True
+    p = sdrpc_build("--llama-commit", V5, "--max-name", "160", "--force", cache=cache)
+    _one_error(p, 9, "cannot use the cache directory")
 
 
 def test_missing_tool_is_named(tmp_path: Path) -> None:
     p = sdrpc_build(
         "--llama-commit",
         V5,
+        "--max-name",
+        "160",
         "--backend",
         "cuda",
         cache=tmp_path,
@@ -360,6 +577,89 @@ def test_ctrl_c_leaves_no_partial_entry(
     # and the next run succeeds
     p = sdrpc_build("--llama-commit", V5, "--max-name", "160", "--json", cache=cache, check=True)
     assert json.loads(p.stdout)["verified"] is True
+
+
+def _descendants(pid: int) -> list[int]:
+    """PIDs of all live descendants of ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _group_members(pgid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[2] == str(pgid) and alive(int(d.name)):
+                out.append(int(d.name))
+    return out
+
+
+def test_sigterm_stops_every_compile_job_and_keeps_nothing(
+    tmp_path: Path, shared_cache: Path, git_build: dict[str, object]
+) -> None:
+    """SIGTERM (a service manager, kill) ends a cold build like Ctrl-C: exit 143, no job left."""
+    cache = tmp_path / "c"
+    shutil.copytree(shared_cache / "sources", cache / "sources", symlinks=True)
+    proc = subprocess.Popen(
+        build_argv(cache, "--llama-commit", V5, "--max-name", "160", "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=build_env(CCACHE_DISABLE="1"),  # cold: real compiler jobs
+        start_new_session=True,
+    )
+    compilers: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and not compilers:
+            compilers = [p for p in _descendants(proc.pid) if _comm(p) in ("cc1", "cc1plus", "as")]
+            time.sleep(0.05)
+        assert compilers, "no compiler job ever started"
+        groups = {g for g in map(_pgid, _descendants(proc.pid)) if g is not None}
+        assert groups and proc.pid not in groups  # compile jobs run in their own group
+        proc.send_signal(signal.SIGTERM)  # the build process only, as `kill PID` does
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert "sdrpc-build: error: terminated (SIGTERM)" in err and "Traceback" not in err
+    assert [g for g in groups if _group_members(g)] == []  # no job outlived the build
+    assert not [p for p in compilers if alive(p)]
+    arts = cache / "artifacts"
+    assert not arts.exists() or not any(arts.iterdir())
+    assert not list(cache.rglob("*.sdrpc-tmp-*"))
 
 
 def test_fetched_source_is_reused_without_network(

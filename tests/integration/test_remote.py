@@ -108,3 +108,26 @@ def test_remote_errors(site: tuple[_Site, RemoteConfig]) -> None:
     )
     with pytest.raises(SourceError, match="cannot reach"):
         read_remote_ref("leejet/stable-diffusion.cpp@master", dead)
+
+
+def test_credentials_in_base_urls_reach_only_the_network(
+    site: tuple[_Site, RemoteConfig],
+) -> None:
+    _st, cfg = site
+    base = str(cfg.api).rsplit("/api", 1)[0].replace("http://", "")
+    creds = RemoteConfig(
+        api=f"http://alice:tokApiX1@{base}/api",
+        raw=f"http://alice:tokRawX2@{base}/raw",
+        timeout=5,
+        retries=0,
+        token="tokBearerX3",
+    )
+    pins = read_remote_ref("leejet/stable-diffusion.cpp@master", creds)
+    shown = repr(pins) + repr(creds) + str(pins.as_dict())
+    for tok in ("tokApiX1", "tokRawX2", "tokBearerX3"):
+        assert tok not in shown
+    assert pins.sd_commit.source.startswith("http://***@127.0.0.1:")
+    dead = RemoteConfig(api="http://alice:tokDeadX4@127.0.0.1:9/api", timeout=1, retries=0)
+    with pytest.raises(SourceError) as ei:
+        read_remote_ref("leejet/stable-diffusion.cpp@master", dead)
+    assert "tokDeadX4" not in str(ei.value) and "http://***@127.0.0.1:9/api" in str(ei.value)

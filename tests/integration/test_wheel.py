@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from sdrpc_build.protocol.client import probe
+from sdrpc_build.scratch import TAG, owner_of, scratch_path
 from sdrpc_build.store import MANIFEST, Manifest, install_entry
 from sdrpc_build.wheel import build_wheel, installed_servers, script_name, wheel_version
 
@@ -140,3 +141,36 @@ def test_console_script_serves_and_passes_the_check(venv: tuple[Path, Path, Mani
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def test_wheel_work_dirs_live_in_the_cache_and_leftovers_are_removed(
+    venv: tuple[Path, Path, Manifest], tmp_path: Path
+) -> None:
+    _wheel, _bindir, entry = venv
+    scratch, out = tmp_path / "cache" / "tmp", tmp_path / "dist"
+    owner = owner_of(scratch_path(scratch, "x"))
+    assert owner is not None
+    dead = f"{TAG}{owner.host}-{2**22 + 12345}-1"  # a build killed with SIGKILL
+    (scratch / f"wheel-sdrpc_server_cpu{dead}" / "project").mkdir(parents=True)
+    out.mkdir()
+    (out / f".sdrpc_server_cpu-0.1.0.whl{dead}").write_bytes(b"half a wheel")
+    seen: list[list[Path]] = []
+
+    class _Spy(Mapping[str, str]):  # pip's environment: look into the cache while it runs
+        def __getitem__(self, k: str) -> str:
+            return os.environ[k]
+
+        def __iter__(self) -> Iterator[str]:
+            seen.append(list(scratch.iterdir()))
+            return iter(os.environ)
+
+        def __len__(self) -> int:
+            return len(os.environ)
+
+    wheel = build_wheel(entry, out, env=_Spy(), scratch_root=scratch)
+    assert [p.name for p in out.iterdir()] == [wheel.name]
+    assert list(scratch.iterdir()) == []  # the work dir is gone too
+    # while building: only this process's own work dir, the dead build's was removed first
+    assert seen and len(seen[0]) == 1
+    mine = owner_of(seen[0][0])
+    assert mine is not None and mine.pid == os.getpid()

@@ -4,11 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from sdrpc_build.errors import PinsError
+from sdrpc_build.errors import PinsError, UsageError
 from sdrpc_build.pins import (
     apply_overrides,
+    check_max_name,
+    max_name_problem,
     parse_gitmodules,
     parse_max_name,
+    parse_max_name_value,
     parse_rpc_version,
     parse_sync_llama_last,
     read_sd_tree,
@@ -108,7 +111,7 @@ def test_read_plain_tree(tmp_path: Path) -> None:
     assert pins.llama_commit.source == "ggml/scripts/sync-llama.last"
     assert pins.max_name.value == 160
     assert pins.client_protocol.value == (5, 0, 1)
-    assert pins.ggml_url.value == "https://github.com/leejet/ggml.git"
+    assert str(pins.ggml_url.value) == "https://github.com/leejet/ggml.git"
     assert pins.sd_commit.value is None and "not a git checkout" in pins.sd_commit.source
     o = apply_overrides(pins, max_name=128)
     assert (o.max_name.value, o.max_name.source) == (128, "--max-name")
@@ -134,3 +137,85 @@ def test_read_tree_missing_pieces(tmp_path: Path) -> None:
     assert read_sd_tree(t2, max_name=128).max_name.value == 128
     with pytest.raises(PinsError, match="full 40-hex"):
         read_sd_tree(t2, llama_commit="abc123", max_name=1)
+
+
+@pytest.mark.parametrize("ok", [16, 64, 128, 160, 256, 65536])
+def test_max_name_values_ggml_builds(ok: int) -> None:
+    assert max_name_problem(ok) is None
+    assert check_max_name(ok, "--max-name") == ok
+    assert parse_max_name_value(str(ok), "--max-name") == ok
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (0, "out of range"),
+        (7, "out of range"),
+        (8, "out of range"),
+        (24, "nearest: 16 or 32"),  # rpc_tensor is fine, ggml_tensor is not
+        (100, "nearest: 96 or 112"),
+        (65552, "out of range"),
+    ],
+)
+def test_max_name_values_ggml_cannot_build(bad: int, why: str) -> None:
+    assert why in (max_name_problem(bad) or "")
+    with pytest.raises(UsageError, match=why) as ei:
+        check_max_name(bad, "--max-name", UsageError)
+    assert ei.value.exit_code == 2 and ei.value.hint and "multiple of 16" in ei.value.hint
+    with pytest.raises(PinsError, match=why):
+        parse_max_name_value(str(bad), "CMakeLists.txt")
+
+
+@pytest.mark.parametrize("text", ["²", "٣", "１６０", "0160", "+160", "-160", "", "1e3", "9" * 400])
+def test_max_name_text_that_is_not_a_plain_number(text: str) -> None:
+    with pytest.raises(PinsError) as ei:
+        parse_max_name_value(text, "CMakeLists.txt")
+    assert ei.value.hint and "multiple of 16" in ei.value.hint
+    assert len(ei.value.message) < 200  # one line, even for 400 digits
+
+
+@pytest.mark.parametrize("value", ["²", "9" * 400, "100", "7"])
+def test_cmakelists_max_name_is_validated(tmp_path: Path, value: str) -> None:
+    cm = f'project("stable-diffusion")\nadd_definitions(-DGGML_MAX_NAME={value})\n'
+    with pytest.raises(PinsError, match="GGML_MAX_NAME"):
+        parse_max_name(cm)
+    with pytest.raises(PinsError) as ei:
+        read_sd_tree(_tree(tmp_path, cm=cm))
+    assert ei.value.exit_code == 3 and ei.value.hint
+
+
+@pytest.mark.parametrize("value", ["٥", "9" * 400, "256", "x"])
+def test_rpc_version_garbage_is_a_pins_error(value: str) -> None:
+    h = (
+        f"#define RPC_PROTO_MAJOR_VERSION {value}\n#define RPC_PROTO_MINOR_VERSION 0\n"
+        "#define RPC_PROTO_PATCH_VERSION 0\n"
+    )
+    with pytest.raises(PinsError, match="RPC_PROTO_MAJOR_VERSION"):
+        parse_rpc_version(h)
+
+
+def test_unreadable_tree_files_are_pins_errors(tmp_path: Path) -> None:
+    t = _tree(tmp_path / "t")
+    (t / "CMakeLists.txt").unlink()
+    # root reads any file whatever its mode: /proc/self/mem fails on read for everyone
+    (t / "CMakeLists.txt").symlink_to("/proc/self/mem")
+    with pytest.raises(PinsError, match="cannot read .*CMakeLists.txt") as ei:
+        read_sd_tree(t)
+    assert ei.value.hint and "readable" in ei.value.hint
+    long = tmp_path / ("d" * 100_000)
+    with pytest.raises(PinsError) as ei:
+        read_sd_tree(long)
+    assert len(ei.value.message) < 400 and "100" in ei.value.message
+
+
+def test_gitmodules_credentials_never_leave_the_pin(tmp_path: Path) -> None:
+    t = _tree(tmp_path)
+    (t / ".gitmodules").write_text(
+        '[submodule "ggml"]\npath = ggml\nurl = https://carol:ghp_TOKgm@github.com/leejet/ggml\n'
+    )
+    pins = read_sd_tree(t)
+    url = pins.ggml_url.value
+    assert url is not None and url.reveal().startswith("https://carol:ghp_TOKgm@")
+    shown = repr(pins) + str(pins.as_dict()) + str(url)
+    assert "ghp_TOKgm" not in shown and "carol" not in shown
+    assert pins.as_dict()["ggml_url"]["value"] == "https://***@github.com/leejet/ggml"

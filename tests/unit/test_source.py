@@ -1,18 +1,14 @@
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import tarfile
 from pathlib import Path
 
-from sdrpc_build.source import MARKER, _redact, _sdist_commit, cached_source
+from sdrpc_build.source import MARKER, _archive_problem, _sdist_commit, cached_source
 
 SHA = "4df29be4f4c3673f428170fda944a5b19f743bb8"
-
-
-def test_credentials_are_redacted_from_urls() -> None:
-    assert _redact("https://user:tok3n@example.com/llama.cpp.git") == (
-        "https://example.com/llama.cpp.git"
-    )
-    assert _redact("file:///srv/llama.cpp.git") == "file:///srv/llama.cpp.git"
 
 
 def test_cached_source_needs_a_complete_marker(tmp_path: Path) -> None:
@@ -34,3 +30,33 @@ def test_sdist_commit_from_head_or_packed_refs(tmp_path: Path) -> None:
     (tmp_path / "packed-refs").write_text(f"# pack-refs\n{SHA} refs/heads/main\n")
     assert _sdist_commit(tmp_path) == SHA
     assert _sdist_commit(tmp_path / "missing") is None
+
+
+def _sdist(path: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for i in range(40):
+            data = bytes(range(256)) * 64 * (i + 1)
+            info = tarfile.TarInfo(f"p-1.0/vendor/f{i}.bin")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def test_damaged_archives_are_recognised(tmp_path: Path) -> None:
+    good = tmp_path / "p-1.0.tar.gz"
+    data = _sdist(good)
+    assert _archive_problem(good) is None
+    cut = tmp_path / "cut.tar.gz"
+    for n in (len(data) // 2, len(data) - 4, 100):  # truncated anywhere, even in the trailer
+        cut.write_bytes(data[:n])
+        assert _archive_problem(cut) is not None, n
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    cut.write_bytes(bytes(flipped))
+    assert _archive_problem(cut) is not None
+    cut.write_bytes(b"<html>not a tarball</html>")
+    assert _archive_problem(cut) is not None
+    cut.write_bytes(gzip.compress(b"\0" * 1024))  # a gzip holding no tar members
+    assert _archive_problem(cut) is not None

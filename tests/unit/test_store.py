@@ -6,7 +6,17 @@ from pathlib import Path
 import pytest
 
 from sdrpc_build.errors import StoreError
-from sdrpc_build.store import find_manifest, install_entry, list_manifests, lookup
+from sdrpc_build.scratch import TAG, owner_of, scratch_path
+from sdrpc_build.store import (
+    find_manifest,
+    install_entry,
+    list_manifests,
+    lookup,
+    prepare_cache,
+    update_manifest,
+)
+
+_NO_PID = 2**22 + 12345  # above Linux's pid_max: no such process
 
 
 def _manifest(created: str, backend: str = "cpu") -> dict[str, object]:
@@ -33,19 +43,25 @@ def test_install_and_lookup(tmp_path: Path) -> None:
     assert len(data["binary_sha256"]) == 64
     assert lookup(arts, "k1") == m
     assert lookup(arts, "missing") is None
-    assert not list(arts.glob(".tmp-*"))
+    assert not list(arts.glob(f"*{TAG}*"))
 
 
 def test_leftovers_and_damage_are_not_entries(tmp_path: Path) -> None:
     arts = tmp_path / "arts"
-    (arts / ".tmp-k1-999" / "bin").mkdir(parents=True)  # an interrupted write
+    owner = owner_of(scratch_path(arts, "x"))
+    assert owner is not None
+    killed = arts / f".k9{TAG}{owner.host}-{_NO_PID}-42"  # a write killed with SIGKILL
+    (killed / "bin").mkdir(parents=True)
     (arts / "k2").mkdir()
     (arts / "k2" / "manifest.json").write_text("{not json")
     assert list_manifests(arts) == []
     binary = tmp_path / "b"
     binary.write_bytes(b"x")
-    install_entry(arts, "k1", binary, _manifest("2026-01-01T00:00:00Z"))
-    assert not (arts / ".tmp-k1-999").exists()  # cleaned by the next write
+    m = install_entry(arts, "k1", binary, _manifest("2026-01-01T00:00:00Z"))
+    assert not killed.exists()  # cleaned by the next write, whatever its key
+    (arts / "k1" / f".manifest.json{TAG}{owner.host}-{_NO_PID}-1").write_text("{")
+    assert update_manifest(m, {"note": "x"}).data["note"] == "x"
+    assert sorted(p.name for p in (arts / "k1").iterdir()) == ["bin", "manifest.json"]
 
 
 def test_newest_first_and_find(tmp_path: Path) -> None:
@@ -61,3 +77,22 @@ def test_newest_first_and_find(tmp_path: Path) -> None:
         find_manifest(arts, "cpu-")
     with pytest.raises(StoreError, match="no build"):
         find_manifest(arts, "zzz")
+
+
+@pytest.mark.parametrize("kind", ["file", "under-a-file", "too-long", "proc"])
+def test_unusable_cache_is_a_store_error(tmp_path: Path, kind: str) -> None:
+    if kind == "file":
+        root = tmp_path / "cache"
+        root.write_text("not a directory")
+    elif kind == "under-a-file":
+        (tmp_path / "f").write_text("x")
+        root = tmp_path / "f" / "cache"
+    elif kind == "too-long":
+        root = tmp_path / ("c" * 100_000)
+    else:  # not writable even for root
+        root = Path("/proc/self/sdrpc-cache")
+    with pytest.raises(StoreError) as ei:
+        prepare_cache(root, ("locks",))
+    e = ei.value
+    assert e.exit_code == 9 and e.hint and "--cache-dir" in e.hint
+    assert len(e.message) < 400 and "\n" not in e.message

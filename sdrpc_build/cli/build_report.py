@@ -1,0 +1,154 @@
+"""What sdrpc-build (and quickstart) show while building, and tables that never cut values.
+
+Progress goes to stderr everywhere: a live bar on a terminal; elsewhere (a pipe,
+a CI log, ``sdrpc quickstart``) plain lines: each phase, a compile step at most
+every few seconds (``[12/34] building ggml-cpu.c.o``, always the first and the
+last), and a heartbeat when a phase (a download, configure) runs long silently.
+
+Tables fold long cells on a terminal and are printed at their full width
+elsewhere: keys, commits, paths and URLs are never cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Optional, TextIO
+
+from rich.console import Console
+from rich.measure import Measurement
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sdrpc_build.build import Reporter
+from sdrpc_build.cli._common import err_console
+
+__all__ = ["PlainReporter", "RichReporter", "build_reporter", "print_table"]
+
+#: seconds between two compile-step lines when not on a terminal
+STEP_INTERVAL = 5.0
+#: seconds of silence after which a plain reporter says it is still working
+HEARTBEAT = 15.0
+
+
+class RichReporter:
+    """A transient progress bar on a terminal."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.p = progress
+        self.task = progress.add_task("starting", total=None)
+
+    def phase(self, name: str) -> None:
+        self.p.update(self.task, description=name, completed=0, total=None)
+
+    def progress(self, done: int, total: int, what: str = "") -> None:
+        desc = f"compile {what}" if what else "compile"
+        self.p.update(self.task, completed=done, total=total, description=desc)
+
+    def log(self, message: str) -> None:
+        self.p.console.print(f"[dim]{message}[/dim]")
+
+
+class PlainReporter:
+    """Plain, throttled progress lines for pipes and logs (``PROG: [12/34] building x.o``)."""
+
+    def __init__(
+        self,
+        prog: str,
+        stream: TextIO,
+        *,
+        interval: float = STEP_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.prog = prog
+        self.stream = stream
+        self.interval = interval
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.current = "starting"
+        self.phase_started = clock()
+        self.last_line = clock()
+        self.last_step = -1.0e9
+
+    def _say(self, text: str) -> None:
+        with self.lock:
+            print(f"{self.prog}: {text}", file=self.stream, flush=True)
+            self.last_line = self.clock()
+
+    def phase(self, name: str) -> None:
+        self.current = name
+        self.phase_started = self.clock()
+        self.last_step = -1.0e9
+        self._say(f"{name}...")
+
+    def progress(self, done: int, total: int, what: str = "") -> None:
+        now = self.clock()
+        if done in (1, total) or now - self.last_step >= self.interval:
+            self.last_step = now
+            pct = 100 * done // total if total else 0
+            self._say(f"[{done}/{total}] {pct}% {what}".rstrip())
+
+    def log(self, message: str) -> None:
+        self._say(message)
+
+    def heartbeat(self, silence: float = HEARTBEAT) -> None:
+        """Say "still <phase>" if nothing was printed for ``silence`` seconds."""
+        now = self.clock()
+        if now - self.last_line >= silence:
+            self._say(f"still {self.current} ({now - self.phase_started:.0f}s)")
+
+
+@contextlib.contextmanager
+def _heartbeats(rep: PlainReporter, every: float = 1.0) -> Iterator[None]:
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            rep.heartbeat()
+
+    t = threading.Thread(target=beat, name="sdrpc-progress", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(timeout=5)
+
+
+@contextlib.contextmanager
+def build_reporter(prog: str, stream: Optional[TextIO] = None) -> Iterator[Reporter]:
+    """The reporter for a build: a live bar on a terminal, plain lines elsewhere."""
+    out = stream or sys.stderr
+    if out.isatty():
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console(out),
+            transient=True,
+        )
+        with progress:
+            yield RichReporter(progress)
+        return
+    plain = PlainReporter(prog, out)
+    with _heartbeats(plain):
+        yield plain
+
+
+def print_table(table: Table, file: Optional[TextIO] = None) -> None:
+    """Print ``table`` without cutting a cell: folded on a terminal, full width elsewhere."""
+    for col in table.columns:
+        col.overflow = "fold"
+        col.no_wrap = False
+    con = Console(file=file or sys.stdout, highlight=False, soft_wrap=True)
+    if not con.is_terminal:
+        for col in table.columns:
+            col.no_wrap = True
+        width = Measurement.get(con, con.options.update(max_width=1 << 20), table).maximum
+        if width > con.width:
+            con = Console(file=file or sys.stdout, highlight=False, soft_wrap=True, width=width)
+    con.print(table)
