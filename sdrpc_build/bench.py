@@ -53,25 +53,33 @@ MEMORY_TOLERANCE = 16 * MIB
 
 Op = Literal["set", "get"]
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
+# ASCII digits only (\d would take "²" or "٣"), and few enough that no float overflows
+_SIZE_RE = re.compile(
+    r"^\s*(\d{1,20}(?:\.\d{1,20})?|\.\d{1,20})\s*([kmgt]?)(i?)(b?)\s*$",
+    re.IGNORECASE | re.ASCII,
+)
+MAX_SIZE = 1 << 60  # anything bigger is a typo, whatever the option
 _POW = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 
 def parse_size(text: str, what: str = "size") -> int:
     """``"7.2G"`` -> bytes. ``K/M/G/T`` and ``KiB...`` are binary, ``kB/MB/GB`` decimal."""
+    shown = repr(text if len(text) <= 40 else text[:37] + "...")
     m = _SIZE_RE.match(text)
     if not m:
         raise UsageError(
-            f"{what}: cannot read {text!r} as a size",
+            f"{what}: cannot read {shown} as a size",
             hint="write a number with an optional unit, e.g. 7.2G, 512M, 64MiB, 4K, 1.5GB",
         )
     number, unit, i, b = m.group(1), m.group(2).lower(), m.group(3), m.group(4)
     if i and not unit:
-        raise UsageError(f"{what}: cannot read {text!r} as a size", hint="e.g. 64MiB")
+        raise UsageError(f"{what}: cannot read {shown} as a size", hint="e.g. 64MiB")
     base = 1000 if (unit and b and not i) else 1024
     value = float(number) * float(base ** _POW[unit])
     if value < 1:
-        raise UsageError(f"{what}: {text!r} is less than one byte")
+        raise UsageError(f"{what}: {shown} is less than one byte", hint="e.g. 4K or 1M")
+    if value > MAX_SIZE:
+        raise UsageError(f"{what}: {shown} is more than 1 EiB", hint="e.g. 7.2G or 512M")
     return round(value)
 
 
@@ -86,7 +94,8 @@ def parse_sizes(text: str) -> tuple[int, ...]:
         if n > MAX_BENCH_SIZE:
             raise UsageError(
                 f"--sizes: {item.strip()} is above the {format_bytes(MAX_BENCH_SIZE)} limit "
-                "for one transfer"
+                "for one transfer",
+                hint="e.g. --sizes 4K,1M,64M",
             )
         out.add(-(-n // 4) * 4)
     return tuple(sorted(out))

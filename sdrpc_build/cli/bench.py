@@ -9,17 +9,29 @@ Usage::
 Servers are measured one after the other (at the same time they would share
 the link). Per device: round-trip latency, SET_TENSOR and GET_TENSOR
 throughput for each size that fits its free memory, data read back and
-compared, buffer freed and free memory compared with before.
+compared, buffer freed and free memory compared with before. The test data is
+streamed through two 4 MiB buffers, whatever the sizes.
 
-Exit codes: 0 measured, 2 usage error, 14 a server failed during the
-benchmark (it is reported and the others are still measured), 130 interrupted.
+Time (``--timeout T``, default 10): every request gets T seconds plus T per MiB
+it moves (so the slowest link accepted moves 1 MiB per T), no transfer may
+stall for T, and each server gets at most 60 x T in all (10 min by default);
+the command ends within 60 x T per server. A server past that is "too slow":
+what was measured until then is still reported.
+
+Exit codes: 0 measured, 2 usage error, 14 a server failed or was too slow
+during the benchmark (it is reported and the others are still measured),
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
 
 from sdrpc_build.bench import (
     DEFAULT_SIZES,
@@ -30,10 +42,10 @@ from sdrpc_build.bench import (
     parse_sizes,
     to_json,
 )
-from sdrpc_build.check import parse_endpoints
+from sdrpc_build.check import Endpoint, parse_endpoints, parse_timeout, shown
 from sdrpc_build.cli._common import Parser, err_console, out_console, report_error, run_parsed
 from sdrpc_build.errors import UsageError
-from sdrpc_build.linkbench import BenchError, BenchOptions, bench_server
+from sdrpc_build.linkbench import DEADLINE_FACTOR, BenchError, BenchOptions, bench_server
 
 __all__ = ["main"]
 
@@ -45,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Measure the link to ggml RPC servers with the protocol itself "
         "(SET_TENSOR / GET_TENSOR throughput, latency, model upload time).",
-        epilog="exit codes: 0 measured, 2 usage, 14 a server failed during the benchmark, "
-        "130 interrupted",
+        epilog="exit codes: 0 measured, 2 usage, 14 a server failed or was too slow during "
+        "the benchmark, 130 interrupted",
     )
     p.add_argument(
         "endpoints",
@@ -71,29 +83,25 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout",
         metavar="SECONDS",
         default="10",
-        help="per connect/reply, and longest stall inside a transfer (default 10)",
+        help="seconds each request may take, plus as many per MiB it moves, and the "
+        f"longest stall inside a transfer; each server gets at most {DEADLINE_FACTOR} x this "
+        "in all (default 10: at most 10 min per server)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.add_argument("--debug", action="store_true", help="tracebacks for internal errors")
     return p
 
 
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 600:
-        raise UsageError(f"--timeout: {text!r} is not a number of seconds in (0, 600]")
-    return value
-
-
 def _devices(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items or not all(t.isdigit() and int(t) < 1 << 32 for t in items):
-        raise UsageError(f"--device: {text!r} is not a list of device numbers", hint="e.g. 0,1")
+    # ASCII digits only: str.isdigit() accepts "²", which int() refuses
+    valid = all(t.isascii() and t.isdigit() and len(t) <= 10 for t in items)
+    if not items or not valid or not all(int(t) < 1 << 32 for t in items):
+        raise UsageError(
+            f"--device: {shown(text)} is not a list of device numbers", hint="e.g. --device 0,1"
+        )
     return tuple(sorted({int(t) for t in items}))
 
 
@@ -115,14 +123,14 @@ def _model_bytes(args: argparse.Namespace) -> int | None:
 def _options(args: argparse.Namespace) -> BenchOptions:
     return BenchOptions(
         sizes=parse_sizes(args.sizes) if args.sizes else DEFAULT_SIZES,
-        timeout=_timeout(args.timeout),
+        timeout=parse_timeout(args.timeout),
         verify=not args.no_verify,
         devices=_devices(args.device),
         model_bytes=_model_bytes(args),
     )
 
 
-def _run(eps: list[tuple[str, int]], opts: BenchOptions) -> list[ServerResult | BenchError]:
+def _run(eps: list[Endpoint], opts: BenchOptions) -> list[ServerResult | BenchError]:
     from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     out: list[ServerResult | BenchError] = []
@@ -135,14 +143,15 @@ def _run(eps: list[tuple[str, int]], opts: BenchOptions) -> list[ServerResult | 
         transient=True,
         disable=not con.is_terminal,
     ) as bar:
-        for host, port in eps:
-            task = bar.add_task(f"{host}:{port} probing", total=None)
+        for ep in eps:
+            task = bar.add_task(escape(f"{ep} probing"), total=None)
 
             def show(endpoint: str, text: str, done: int, total: int, task: TaskID = task) -> None:
-                bar.update(task, description=f"{endpoint} {text}", completed=done, total=total)
+                desc = escape(f"{endpoint} {text}")
+                bar.update(task, description=desc, completed=done, total=total)
 
             try:
-                out.append(bench_server(host, port, opts, show))
+                out.append(bench_server(ep.host, ep.port, opts, show))
             except BenchError as exc:
                 out.append(exc)
             bar.remove_task(task)
@@ -150,22 +159,23 @@ def _run(eps: list[tuple[str, int]], opts: BenchOptions) -> list[ServerResult | 
 
 
 def _print(results: list[ServerResult]) -> None:
-    from rich.table import Table
-
+    """Human output; user values are escaped (``[::1]`` is not markup) and tables fold."""
     con = out_console()
     for r in results:
+        ep = escape(r.endpoint)
+        if r.protocol is not None:
+            lat = f"{r.latency_ms:.2f} ms" if r.latency_ms is not None else "-"
+            con.print(
+                f"[bold]{ep}[/bold]  protocol {r.protocol}  GGML_MAX_NAME {r.max_name}  "
+                f"round trip {lat}"
+            )
         if r.error:
-            con.print(f"[red]{r.endpoint}: failed[/red] (see the error below)")
-            continue
-        lat = f"{r.latency_ms:.2f} ms" if r.latency_ms is not None else "-"
-        con.print(
-            f"[bold]{r.endpoint}[/bold]  protocol {r.protocol}  GGML_MAX_NAME {r.max_name}  "
-            f"round trip {lat}"
-        )
+            partial = " (the results above are partial)" if r.samples else ""
+            con.print(f"[red]{ep}: failed[/red]{partial} (see the error below)")
         for d in r.devices:
             t = Table(title=f"device {d.index} ({format_bytes(d.total)})", title_justify="left")
             for col in ("size", "upload MB/s", "Gbit/s", "download MB/s", "Gbit/s "):
-                t.add_column(col, justify="right")
+                t.add_column(col, justify="right", overflow="fold")
             by_size: dict[int, dict[str, tuple[float, float]]] = {}
             for s in d.samples:
                 by_size.setdefault(s.bytes, {})[s.op] = (s.mb_per_s, s.gbit_per_s)
@@ -203,15 +213,15 @@ def _print(results: list[ServerResult]) -> None:
 
 def _body(args: argparse.Namespace) -> int:
     endpoints = parse_endpoints(args.endpoints)
-    eps = [(e.host, e.port) for e in endpoints]
     opts = _options(args)
-    outcomes = _run(eps, opts)
+    outcomes = _run(list(endpoints), opts)
     results: list[ServerResult] = []
     errors: list[BenchError] = []
     for endpoint, o in zip(endpoints, outcomes, strict=True):
         if isinstance(o, BenchError):
             errors.append(o)
-            results.append(ServerResult(endpoint=str(endpoint), error=o.message))
+            partial = o.partial or ServerResult(endpoint=str(endpoint))
+            results.append(dataclasses.replace(partial, error=o.message))
         else:
             results.append(o)
     if args.json:

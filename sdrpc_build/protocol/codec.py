@@ -122,11 +122,15 @@ def format_version(v: Version) -> str:
 def parse_version(text: str) -> Version:
     """``"5.0.1"`` (or ``"5.0"``) -> ``(5, 0, 1)``; raises :class:`CodecError`."""
     parts = text.strip().split(".")
-    if not 2 <= len(parts) <= 3 or not all(p.isdigit() and len(p) <= 3 for p in parts):
-        raise CodecError(f"not a protocol version (want MAJOR.MINOR[.PATCH]): {text!r}")
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
+    if not 2 <= len(parts) <= 3 or not all(
+        p.isascii() and p.isdigit() and len(p) <= 3 for p in parts
+    ):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise CodecError(f"not a protocol version (want MAJOR.MINOR[.PATCH]): {shown!r}")
     nums = [int(p) for p in parts] + [0] * (3 - len(parts))
     if any(n > 255 for n in nums):
-        raise CodecError(f"protocol version parts are single bytes (0-255): {text!r}")
+        raise CodecError(f"protocol version parts are single bytes (0-255): {text.strip()!r}")
     return nums[0], nums[1], nums[2]
 
 

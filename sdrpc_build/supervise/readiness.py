@@ -63,6 +63,6 @@ def probe_readiness(spec: ServerSpec, timeout: float = 3.0) -> Readiness:
                 problems,
             )
         return Readiness("ready", None, protocol, result.max_name, devices, problems)
-    if result.status in ("unreachable", "busy", "error"):
+    if result.status in ("unreachable", "busy", "slow", "error"):
         return Readiness("retry", "; ".join(problems) or result.status)
     return Readiness("fail", "; ".join(problems) or f"probe: {result.status}", protocol)

@@ -13,11 +13,12 @@ codec against itself.
 from __future__ import annotations
 
 import contextlib
+import http.server as http_server
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -29,6 +30,7 @@ __all__ = [
     "garbage",
     "hang",
     "http",
+    "real_http_server",
     "reset_on_connect",
     "slow_drip",
 ]
@@ -36,6 +38,7 @@ __all__ = [
 Handler = Callable[[socket.socket, threading.Event], None]
 
 V7_HELLO = struct.pack("<Q", 28) + bytes([7, 0, 0, 0]) + bytes(24)
+_NO_REPLY = b"no reply"  # a sentinel (compared by identity)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
@@ -131,12 +134,45 @@ def reset_on_connect(conn: socket.socket, stop: threading.Event) -> None:
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
+class _QuietHandler(http_server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _QuietServer(http_server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that resets the connection is expected here
+
+
+@contextlib.contextmanager
+def real_http_server() -> Iterator[int]:
+    """The standard library's HTTP server on 127.0.0.1 (a real, non-ggml service).
+
+    Like most HTTP servers it says nothing until it has read a request line, so
+    ggml's binary HELLO gets no answer at all.
+    """
+    server = _QuietServer(("127.0.0.1", 0), _QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 @dataclass
 class FakeRpc:
     """A well-behaved fake ggml RPC server: any version, devices, GGML_MAX_NAME.
 
     Checks request sizes like rpc-server does and hangs up on a mismatch.
     ``trailing`` bytes are appended after the HELLO reply (protocol abuse).
+    Tensor commands (ALLOC_BUFFER, BUFFER_GET_BASE, FREE_BUFFER, SET_TENSOR,
+    GET_TENSOR) work on one flat memory; ``drip`` sends GET_TENSOR data one
+    byte every ``drip`` seconds (a server that never stalls, but crawls).
     """
 
     version: tuple[int, int, int] = (7, 0, 0)
@@ -145,7 +181,10 @@ class FakeRpc:
     device_count: int | None = None  # override what DEVICE_COUNT claims
     trailing: bytes = b""
     delay: float = 0.0  # seconds before every reply (simulated network latency)
+    alignment: int = 32
+    drip: float = 0.0
     log: list[int] = field(default_factory=list)
+    memory: bytearray = field(default_factory=bytearray)
 
     def __call__(self, conn: socket.socket, stop: threading.Event) -> None:
         caps = self.version >= (4, 0, 0)
@@ -165,11 +204,53 @@ class FakeRpc:
                 return
             cmd, size = head[0], struct.unpack("<Q", head[1:])[0]
             self.log.append(cmd)
-            reply = self._answer(cmd, size, conn)
+            if cmd in (0, 3, 4, 6, 8):
+                reply = self._tensor_cmd(cmd, size, conn)
+            else:
+                reply = self._answer(cmd, size, conn)
             if reply is None:
                 return
+            if reply is _NO_REPLY:
+                continue
             time.sleep(self.delay)
+            if cmd == 8 and self.drip:
+                conn.sendall(struct.pack("<Q", len(reply)))
+                for b in reply:
+                    if stop.wait(self.drip):
+                        return
+                    conn.sendall(bytes([b]))
+                continue
             conn.sendall(struct.pack("<Q", len(reply)) + reply)
+
+    _BASE = 0x7F0000000000
+
+    def _tensor_cmd(self, cmd: int, size: int, conn: socket.socket) -> bytes | None:
+        """ALLOC_BUFFER, BUFFER_GET_BASE, FREE_BUFFER, SET_TENSOR, GET_TENSOR."""
+        t = 232 + self.max_name
+        v7 = self.version >= (7, 0, 0)
+        payload = _recv_exact(conn, size) if size else b""
+        if payload is None:
+            return None
+        if cmd == 0:  # u32 dev, u64 size
+            (n,) = struct.unpack_from("<Q", payload, 4 if self.version >= (3, 0, 0) else 0)
+            return struct.pack("<QQ", 0x1000, n)
+        if cmd == 3:
+            return struct.pack("<Q", self._BASE)
+        if cmd == 4:
+            return _NO_REPLY if self.version >= (6, 0, 0) else b""
+        (data_ptr,) = struct.unpack_from("<Q", payload, 220)
+        if cmd == 6:  # tensor, [u8 cache flag (v7)], u64 offset, data
+            at = t + (1 if v7 else 0)
+            (offset,) = struct.unpack_from("<Q", payload, at)
+            data = payload[at + 8 :]
+            start = data_ptr - self._BASE + offset
+            if len(self.memory) < start + len(data):
+                self.memory.extend(bytes(start + len(data) - len(self.memory)))
+            self.memory[start : start + len(data)] = data
+            return _NO_REPLY if self.version >= (2, 0, 0) else b""
+        offset, n = struct.unpack_from("<QQ", payload, t)  # GET_TENSOR
+        start = data_ptr - self._BASE + offset
+        return bytes(self.memory[start : start + n]).ljust(n, b"\0")
 
     def _answer(self, cmd: int, size: int, conn: socket.socket) -> bytes | None:
         dev = 4 if self.version >= (3, 0, 0) else 0
@@ -190,7 +271,7 @@ class FakeRpc:
         if cmd == 11:
             return struct.pack("<QQ", *self.devices[index])
         if cmd == 1:
-            return struct.pack("<Q", 32)
+            return struct.pack("<Q", self.alignment)
         if cmd == 2:
             return struct.pack("<Q", 1 << 40)
         return struct.pack("<Q", 4)  # GET_ALLOC_SIZE of the 1-element F32 probe tensor

@@ -14,12 +14,13 @@ from fakes import (
     garbage,
     hang,
     http,
+    real_http_server,
     reset_on_connect,
     slow_drip,
 )
 
 from sdrpc_build.cli.check import main
-from sdrpc_build.protocol.client import probe
+from sdrpc_build.protocol.client import DEADLINE_FACTOR, probe
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,90 @@ def test_hang_is_busy_after_the_timeout() -> None:
         r, took = _probe(port)
     assert r.status == "busy" and r.reachable
     assert "serving another client" in r.problems[0]
-    assert 0.9 <= took < 3
+    assert 0.9 <= took <= 1.2 * DEADLINE_FACTOR * 1.0 + 0.5  # HELLO's timeout, then the sniff
+
+
+def test_real_http_server_is_not_rpc_not_busy(capsys: pytest.CaptureFixture[str]) -> None:
+    # Python's http.server waits for a request line: it never answers the binary HELLO.
+    with real_http_server() as port:
+        r, took = _probe(port)
+        code, doc = _run_json(capsys, f"127.0.0.1:{port}")
+    assert r.status == "not-rpc", r
+    assert "answered a plain-text request with b'HTTP/1.0" in r.problems[0]
+    assert took <= 1.2 * DEADLINE_FACTOR * 1.0 + 0.5
+    assert code == 13 and doc["servers"][0]["verdict"] == "not-rpc"
+
+
+def test_slow_replier_with_64_devices_is_too_slow_within_the_deadline(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # every reply valid, each 0.5 s late: 64 devices would take 97 s
+    fake = FakeRpc(delay=0.5, devices=[(1 << 30, 2 << 30)] * 64)
+    with FakeServer(fake) as port:
+        t0 = time.monotonic()
+        code = main(["--json", "--timeout", "2", f"127.0.0.1:{port}"])
+        took = time.monotonic() - t0
+    doc = json.loads(capsys.readouterr().out)
+    deadline = DEADLINE_FACTOR * 2
+    assert doc["deadline_s"] == deadline
+    assert took <= 1.2 * deadline + 0.5, took
+    (s,) = doc["servers"]
+    assert code == 12 and s["status"] == "slow" and s["verdict"] == "slow"
+    assert s["protocol"] == "7.0.0" and s["device_count"] == 64  # what was learned so far
+    assert 1 <= len(s["devices"]) < 64
+    assert s["problems"][0].startswith("too slow: did not finish within its 6 s deadline")
+    assert f"{len(s['devices'])} of 64 devices listed" in s["problems"][0]
+    assert doc["device_map"] == []  # an incomplete inventory gives no RPC names
+
+
+def test_every_kind_of_hostile_server_at_once_ends_by_the_deadline(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fakes = [
+        FakeServer(FakeRpc(delay=0.5, devices=[(1 << 30, 2 << 30)] * 64)),
+        FakeServer(slow_drip),
+        FakeServer(garbage),
+        FakeServer(hang),
+    ]
+    with (
+        fakes[0] as slow,
+        fakes[1] as drip,
+        fakes[2] as junk,
+        fakes[3] as silent,
+        real_http_server() as web,
+    ):
+        ports = [slow, drip, junk, silent, web]
+        t0 = time.monotonic()
+        code = main(["--json", "--timeout", "2", *(f"127.0.0.1:{p}" for p in ports)])
+        took = time.monotonic() - t0
+    doc = json.loads(capsys.readouterr().out)
+    assert took <= 1.2 * doc["deadline_s"] + 0.5, took
+    assert [s["verdict"] for s in doc["servers"]] == ["slow", "error", "not-rpc", "busy", "not-rpc"]
+    assert code == 14
+
+
+def test_no_client_given_is_reachable(capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeServer(FakeRpc()) as port:
+        code, doc = _run_json(capsys, f"127.0.0.1:{port}")
+    (s,) = doc["servers"]
+    assert code == 0 and s["verdict"] == "reachable" and s["compatible"] is None
+
+
+@pytest.mark.parametrize(
+    ("fake", "needle"),
+    [
+        (FakeRpc(devices=[(3 << 30, 2 << 30)]), "more free memory than it has"),
+        (FakeRpc(alignment=0), "alignment 0, not a power of two"),
+    ],
+)
+def test_impossible_device_values_are_protocol_errors(
+    capsys: pytest.CaptureFixture[str], fake: FakeRpc, needle: str
+) -> None:
+    with FakeServer(fake) as port:
+        code, doc = _run_json(capsys, f"127.0.0.1:{port}", "--expect-proto", "7.0.0")
+    (s,) = doc["servers"]
+    assert code == 14 and s["verdict"] == "error" and s["compatible"] is False
+    assert any(needle in p for p in s["problems"])
 
 
 def test_slow_drip_times_out_as_error_not_hang() -> None:
@@ -43,7 +127,7 @@ def test_slow_drip_times_out_as_error_not_hang() -> None:
         r, took = _probe(port)
     assert r.status == "error"
     assert "within 1 s" in r.problems[0] and "got " in r.problems[0]
-    assert took < 3
+    assert took < 1.5
 
 
 @pytest.mark.parametrize("handler", [garbage, http, absurd_size])

@@ -9,11 +9,13 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeRpc, FakeServer
 
 from sdrpc_build.cli.bench import main
 from sdrpc_build.linkbench import BenchError, BenchOptions, bench_server, bench_with_client
@@ -85,7 +87,21 @@ def debug_server(rpc_server: Any, tmp_path: Path) -> Callable[[], tuple[int, Pat
     return start
 
 
-def _allocs_and_frees(log: Path) -> tuple[list[str], list[str]]:
+def _caught_up(port: int) -> None:
+    """Return once the server has handled everything the previous client sent.
+
+    Since protocol v6 FREE_BUFFER has no reply, so the bench cannot wait for it:
+    it may return before the server has read (and logged) it. rpc-server serves
+    one connection at a time, in order: once a new connection's HELLO is
+    answered, the previous connection has been read to its end.
+    """
+    with RpcClient(timeout=10) as c:
+        c.connect("127.0.0.1", port)
+        c.hello()
+
+
+def _allocs_and_frees(log: Path, port: int) -> tuple[list[str], list[str]]:
+    _caught_up(port)
     text = log.read_text(errors="replace")
     allocs = re.findall(r"\[alloc_buffer\].*remote_ptr: ([0-9a-f]+)", text)
     frees = re.findall(r"\[free_buffer\] remote_ptr: ([0-9a-f]+)", text)
@@ -95,7 +111,7 @@ def _allocs_and_frees(log: Path) -> tuple[list[str], list[str]]:
 def test_every_buffer_is_freed_with_free_buffer(debug_server: Any) -> None:
     port, log = debug_server()
     bench_server("127.0.0.1", port, BenchOptions(sizes=(4096, 65536), timeout=5))
-    allocs, frees = _allocs_and_frees(log)
+    allocs, frees = _allocs_and_frees(log, port)
     assert len(allocs) == 1 and sorted(allocs) == sorted(frees)
 
 
@@ -110,7 +126,7 @@ def test_ctrl_c_between_requests_still_frees(debug_server: Any) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         bench_server("127.0.0.1", port, BenchOptions(sizes=(4096, 65536), timeout=5), progress)
-    allocs, frees = _allocs_and_frees(log)
+    allocs, frees = _allocs_and_frees(log, port)
     assert len(allocs) == 1 and frees == allocs
 
 
@@ -122,6 +138,41 @@ def test_oversize_is_skipped_with_a_note(rpc_server: Start) -> None:
     assert {s.bytes for s in dev.samples} == {4096}
     assert len(dev.notes) == 1
     assert "skipped: above the device's free memory" in dev.notes[0]
+
+
+def test_drip_fed_get_tensor_fails_after_about_the_timeout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A valid server that sends GET_TENSOR data one byte every 1.5 s: it never
+    # stalls for --timeout, but a request gets --timeout (+ as much per MiB).
+    fake = FakeRpc(drip=1.5)
+    with FakeServer(fake) as port:
+        t0 = time.monotonic()
+        code = main([f"127.0.0.1:{port}", "--timeout", "2", "--sizes", "4K", "--json"])
+        took = time.monotonic() - t0
+    out, err = capsys.readouterr()
+    assert code == 14
+    assert took <= 2 * 2 + 1, took  # the probe, then one request's 2 s
+    (doc,) = json.loads(out)["servers"]
+    assert doc["error"].startswith(f"127.0.0.1:{port}: too slow during the latency test")
+    assert "did not complete within 2 s" in doc["error"]
+    assert doc["protocol"] == "7.0.0"  # what was learned before
+    assert err.startswith(f"sdrpc-bench: error: 127.0.0.1:{port}: too slow")
+
+
+def test_valid_but_slow_server_ends_at_the_deadline_with_what_was_measured() -> None:
+    fake = FakeRpc(delay=0.05)  # every reply 50 ms late: 4 KiB x 50 takes about 5 s
+    opts = BenchOptions(sizes=(4096,), timeout=2, deadline_s=3)
+    with FakeServer(fake) as port:
+        t0 = time.monotonic()
+        with pytest.raises(BenchError) as info:
+            bench_server("127.0.0.1", port, opts)
+        took = time.monotonic() - t0
+    assert took <= 1.2 * 3 + 0.5, took
+    assert info.value.message.startswith(f"127.0.0.1:{port}: too slow: its 3 s deadline passed")
+    partial = info.value.partial
+    assert partial is not None and partial.protocol == "7.0.0"
+    assert partial.latency_ms is not None and partial.latency_ms >= 50
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from typing import Any
 
 import pytest
@@ -26,9 +27,9 @@ from sdrpc_build.bench import (
     schedule,
     to_json,
 )
-from sdrpc_build.cli.bench import main
+from sdrpc_build.cli.bench import _parser, main
 from sdrpc_build.errors import UsageError
-from sdrpc_build.linkbench import BenchError, BenchOptions, bench_with_client, payload
+from sdrpc_build.linkbench import BenchError, BenchOptions, Pattern, bench_with_client, payload
 from sdrpc_build.protocol.client import Closed, DeviceInfo
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
@@ -53,12 +54,39 @@ def test_parse_size(text: str, expected: int) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "G", "7.2X", "-1G", "1.2.3M", "iB", "0", "0.1", "5 i"])
+HUGE = "9" * 400
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "G",
+        "7.2X",
+        "-1G",
+        "1.2.3M",
+        "iB",
+        "0",
+        "0.1",
+        "5 i",
+        "\u00b2",
+        "1\u00b2K",
+        "\u0663G",
+        "1e5",
+        "nan",
+        "inf",
+        HUGE,
+        HUGE + "K",
+        "9" * 5000,
+        "2000000T",
+    ],
+)
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(UsageError) as info:
         parse_size(text, "--model-size")
     assert info.value.message.startswith("--model-size: ")
-    assert info.value.exit_code == 2
+    assert info.value.exit_code == 2 and info.value.hint
+    assert len(info.value.message) < 200
 
 
 def test_parse_sizes_sorts_dedups_and_rounds_to_4() -> None:
@@ -68,6 +96,8 @@ def test_parse_sizes_sorts_dedups_and_rounds_to_4() -> None:
         parse_sizes(" , ")
     with pytest.raises(UsageError, match="limit"):
         parse_sizes("17G")
+    with pytest.raises(UsageError, match="--sizes"):
+        parse_sizes(f"4K,{HUGE}")
 
 
 def test_default_sizes_are_4k_to_256m_in_steps_of_4() -> None:
@@ -159,11 +189,25 @@ def test_payload_is_reproducible_and_stamped() -> None:
     assert len(payload(3)) == 3
 
 
+def test_pattern_streams_the_payload_through_one_window() -> None:
+    p = Pattern(window=2 * MIB)
+    n = 5 * MIB + 12
+    chunks = []
+    for c in p.chunks(n):
+        assert c.obj is p.buffer and len(c) <= 2 * MIB  # one reusable buffer
+        chunks.append(bytes(c))
+    assert [len(c) for c in chunks] == [2 * MIB, 2 * MIB, MIB + 12]
+    assert b"".join(chunks) == payload(n)
+    assert p.chunk(4 * MIB, 8) == (4).to_bytes(8, "little")
+    with pytest.raises(ValueError, match="window-aligned"):
+        p.chunk(MIB, 8)
+
+
 # ---------------------------------------------------------------- cleanup logic
 class FakeClient:
     """Enough of RpcClient for bench_with_client; records calls, can fail on cue."""
 
-    host, port, max_name, version = "127.0.0.1", 1, 64, (5, 0, 0)
+    host, port, max_name, version, deadline = "127.0.0.1", 1, 64, (5, 0, 0), None
 
     def __init__(self, fail_on: str | None = None, exc: BaseException | None = None) -> None:
         self.calls: list[str] = []
@@ -171,6 +215,7 @@ class FakeClient:
         self.exc = exc or Closed("127.0.0.1:1 closed the connection while we sent")
         self.mem: bytearray = bytearray()
         self.closed = False
+        self.windows: set[int] = set()
 
     def _hit(self, name: str) -> None:
         self.calls.append(name)
@@ -190,14 +235,25 @@ class FakeClient:
         self._hit("base")
         return 0x1000
 
-    def set_tensor(self, tensor: Any, offset: int, data: Any) -> None:
+    def set_tensor_stream(self, tensor: Any, offset: int, size: int, chunks: Any) -> None:
         self._hit("set")
-        self.mem[offset : offset + len(data)] = data
+        data = b"".join(bytes(c) for c in chunks)
+        assert len(data) == size
+        self.mem[offset : offset + size] = data
 
     def get_tensor(self, tensor: Any, offset: int, size: int, out: Any) -> Any:
-        self._hit("get" if size > 4 else "sync")
+        assert size == 4  # the barrier and the latency test; bulk data is streamed
+        self._hit("sync")
         out[:size] = self.mem[offset : offset + size]
         return out[:size]
+
+    def get_tensor_stream(self, tensor: Any, offset: int, size: int, window: Any) -> Any:
+        self._hit("get")
+        self.windows.add(id(window))
+        for at in range(offset, offset + size, len(window)):
+            k = min(len(window), offset + size - at)
+            window[:k] = self.mem[at : at + k]
+            yield memoryview(window)[:k]
 
     def free_buffer(self, ptr: int) -> None:
         self._hit("free")
@@ -246,13 +302,19 @@ def test_ctrl_c_inside_a_transfer_resets() -> None:
     assert "free" not in c.calls and c.closed
 
 
+def test_downloads_reuse_one_window_of_fixed_size() -> None:
+    c = FakeClient()
+    r = bench_with_client(c, BenchOptions(sizes=(4 * KIB, 9 * MIB), repeat_budget=0), devices=DEV)  # type: ignore[arg-type]
+    assert r.devices[0].verified and len(c.windows) == 1
+    assert c.calls.count("get") == 2 * 3 + 2 * 1  # timed x3 per size, plus one read-back
+
+
 def test_data_mismatch_is_an_error() -> None:
     class Corrupt(FakeClient):
-        def get_tensor(self, tensor: Any, offset: int, size: int, out: Any) -> Any:
-            super().get_tensor(tensor, offset, size, out)
-            if size > 4:
-                out[size - 1] ^= 0xFF
-            return out[:size]
+        def get_tensor_stream(self, tensor: Any, offset: int, size: int, window: Any) -> Any:
+            for view in super().get_tensor_stream(tensor, offset, size, window):
+                view[len(view) - 1] ^= 0xFF
+                yield view
 
     c = Corrupt()
     with pytest.raises(BenchError, match="differ from what was sent"):
@@ -267,6 +329,25 @@ def test_oversize_only_is_skipped_without_allocating() -> None:
     assert r.devices[0].notes[0].startswith("4 GiB skipped: above the device's free memory")
 
 
+def test_a_failure_keeps_what_was_measured() -> None:
+    class FailsLate(FakeClient):
+        def set_tensor_stream(self, tensor: Any, offset: int, size: int, chunks: Any) -> None:
+            if size > 4 * KIB:
+                raise Closed("127.0.0.1:1 closed the connection while we sent")
+            super().set_tensor_stream(tensor, offset, size, chunks)
+
+    with pytest.raises(BenchError) as info:
+        bench_with_client(FailsLate(), OPTS, devices=DEV)  # type: ignore[arg-type]
+    partial = info.value.partial
+    assert partial is not None and partial.latency_ms is not None
+    assert [(s.op, s.bytes) for s in partial.samples] == [("set", 4 * KIB), ("get", 4 * KIB)]
+
+
+def test_default_deadline_is_60_timeouts() -> None:
+    assert BenchOptions(timeout=2).server_deadline_s == 120
+    assert BenchOptions(timeout=2, deadline_s=5).server_deadline_s == 5
+
+
 def test_unknown_device_is_an_error() -> None:
     with pytest.raises(BenchError, match="has no device 3"):
         bench_with_client(FakeClient(), BenchOptions(devices=(3,)), devices=DEV)  # type: ignore[arg-type]
@@ -277,12 +358,30 @@ def test_unknown_device_is_an_error() -> None:
     ("argv", "needle"),
     [
         (["h:1", "--sizes", "4X"], "--sizes: cannot read '4X'"),
+        (["h:1", "--sizes", HUGE], "--sizes: cannot read"),
+        (["h:1", "--sizes", f"{HUGE}K"], "--sizes: cannot read"),
         (["h:1", "--model-size", "lots"], "--model-size: cannot read 'lots'"),
+        (["h:1", "--model-size", HUGE], "--model-size: cannot read"),
+        (["h:1", "--model-size", "\u0663G"], "--model-size: cannot read"),
         (["h:1", "--timeout", "0"], "--timeout"),
+        (["h:1", "--timeout", "nan"], "--timeout"),
+        (["h:1", "--timeout", "inf"], "--timeout"),
+        (["h:1", "--timeout", "-1"], "--timeout"),
+        (["h:1", "--timeout", HUGE], "--timeout"),
         (["h:1", "--device", "a"], "--device"),
+        (["h:1", "--device", "\u00b2"], "--device"),
+        (["h:1", "--device", "0,1\u00b2"], "--device"),
+        (["h:1", "--device", HUGE], "--device"),
         (["h:1", "--model", "/nonexistent/model.gguf"], "--model: cannot read"),
         (["nohost"], "has no host or port"),
         (["h:1,h:1"], "listed twice"),
+        (["127.0.0.1:5\u00b2"], "invalid port"),
+        ([f"h:{HUGE}"], "invalid port"),
+        (["h:0"], "invalid port"),
+        (["h:70000"], "invalid port"),
+        (["host:"], "invalid port"),
+        ([":5"], "no host or port"),
+        ([""], "no endpoints given"),
     ],
 )
 def test_cli_usage_errors(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -290,6 +389,38 @@ def test_cli_usage_errors(argv: list[str], needle: str, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert err.startswith("sdrpc-bench: error: ") and needle in err
     assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("sdrpc-bench: hint: "), err
+    assert all(len(line) < 300 for line in lines)
+    ours = set(_parser()._option_string_actions)
+    assert "sdrpc-check" not in lines[1]  # the hint is about this command
+    for flag in re.findall(r"--[a-z][a-z-]*", err):
+        assert flag in ours, f"{flag} is not an sdrpc-bench option"
+
+
+def test_cli_failed_server_with_ipv6_endpoint_is_shown(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sdrpc_build.cli.bench as cli
+
+    def fail(host: str, port: int, opts: BenchOptions, progress: Any = None) -> ServerResult:
+        partial = ServerResult(
+            "[::1]:7",
+            "7.0.0",
+            64,
+            0.1,
+            (DeviceResult(0, GIB, GIB, None, (Sample("set", 4096, (0.1,)),)),),
+        )
+        raise BenchError("[::1]:7: too slow: its deadline passed", hint="h", partial=partial)
+
+    monkeypatch.setattr(cli, "bench_server", fail)
+    assert main(["[::1]:7"]) == 14
+    out = capsys.readouterr().out
+    assert "[::1]:7: failed (the results above are partial)" in out
+    assert "[::1]:7  protocol 7.0.0" in out and "4 KiB" in out
+    assert main(["[::1]:7", "--json"]) == 14
+    (doc,) = json.loads(capsys.readouterr().out)["servers"]
+    assert doc["error"].startswith("[::1]:7: too slow") and doc["samples"][0]["bytes"] == 4096
 
 
 def test_cli_model_and_model_size_exclusive(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from sdrpc_build.check import (
     parse_endpoints,
 )
 from sdrpc_build.errors import UsageError
-from sdrpc_build.protocol.client import DeviceInfo, ProbeResult
+from sdrpc_build.protocol.client import DeviceInfo, ProbeResult, format_endpoint
 
 
 def ok(
@@ -116,7 +118,49 @@ def test_name_length_mismatch_and_unknown() -> None:
     assert v.kind == "incompatible" and v.reasons[0].startswith("name length 128 vs 160")
     u = judge(ok(1, max_name=None), ClientSpec(None, 160))
     assert u.kind == "incompatible" and "unknown" in u.reasons[0]
-    assert judge(ok(1, max_name=None), ClientSpec()).compatible  # nothing to judge against
+    r = judge(ok(1, max_name=None), ClientSpec())  # nothing to judge against
+    assert r.kind == "reachable" and r.compatible is None and r.ok and r.reasons == ()
+
+
+def test_no_client_is_reachable_not_compatible() -> None:
+    v = judge(ok(1), ClientSpec())
+    assert v.kind == "reachable" and v.compatible is None and v.ok
+    assert judge(ok(1), ClientSpec((5, 0, 0), None)).kind == "compatible"
+    assert judge(ok(1), ClientSpec(None, 160)).kind == "compatible"
+
+
+def impossible(free: int = 100, total: int = 200, alignment: int | None = 32) -> ProbeResult:
+    return ProbeResult(
+        endpoint="10.0.0.1:1",
+        host="10.0.0.1",
+        port=1,
+        status="ok",
+        protocol=(5, 0, 0),
+        max_name=160,
+        devices=(DeviceInfo(0, 100, 200, 32, 0), DeviceInfo(1, free, total, alignment, 0)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("result", "needle"),
+    [
+        (impossible(free=300, total=200), "device 1 reports more free memory than it has"),
+        (impossible(alignment=0), "device 1 reports alignment 0, not a power of two"),
+        (impossible(alignment=48), "device 1 reports alignment 48, not a power of two"),
+    ],
+)
+@pytest.mark.parametrize("spec", [ClientSpec(), ClientSpec((5, 0, 0), 160)])
+def test_impossible_device_values_are_a_protocol_error(
+    result: ProbeResult, needle: str, spec: ClientSpec
+) -> None:
+    v = judge(result, spec)
+    assert v.kind == "error" and not v.compatible and not v.ok
+    assert v.reasons[0].startswith("protocol error: " + needle)
+
+
+def test_impossible_values_come_with_other_reasons() -> None:
+    v = judge(impossible(alignment=0), ClientSpec((7, 0, 0), 128))
+    assert v.kind == "error" and len(v.reasons) == 3  # alignment, major, name length
 
 
 def test_both_reasons_are_listed() -> None:
@@ -129,6 +173,7 @@ def test_both_reasons_are_listed() -> None:
     [
         ("unreachable", "unreachable", "unreachable: "),
         ("busy", "busy", "busy: "),
+        ("slow", "slow", "too slow: "),
         ("not-rpc", "not-rpc", "not a ggml RPC server: "),
         ("error", "error", "protocol error: "),
     ],
@@ -156,6 +201,20 @@ def test_device_map_counts_across_servers_in_order() -> None:
     assert m[1].free == 101 and m[1].total == 201 and m[2].endpoint == "10.0.0.1:2"
 
 
+def test_device_map_skips_servers_with_an_incomplete_inventory() -> None:
+    slow = ProbeResult(
+        endpoint="10.0.0.1:2",
+        host="10.0.0.1",
+        port=2,
+        status="slow",
+        protocol=(7, 0, 0),
+        devices=(DeviceInfo(0, 1, 2),),
+        device_count=64,
+    )
+    m = device_map([ok(1), slow, ok(3)])
+    assert [(d.name, d.server) for d in m] == [("RPC0", 0), ("RPC1", 2)]
+
+
 def test_device_map_pre_v3_is_one_device_per_server() -> None:
     m = device_map([ok(1, (2, 0, 0), devices=2), ok(2, (3, 0, 0), devices=2)])
     assert [d.name for d in m] == ["RPC0", "RPC1", "RPC2"]
@@ -169,6 +228,7 @@ def test_device_map_pre_v3_is_one_device_per_server() -> None:
 def fake_probe(monkeypatch: pytest.MonkeyPatch) -> dict[int, ProbeResult]:
     table: dict[int, ProbeResult] = {}
     calls: list[tuple[str, int, float, int | None]] = []
+    deadlines: list[float | None] = []
 
     def probe(
         host: str,
@@ -177,11 +237,13 @@ def fake_probe(monkeypatch: pytest.MonkeyPatch) -> dict[int, ProbeResult]:
         timeout: float = 3.0,
         expect_max_name: int | None = None,
         detect_max_name: bool = True,
+        deadline: float | None = None,
     ) -> ProbeResult:
         calls.append((host, port, timeout, expect_max_name))
+        deadlines.append(deadline)
         r = table[port]
         return ProbeResult(
-            endpoint=f"{host}:{port}",
+            endpoint=format_endpoint(host, port),
             host=host,
             port=port,
             status=r.status,
@@ -189,10 +251,11 @@ def fake_probe(monkeypatch: pytest.MonkeyPatch) -> dict[int, ProbeResult]:
             max_name=r.max_name,
             devices=r.devices,
             problems=r.problems,
+            device_count=r.device_count,
         )
 
     monkeypatch.setattr(cli, "probe", probe)
-    table[0] = types.SimpleNamespace(calls=calls)  # type: ignore[assignment]
+    table[0] = types.SimpleNamespace(calls=calls, deadlines=deadlines)  # type: ignore[assignment]
     return table
 
 
@@ -225,6 +288,37 @@ def test_cli_all_compatible(
     assert doc["servers"][1]["devices"][0]["name"] == "RPC2"
     assert doc["rpc_servers"] == "h:1,h:2"
     assert fake_probe[0].calls[0][2:] == (2.5, 160)  # type: ignore[attr-defined]
+    # one shared deadline, 3 x --timeout from the start, for every server
+    d1, d2 = fake_probe[0].deadlines  # type: ignore[attr-defined]
+    assert d1 == d2 and d1 is not None and d1 - time.monotonic() <= 3 * 2.5
+    assert doc["deadline_s"] == 7.5 and doc["timeout_s"] == 2.5
+    assert s["verdict"] == "compatible" and s["compatible"] is True
+
+
+def test_cli_without_a_client_says_reachable(
+    fake_probe: dict[int, ProbeResult], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_probe[1] = ok(1)
+    code, doc = run(capsys, "h:1")
+    assert code == 0
+    (s,) = doc["servers"]
+    assert s["verdict"] == "reachable" and s["compatible"] is None
+    assert doc["client"]["source"] == "none given"
+    assert cli.main(["h:1"]) == 0
+    out = capsys.readouterr().out
+    assert "reachable (no client given)" in out and "compatible" not in out
+    assert "[none given]" in out  # not eaten as markup
+
+
+def test_cli_impossible_values_exit_14(
+    fake_probe: dict[int, ProbeResult], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_probe[1] = impossible(free=300, total=200)
+    code, doc = run(capsys, "h:1")
+    assert code == 14
+    (s,) = doc["servers"]
+    assert s["verdict"] == "error" and s["compatible"] is False
+    assert any("more free memory than it has" in p for p in s["problems"])
 
 
 @pytest.mark.parametrize(
@@ -233,6 +327,7 @@ def test_cli_all_compatible(
         (ok(1, (7, 0, 0)), 10),
         (failed("unreachable", "refused"), 11),
         (failed("busy", "no reply"), 12),
+        (failed("slow", "deadline"), 12),
         (failed("not-rpc", "http"), 13),
         (failed("error", "truncated"), 14),
     ],
@@ -249,6 +344,8 @@ def test_cli_exit_codes(
     assert got == code
     assert doc["servers"][0]["compatible"] is True
     assert doc["servers"][1]["compatible"] is False and doc["servers"][1]["problems"]
+    assert cli.main(["h:1", "h:2", "--expect-proto", "5.0.0"]) == code  # table output too
+    capsys.readouterr()
 
 
 def test_cli_sd_cpp_pins_and_override(
@@ -274,24 +371,111 @@ def test_cli_sd_cpp_pins_and_override(
     assert code == 10 and doc["client"]["max_name"] == 160
 
 
+HUGE = "9" * 400
+
+
+def _named_flags_exist(text: str) -> None:
+    """Every --flag a message or hint names is one sdrpc-check has (but the unknown
+    flag that argparse quotes back)."""
+    ours = set(cli._parser()._option_string_actions)
+    ours_text = "\n".join(ln for ln in text.splitlines() if "unrecognized arguments" not in ln)
+    for flag in re.findall(r"--[a-z][a-z-]*", ours_text):
+        assert flag in ours, f"{flag} is not an sdrpc-check option: {text}"
+
+
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "needle"),
     [
-        ["h:1", "--expect-proto", "five"],
-        ["h:1", "--expect-max-name", "100"],
-        ["h:1", "--timeout", "0"],
-        ["h:1", "--timeout", "soon"],
-        ["h:1,,h:2"],
-        ["--bogus", "h:1"],
-        [],
+        (["h:1", "--expect-proto", "five"], "--expect-proto"),
+        (["h:1", "--expect-proto", "5.0.\u00b2"], "--expect-proto"),
+        (["h:1", "--expect-proto", f"{HUGE}.0.0"], "--expect-proto"),
+        (["h:1", "--expect-max-name", "100"], "--expect-max-name"),
+        (["h:1", "--expect-max-name", "1\u00b2"], "--expect-max-name"),
+        (["h:1", "--expect-max-name", "\u0661\u0662\u0668"], "--expect-max-name"),
+        (["h:1", "--expect-max-name", HUGE], "--expect-max-name"),
+        (["h:1", "--timeout", "0"], "--timeout"),
+        (["h:1", "--timeout", "soon"], "--timeout"),
+        (["h:1", "--timeout", "nan"], "--timeout"),
+        (["h:1", "--timeout", "inf"], "--timeout"),
+        (["h:1", "--timeout", "-1"], "--timeout"),
+        (["h:1", "--timeout", "1e1"], "--timeout"),
+        (["h:1", "--timeout", "\u0663"], "--timeout"),
+        (["h:1", "--timeout", HUGE], "--timeout"),
+        (["h:1", "--timeout", "9" * 5000], "--timeout"),
+        (["127.0.0.1:5\u00b2"], "invalid port"),
+        ([f"127.0.0.1:{HUGE}"], "invalid port"),
+        ([f"127.0.0.1:{'9' * 5000}"], "invalid port"),
+        (["h:0"], "invalid port"),
+        (["h:70000"], "invalid port"),
+        (["host:"], "invalid port"),
+        ([":50052"], "no host or port"),
+        ([""], "no endpoints given"),
+        ([","], "no endpoints given"),
+        (["h:1,,h:2"], "empty endpoint"),
+        (["--bogus", "h:1"], "unrecognized arguments"),
+        ([], "required"),
     ],
 )
 def test_cli_usage_errors(
-    fake_probe: dict[int, ProbeResult], capsys: pytest.CaptureFixture[str], argv: list[str]
+    fake_probe: dict[int, ProbeResult],
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    needle: str,
 ) -> None:
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err
+    assert "Traceback" not in err and "internal error" not in err
+    assert err.startswith("sdrpc-check: error: ") or err.startswith("usage: "), err
+    assert needle in err
+    if err.startswith("sdrpc-check: error: "):
+        lines = err.splitlines()
+        assert len(lines) == 2 and lines[1].startswith("sdrpc-check: hint: "), err
+        assert all(len(line) < 300 for line in lines)  # huge inputs are shortened
+        _named_flags_exist(err)
+
+
+def test_sd_cpp_that_is_no_tree_hints_at_real_flags(
+    fake_probe: dict[int, ProbeResult], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert cli.main(["h:1", "--sd-cpp", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("sdrpc-check: error: ") and "sdrpc-check: hint: " in err
+    hint = err.split("sdrpc-check: hint: ", 1)[1]
+    assert "--expect-proto" in hint and "sdrpc-build" not in hint
+    _named_flags_exist(err)
+
+
+def test_narrow_or_piped_table_never_cuts_what_users_copy(
+    fake_probe: dict[int, ProbeResult],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # and capsys is no terminal: piped
+    v6 = "fd00:1234:5678:9abc:def0:1234:5678:9abc"
+    fake_probe[54997] = ok(54997, host="::1", devices=2)
+    fake_probe[50052] = ok(50052, host=v6, max_name=64)
+    fake_probe[1] = failed("busy", "no reply within 3 s")
+    code = cli.main(
+        [
+            "[::1]:54997",
+            f"[{v6}]:50052,h:1",
+            "--expect-proto",
+            "5.0.123",
+            "--expect-max-name",
+            "160",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 12
+    lines = out.splitlines()
+    table = [line for line in lines if line[:1] in "┏┃┡│└"]
+    assert len(table) > 10 and all(len(line) <= 80 for line in table)  # tables fit
+    assert "…" not in out  # nothing cut with an ellipsis
+    assert "[::1]:54997" in out  # not eaten as markup
+    want = f"--rpc-servers [::1]:54997,[{v6}]:50052,h:1"
+    assert want in lines  # the string to copy, whole, on a line of its own
+    assert any(line.startswith(f"[{v6}]:50052: name length 64 vs 160") for line in lines)
+    assert "client: protocol 5.0.123 GGML_MAX_NAME 160 [--expect-proto, --expect-max-name]" in out
 
 
 def test_cli_table_output(

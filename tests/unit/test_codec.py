@@ -229,7 +229,8 @@ def test_request_reader_caps_declared_size() -> None:
 def test_parse_version() -> None:
     assert parse_version("5.0.1") == (5, 0, 1)
     assert parse_version("5.1") == (5, 1, 0)
-    for bad in ("5", "5.x.0", "1.2.3.4", "300.0.0", ""):
+    bad_inputs = ("5", "5.x.0", "1.2.3.4", "300.0.0", "", "5.0.\u00b2", "\u0665.0.0", "9" * 400)
+    for bad in bad_inputs:
         with pytest.raises(CodecError):
             parse_version(bad)
 
