@@ -123,6 +123,10 @@ def list_manifests(artifacts_root: Path) -> list[Manifest]:
     """Every complete entry, newest first."""
     try:
         if not artifacts_root.is_dir():
+            # absent is an empty store; a file where a folder should be is not
+            existing = next(p for p in (artifacts_root, *artifacts_root.parents) if p.exists())
+            if not existing.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(existing))
             return []
         out = []
         for entry in artifacts_root.iterdir():

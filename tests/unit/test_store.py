@@ -96,3 +96,13 @@ def test_unusable_cache_is_a_store_error(tmp_path: Path, kind: str) -> None:
     e = ei.value
     assert e.exit_code == 9 and e.hint and "--cache-dir" in e.hint
     assert len(e.message) < 400 and "\n" not in e.message
+
+
+def test_listing_a_cache_that_is_a_file_is_a_store_error(tmp_path: Path) -> None:
+    from sdrpc_build.errors import StoreError
+    from sdrpc_build.store import list_manifests
+
+    (tmp_path / "cache").write_text("")
+    assert list_manifests(tmp_path / "nowhere" / "artifacts") == []
+    with pytest.raises(StoreError):
+        list_manifests(tmp_path / "cache" / "artifacts")
