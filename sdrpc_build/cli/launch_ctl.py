@@ -27,8 +27,8 @@ from rich.markup import escape
 from sdrpc_build.cli._common import err_console, out_console, run_main
 from sdrpc_build.cli.launch_detach import instance_flag
 from sdrpc_build.cli.launch_report import PROG, print_device_map, row_json
-from sdrpc_build.errors import UsageError
 from sdrpc_build.paths import cache_dir, run_dir
+from sdrpc_build.supervise import settings
 from sdrpc_build.supervise.activity import Activity, read_activity
 from sdrpc_build.supervise.control import stop_instance
 from sdrpc_build.supervise.errors import NotRunningError, StopError
@@ -117,7 +117,6 @@ def _parser(command: str) -> argparse.ArgumentParser:
     if command == "stop":
         p.add_argument(
             "--timeout",
-            type=float,
             metavar="S",
             help="seconds to wait before SIGKILL (default: the instance's --stop-timeout + 5)",
         )
@@ -281,6 +280,7 @@ def _print_status(
 
 def _stop(args: argparse.Namespace) -> int:
     instance = check_instance_name(args.instance)
+    given = None if args.timeout is None else settings.stop_timeout(args.timeout, "--timeout")
     rdir = run_dir(cache_dir(os.environ, args.cache_dir))
     path = state_path(rdir, instance)
     table = system_table()
@@ -298,9 +298,7 @@ def _stop(args: argparse.Namespace) -> int:
         )
     if table.method == "pid":
         err.print(f"[yellow]{PROG}: warning: processes are identified by PID only here[/yellow]")
-    timeout = args.timeout if args.timeout is not None else state.stop_timeout + 5.0
-    if timeout < 0:
-        raise UsageError("--timeout must not be negative")
+    timeout = given if given is not None else state.stop_timeout + 5.0
     if table.verify(state.supervisor) in LIVE and not args.json:
         out_console().print(
             f"[bold]{PROG}:[/bold] stopping instance {instance!r} "

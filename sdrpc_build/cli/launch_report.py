@@ -24,6 +24,7 @@ from sdrpc_build.supervise.supervisor import DeviceRow, Event
 __all__ = ["PROG", "Reporter", "print_device_map", "row_json", "security_warning"]
 
 PROG = "sdrpc-launch"
+TAIL_WIDTH = 300  # characters of each tail line shown (the log has them whole)
 
 
 class Reporter:
@@ -114,7 +115,10 @@ class Reporter:
             return
         con = self.err if stderr else self.out
         for ln in lines:
-            con.print(f"    [dim]|[/dim] {escape(str(ln))}")
+            text = str(ln)
+            if len(text) > TAIL_WIDTH:
+                text = f"{text[:TAIL_WIDTH]}... ({len(text) - TAIL_WIDTH} more characters)"
+            con.print(f"    [dim]|[/dim] {escape(text)}")
 
     def _all_ready(self, e: Event) -> None:
         rows: list[DeviceRow] = list(e.data["devices"])  # type: ignore[call-overload]
