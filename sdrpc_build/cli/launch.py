@@ -11,7 +11,9 @@ Usage::
     sdrpc-launch status [--instance NAME] [--json]  # a detached instance: servers, busy/idle
     sdrpc-launch stop [--instance NAME]             # stop it (SIGTERM, wait, SIGKILL)
 
-Stop with Ctrl-C (or SIGTERM): every server gets SIGTERM, then SIGKILL after --stop-timeout.
+Stop with Ctrl-C (or SIGTERM): every server gets SIGTERM, then SIGKILL after --stop-timeout;
+a second Ctrl-C SIGKILLs them at once (still exit 0). servers.toml may hold a [supervise] table
+(ready-timeout, stop-timeout, max-failures, failure-window); the flags win over it.
 
 Exit codes:
 
@@ -19,9 +21,9 @@ Exit codes:
 0   stopped on request (or every server exited cleanly); --detach: all ready
 1   internal error (run again with --debug)
 2   usage error
-20  a server could not be started or supervised
+20  a server could not be started or supervised; a log/state/cache dir cannot be written
 21  invalid servers.toml
-22  a port is already in use (the holding process is named)
+22  a port is already in use (the holder or a TIME_WAIT is named), or the host is not here
 23  unknown -d device (the binary's devices are listed)
 24  host is not an IPv4 address
 25  no server binary or matching build

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -60,7 +61,9 @@ class Sdrpc:
         self.logs = tmp / "logs"
         self.known: dict[int, ProcessIdentity] = {}
 
-    def run(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 120.0, umask: int = -1
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "sdrpc_build.cli.launch", *args],
             cwd=ROOT,
@@ -69,12 +72,13 @@ class Sdrpc:
             timeout=timeout,
             check=False,
             env={**os.environ, "SDRPC_CACHE_DIR": str(self.cache)},
+            umask=umask,
         )
         self.track()
         return proc
 
-    def detach(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.run(*args, "--log-dir", str(self.logs), "--detach", "--json")
+    def detach(self, *args: str, umask: int = -1) -> subprocess.CompletedProcess[str]:
+        return self.run(*args, "--log-dir", str(self.logs), "--detach", "--json", umask=umask)
 
     def state_file(self, instance: str = "default") -> Path:
         return self.cache / "run" / f"{instance}.json"
@@ -196,6 +200,25 @@ def test_instances_run_side_by_side(sdrpc: Sdrpc, binary: Path) -> None:
     assert sdrpc.run("stop", "--instance", "b").returncode == 0
     assert not alive(b["supervisor_pid"])
     assert not any(alive(s["pid"]) for s in a["servers"] + b["servers"])
+
+
+def test_state_and_logs_are_private_with_umask_000(sdrpc: Sdrpc, binary: Path) -> None:
+    res = sdrpc.detach("--binary", str(binary), "-p", "0", "--name", "s0", umask=0)
+    assert res.returncode == 0, res.stderr
+    run = sdrpc.cache / "run"
+    paths = [sdrpc.cache, run, *run.iterdir(), sdrpc.logs, *sdrpc.logs.iterdir()]
+    modes = {p.relative_to(sdrpc.tmp).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in paths}
+    assert modes == {
+        "cache": 0o700,
+        "cache/run": 0o700,
+        "cache/run/default.json": 0o600,
+        "cache/run/default.lock": 0o600,
+        "logs": 0o700,
+        "logs/s0.log": 0o600,
+        "logs/sdrpc-launch-default.log": 0o600,
+    }
+    assert sdrpc.run("status").returncode == 0  # its own files are trusted
+    assert sdrpc.run("stop").returncode == 0
 
 
 def test_killed_supervisor_leaves_a_stale_file_that_stop_cleans(sdrpc: Sdrpc, binary: Path) -> None:
