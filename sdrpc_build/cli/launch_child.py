@@ -157,6 +157,8 @@ class DetachedChild:
         self._apply(e)
         if self.started:
             return
+        if e.kind == "all-ready" and self.failure is not None:
+            return  # the servers left are ready, but the start failed: not for the parent
         self._send(event_to_wire(e))
         if e.kind == "exited" and e.data.get("failure") and self.failure is None:
             self._fail(e)

@@ -316,11 +316,14 @@ def test_port_in_use_fails_and_leaves_nothing(sdrpc: Sdrpc, binary: Path) -> Non
     assert pids_with_arg(str(sdrpc.tmp)) == []
 
 
+@pytest.mark.parametrize("delay", [0, 2])
 def test_one_bad_server_tears_the_whole_start_down(
-    sdrpc: Sdrpc, binary: Path, tmp_path: Path
+    sdrpc: Sdrpc, binary: Path, tmp_path: Path, delay: int
 ) -> None:
+    """delay 2: the good server is READY before the bad one fails (its FATAL then completes
+    an "all ready" of the servers left, which must not reach the waiting --detach)."""
     wrapper = tmp_path / "bad-server"
-    wrapper.write_text(f'#!/bin/sh\nexec "{binary}" --bogus-flag "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nsleep {delay}\nexec "{binary}" --bogus-flag "$@"\n')
     wrapper.chmod(0o755)
     good, bad = free_port(), free_port()
     cfg = tmp_path / "mixed.toml"
