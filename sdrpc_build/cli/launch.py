@@ -277,7 +277,7 @@ def _options(args: argparse.Namespace) -> list[ServerOptions]:
 def _resolve_host(host: str) -> Optional[str]:
     try:
         infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
-    except OSError:
+    except (OSError, UnicodeError, ValueError):  # UnicodeError: a label too long or empty
         return None
     return str(infos[0][4][0]) if infos else None
 

@@ -12,6 +12,7 @@ stale one: ``stop`` removes it); 29 a process would not go away; 2 usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -176,7 +177,9 @@ def _status(args: argparse.Namespace) -> int:
             f"instance {instance!r} is not running ({reason})",
             hint=_not_running_hint(rdir, table, instance)
             if problem is None
-            else f"'sdrpc-launch stop{instance_flag(instance)}' removes the file",
+            else f"'sdrpc-launch stop{instance_flag(instance)}' removes the file"
+            if os.path.isfile(path)
+            else "check --cache-dir: the state files are in its run/ directory",
         )
     verdict = table.verify(state.supervisor)
     running = verdict in LIVE
@@ -287,9 +290,12 @@ def _stop(args: argparse.Namespace) -> int:
     err = err_console()
     state, problem = _load(path)
     if state is None:
-        if problem is not None:
-            path.unlink(missing_ok=True)
+        if problem is not None and os.path.isfile(path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
             err.print(f"{PROG}: removed an unreadable state file ({escape(problem)})")
+        elif problem is not None:
+            err.print(f"{PROG}: no state file to read ({escape(problem)})")
         if args.json:
             _emit({"instance": instance, "stopped": False, "running": False})
         raise NotRunningError(

@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional, cast
 from sdrpc_build.errors import UsageError
 from sdrpc_build.supervise import settings
 from sdrpc_build.supervise.identity import ProcessIdentity
-from sdrpc_build.supervise.private import private_dir, private_fd
+from sdrpc_build.supervise.private import private_dir, private_fd, show_path
 from sdrpc_build.supervise.spec import valid_name
 from sdrpc_build.supervise.supervisor import DeviceRow
 
@@ -278,7 +278,7 @@ def read_state(path: Path) -> Optional[InstanceState]:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StateFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise StateFileError(f"cannot read {show_path(path)}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise StateFileError(f"{path} is not UTF-8 text") from None
     try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from sdrpc_build.errors import SdrpcError, UsageError
+from sdrpc_build.errors import SdrpcError, StoreError, UsageError
 from sdrpc_build.supervise.banner import BannerDevice
 from sdrpc_build.supervise.config import ServerOptions
 from sdrpc_build.supervise.errors import DeviceError, LaunchConfigError, NoServerBinaryError
@@ -92,16 +92,29 @@ def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
         return Build(b.resolve(), o.backend)
     from sdrpc_build import store
 
+    store_hint = "check --cache-dir (the artifact store is its artifacts/ directory)"
     if o.build is not None:
         try:
             m = store.find_manifest(artifacts_root, o.build)
         except SdrpcError as exc:
             raise NoServerBinaryError(f"{_where(o)}{exc.message}", hint=exc.hint) from None
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read the artifact store {show_path(artifacts_root)}: {exc.strerror}",
+                hint=store_hint,
+            ) from None
     else:
         here = _this_platform()
         from sdrpc_build.wheel import installed_servers
 
-        candidates = store.list_manifests(artifacts_root) + installed_servers()
+        try:
+            stored = store.list_manifests(artifacts_root)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read the artifact store {show_path(artifacts_root)}: {exc.strerror}",
+                hint=store_hint,
+            ) from None
+        candidates = stored + installed_servers()
         candidates.sort(key=lambda m: m.created, reverse=True)
         found = [m for m in candidates if not m.platform or m.platform == here]
         if o.backend is not None:
@@ -109,7 +122,7 @@ def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
         if not found:
             what = f"no {o.backend} build" if o.backend else "no build"
             raise NoServerBinaryError(
-                f"{_where(o)}{what} for {here} in {artifacts_root}",
+                f"{_where(o)}{what} for {here} in {show_path(artifacts_root)}",
                 hint="build one with sdrpc-build"
                 + (f" --backend {o.backend}" if o.backend else "")
                 + ", or give --binary PATH",

@@ -205,3 +205,20 @@ def test_unwritable_cache_dir_exit_20(
     assert lines[0].startswith("sdrpc-launch: error: cannot write ")
     assert len(lines[0]) < 400
     assert lines[1].startswith("sdrpc-launch: hint: ")
+
+
+def test_unreadable_artifact_store_exit_9(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(capsys, "--cache-dir", "/tmp/" + "s" * 100_000, "--backend", "cpu")
+    assert code == 9
+    assert "cannot read the artifact store" in err
+    assert "hint:" in err
+    assert len(err) < 1000
+
+
+@pytest.mark.parametrize("host", ["a" * 400, "a..b"])
+def test_host_names_that_cannot_be_encoded_exit_24(
+    capsys: pytest.CaptureFixture[str], binary: Path, host: str
+) -> None:
+    code, err = run(capsys, "--binary", str(binary), "-p", "0", "--host", host)
+    assert code == 24
+    assert "does not resolve to an IPv4 address" in err

@@ -199,6 +199,21 @@ def test_stop_timeout_is_checked(
     assert "hint:" in err
 
 
+@pytest.mark.parametrize("command", ["status", "stop"])
+def test_a_cache_dir_that_is_a_file_is_not_running(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    for cache in (afile, tmp_path / ("x" * 100_000)):
+        code = main([command, "--cache-dir", str(cache)])
+        err = capsys.readouterr().err
+        assert code == 27, err
+        assert "Traceback" not in err and "internal error" not in err
+        assert len(err) < 1000
+    assert afile.read_text() == ""
+
+
 def test_not_running_hint_lists_live_instances(
     capsys: pytest.CaptureFixture[str], in_tmp: Path
 ) -> None:
