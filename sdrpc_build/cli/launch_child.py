@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Optional
 
-from sdrpc_build.cli.launch_report import Reporter
+from sdrpc_build.cli.launch_report import Reporter, tail_line
 from sdrpc_build.errors import LaunchError, SdrpcError
 from sdrpc_build.supervise.identity import ProcessTable, system_table
 from sdrpc_build.supervise.instance import (
@@ -216,7 +216,7 @@ class DetachedChild:
             + (f": {reason}" if reason else ""),
             hint="nothing was left running"
             + (f"; the server's log: {rec.log}" if rec is not None else ""),
-            details="\n".join(f"    | {ln}" for ln in tail) or None,
+            details="\n".join(f"    | {tail_line(ln)}" for ln in tail) or None,
         )
         if self.runner is not None:
             self.runner.request_stop()

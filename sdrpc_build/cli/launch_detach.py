@@ -35,7 +35,7 @@ from rich.markup import escape
 
 from sdrpc_build.cli._common import err_console, out_console
 from sdrpc_build.cli.launch_child import event_from_wire
-from sdrpc_build.cli.launch_report import PROG, Reporter, row_json
+from sdrpc_build.cli.launch_report import PROG, Reporter, row_json, tail_line
 from sdrpc_build.errors import LaunchError, SdrpcError, UsageError
 from sdrpc_build.paths import run_dir
 from sdrpc_build.supervise.errors import InstanceRunningError
@@ -317,7 +317,7 @@ def _log_tail(log: Path) -> Optional[str]:
         return None
     starts = [i for i, ln in enumerate(lines) if ln.startswith(HEADER)]
     lines = lines[starts[-1] + 1 if starts else 0 :][-LOG_TAIL:]
-    return "\n".join(f"    | {ln}" for ln in lines) or None
+    return "\n".join(f"    | {tail_line(ln)}" for ln in lines) or None
 
 
 def _failure(

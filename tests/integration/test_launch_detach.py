@@ -343,3 +343,18 @@ def test_one_bad_server_tears_the_whole_start_down(
     log = (sdrpc.logs / "sdrpc-launch-default.log").read_text()
     assert '"event": "fatal", "server": "bad"' in log  # --json: the log holds JSON events too
     assert "sdrpc-launch: error: bad ended before it was ready" in log
+
+
+def test_a_flooding_server_fails_a_detached_start_with_a_short_tail(
+    sdrpc: Sdrpc, tmp_path: Path
+) -> None:
+    flood = tmp_path / "flood-server"
+    fake = ROOT / "tests" / "fakes" / "flood_server.py"
+    flood.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{fake}" --size 8M --progress 0 "$@"\n')
+    flood.chmod(0o755)
+    res = sdrpc.detach("--binary", str(flood), "-p", "0")
+    assert res.returncode == 20
+    assert "ended before it was ready" in res.stderr
+    assert "more characters" in res.stderr  # its 4 KiB pieces, shortened
+    assert len(res.stdout) + len(res.stderr) < 10_000  # not the 8 MB line
+    assert not sdrpc.state_file().exists()
