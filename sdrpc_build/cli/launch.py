@@ -11,7 +11,9 @@ Usage::
     sdrpc-launch status [--instance NAME] [--json]  # a detached instance: servers, busy/idle
     sdrpc-launch stop [--instance NAME]             # stop it (SIGTERM, wait, SIGKILL)
 
-Stop with Ctrl-C (or SIGTERM): every server gets SIGTERM, then SIGKILL after --stop-timeout.
+Stop with Ctrl-C (or SIGTERM): every server gets SIGTERM, then SIGKILL after --stop-timeout;
+a second Ctrl-C SIGKILLs them at once (still exit 0). servers.toml may hold a [supervise] table
+(ready-timeout, stop-timeout, max-failures, failure-window); the flags win over it.
 
 Exit codes:
 
@@ -19,9 +21,9 @@ Exit codes:
 0   stopped on request (or every server exited cleanly); --detach: all ready
 1   internal error (run again with --debug)
 2   usage error
-20  a server could not be started or supervised
+20  a server could not be started or supervised; a log/state/cache dir cannot be written
 21  invalid servers.toml
-22  a port is already in use (the holding process is named)
+22  a port is already in use (the holder or a TIME_WAIT is named), or the host is not here
 23  unknown -d device (the binary's devices are listed)
 24  host is not an IPv4 address
 25  no server binary or matching build
@@ -39,17 +41,17 @@ import argparse
 import os
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, TypeVar
 
 from sdrpc_build.cli._common import Parser, run_parsed
 from sdrpc_build.cli.launch_report import PROG, Reporter, security_warning
 from sdrpc_build.errors import UsageError
 from sdrpc_build.paths import artifacts_dir, cache_dir, run_dir
-from sdrpc_build.supervise.cache import parse_size
-from sdrpc_build.supervise.config import ServerOptions, load_config
+from sdrpc_build.supervise import settings
+from sdrpc_build.supervise.config import ServerOptions, Supervision, load_config
 from sdrpc_build.supervise.errors import ServerFatalError
 from sdrpc_build.supervise.instance import DEFAULT_INSTANCE
 from sdrpc_build.supervise.ports import ensure_port_free, pick_free_port
@@ -64,6 +66,8 @@ if TYPE_CHECKING:
     from sdrpc_build.cli.launch_child import DetachedChild
 
 __all__ = ["CONTROL_COMMANDS", "main"]
+
+T = TypeVar("T")
 
 #: ``sdrpc-launch status ...`` / ``sdrpc-launch stop ...`` (first word only)
 CONTROL_COMMANDS = ("status", "stop")
@@ -101,9 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     srv = p.add_argument_group("server options (one server; see --config for several)")
     srv.add_argument("--name", help="server name (log file, cache dir); default rpc-PORT")
     srv.add_argument("--host", help="IPv4 address to bind (default 127.0.0.1)")
-    srv.add_argument("-p", "--port", type=int, help="port (default 50052; 0 = a free port)")
+    srv.add_argument("-p", "--port", help="port (default 50052; 0 = a free port)")
     srv.add_argument("-d", "--device", help="devices to serve, e.g. Vulkan1,Vulkan2")
-    srv.add_argument("-t", "--threads", type=int, help="CPU threads")
+    srv.add_argument("-t", "--threads", metavar="N", help="CPU threads")
     srv.add_argument(
         "-c",
         "--cache",
@@ -141,31 +145,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     sup.add_argument(
         "--ready-timeout",
-        type=float,
-        default=60.0,
         metavar="S",
-        help="seconds a start may take before it counts as failed (default 60)",
+        help="seconds a start may take before it counts as failed (default 60, at most 86400)",
     )
     sup.add_argument(
         "--stop-timeout",
-        type=float,
-        default=5.0,
         metavar="S",
-        help="seconds between SIGTERM and SIGKILL on stop (default 5)",
+        help="seconds between SIGTERM and SIGKILL on stop (default 5; 0 = SIGKILL at once)",
     )
     sup.add_argument(
         "--max-failures",
-        type=int,
-        default=5,
         metavar="N",
-        help="failures within --failure-window that make a server FATAL (5)",
+        help="failures within --failure-window that make a server FATAL (5; 1-1000)",
     )
     sup.add_argument(
         "--failure-window",
-        type=float,
-        default=60.0,
         metavar="S",
-        help="window for --max-failures in seconds (60)",
+        help="window for --max-failures in seconds (60; above 0, at most 86400)",
     )
     sup.add_argument(
         "--detach",
@@ -196,11 +192,48 @@ def _env_pairs(items: Optional[list[str]]) -> tuple[tuple[str, str], ...]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--env {item!r} is not KEY=VALUE", hint="e.g. --env GGML_RPC_DEBUG=1")
-        pairs.append((key, value))
+        pairs.append(settings.env_pair(key, value, "--env"))
     return tuple(pairs)
 
 
-def _options(args: argparse.Namespace) -> list[ServerOptions]:
+def _policy(args: argparse.Namespace, file: Supervision) -> Policy:
+    """Supervision settings: the command line > servers.toml's [supervise] > the defaults."""
+    d = Policy()
+
+    def pick(flag: str, given: object, check: Callable[[object, str], T], fallback: T) -> T:
+        return check(given, flag) if given is not None else fallback
+
+    return replace(
+        d,
+        ready_timeout=pick(
+            "--ready-timeout",
+            args.ready_timeout,
+            settings.ready_timeout,
+            d.ready_timeout if file.ready_timeout is None else file.ready_timeout,
+        ),
+        stop_timeout=pick(
+            "--stop-timeout",
+            args.stop_timeout,
+            settings.stop_timeout,
+            d.stop_timeout if file.stop_timeout is None else file.stop_timeout,
+        ),
+        max_failures=pick(
+            "--max-failures",
+            args.max_failures,
+            settings.max_failures,
+            d.max_failures if file.max_failures is None else file.max_failures,
+        ),
+        failure_window=pick(
+            "--failure-window",
+            args.failure_window,
+            settings.failure_window,
+            d.failure_window if file.failure_window is None else file.failure_window,
+        ),
+    )
+
+
+def _settings(args: argparse.Namespace) -> tuple[list[ServerOptions], Policy]:
+    """Every setting checked, before anything starts (also in the --detach parent)."""
     if args.config is not None:
         given = [f for f in _PER_SERVER_FLAGS if getattr(args, f) is not None]
         if given or args.per_device:
@@ -209,7 +242,12 @@ def _options(args: argparse.Namespace) -> list[ServerOptions]:
                 f"{flag} cannot be combined with --config",
                 hint="put per-server settings into the [[server]] tables",
             )
-        return load_config(args.config)
+        config = load_config(args.config)
+        return list(config.servers), _policy(args, config.supervise)
+    return _options(args), _policy(args, Supervision())
+
+
+def _options(args: argparse.Namespace) -> list[ServerOptions]:
     if args.binary is not None and args.build is not None:
         raise UsageError("give --binary or --build, not both")
     o = ServerOptions(
@@ -218,20 +256,20 @@ def _options(args: argparse.Namespace) -> list[ServerOptions]:
         backend=args.backend and args.backend.lower(),
         build=args.build,
         host=args.host or "127.0.0.1",
-        port=50052 if args.port is None else args.port,
+        port=50052 if args.port is None else settings.port(args.port, "--port"),
         devices=tuple(d.strip() for d in (args.device or "").split(",") if d.strip()),
-        threads=args.threads,
+        threads=None if args.threads is None else settings.threads(args.threads, "--threads"),
         env=_env_pairs(args.env),
         visible_devices=args.visible_devices,
         restart=args.restart or "on-failure",
     )
-    if not 0 <= o.port <= 65535:
-        raise UsageError(f"port {o.port} is out of range", hint="use 1-65535, or 0 for a free one")
-    if o.threads is not None and o.threads < 1:
-        raise UsageError("--threads must be at least 1")
     if args.cache is not None or args.cache_max_size is not None:
         path = Path(args.cache).expanduser().resolve() if args.cache else None
-        size = parse_size(args.cache_max_size) if args.cache_max_size is not None else None
+        size = (
+            settings.parse_size(args.cache_max_size, "--cache-max-size")
+            if args.cache_max_size is not None
+            else None
+        )
         o = replace(o, cache=True, cache_path=path, cache_max_size=size)
     return [o]
 
@@ -239,7 +277,7 @@ def _options(args: argparse.Namespace) -> list[ServerOptions]:
 def _resolve_host(host: str) -> Optional[str]:
     try:
         infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
-    except OSError:
+    except (OSError, UnicodeError, ValueError):  # UnicodeError: a label too long or empty
         return None
     return str(infos[0][4][0]) if infos else None
 
@@ -249,27 +287,31 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     root = cache_dir(env, args.cache_dir)
     log_dir: Path = args.log_dir or root / "logs"
     instance = args.instance or DEFAULT_INSTANCE
+    # checked here, before anything starts (the --detach parent checks what its child will run)
+    options, policy = _settings(args)
     if args.ready_fd is not None:  # we are the supervisor that --detach started
         from sdrpc_build.cli.launch_child import DetachedChild
 
         child = DetachedChild.begin(
-            args.ready_fd, run_dir(root), instance, log_dir, args.stop_timeout
+            args.ready_fd, run_dir(root), instance, log_dir, policy.stop_timeout
         )
-        return child.run(lambda: _supervise(args, env, root, log_dir, child))
+        return child.run(lambda: _supervise(args, options, policy, env, root, log_dir, child))
     if args.detach:
         from sdrpc_build.cli.launch_detach import start_detached
 
-        return start_detached(args, argv, env, root, log_dir)
+        return start_detached(args, argv, env, root, log_dir, policy)
     if args.instance is not None:
         raise UsageError(
             "--instance needs --detach",
             hint="a foreground sdrpc-launch has no instance name; status and stop take one",
         )
-    return _supervise(args, env, root, log_dir, None)
+    return _supervise(args, options, policy, env, root, log_dir, None)
 
 
 def _supervise(
     args: argparse.Namespace,
+    options: list[ServerOptions],
+    policy: Policy,
     env: Mapping[str, str],
     root: Path,
     log_dir: Path,
@@ -286,7 +328,7 @@ def _supervise(
         list_devices=list_devices,
         warn=early_warnings.append,
     )
-    specs = resolve_servers(_options(args), world, per_device=args.per_device)
+    specs = resolve_servers(options, world, per_device=args.per_device)
     reporter = (
         Reporter(args.json, args.quiet, specs)
         if child is None
@@ -296,12 +338,6 @@ def _supervise(
         reporter.warn(w)
     for spec in specs:
         security_warning(reporter, spec)
-    policy = Policy(
-        ready_timeout=args.ready_timeout,
-        stop_timeout=args.stop_timeout,
-        max_failures=args.max_failures,
-        failure_window=args.failure_window,
-    )
     sup = Supervisor(specs, policy)
     runner = Runner(
         sup,
@@ -313,7 +349,8 @@ def _supervise(
     )
     if child is not None:
         child.attach(sup, runner)
-    runner.run()
+    # a Ctrl-C after the servers stopped must not turn a clean stop into "interrupted"
+    runner.run(restore_signals=False)
     if child is not None:
         child.raise_if_start_failed()
     fatal = sup.fatal

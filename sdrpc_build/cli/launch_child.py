@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Optional
 
-from sdrpc_build.cli.launch_report import Reporter
+from sdrpc_build.cli.launch_report import Reporter, tail_line
 from sdrpc_build.errors import LaunchError, SdrpcError
 from sdrpc_build.supervise.identity import ProcessTable, system_table
 from sdrpc_build.supervise.instance import (
@@ -157,6 +157,8 @@ class DetachedChild:
         self._apply(e)
         if self.started:
             return
+        if e.kind == "all-ready" and self.failure is not None:
+            return  # the servers left are ready, but the start failed: not for the parent
         self._send(event_to_wire(e))
         if e.kind == "exited" and e.data.get("failure") and self.failure is None:
             self._fail(e)
@@ -214,7 +216,7 @@ class DetachedChild:
             + (f": {reason}" if reason else ""),
             hint="nothing was left running"
             + (f"; the server's log: {rec.log}" if rec is not None else ""),
-            details="\n".join(f"    | {ln}" for ln in tail) or None,
+            details="\n".join(f"    | {tail_line(ln)}" for ln in tail) or None,
         )
         if self.runner is not None:
             self.runner.request_stop()

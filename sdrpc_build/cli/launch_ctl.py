@@ -12,6 +12,7 @@ stale one: ``stop`` removes it); 29 a process would not go away; 2 usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -27,8 +28,8 @@ from rich.markup import escape
 from sdrpc_build.cli._common import Parser, err_console, out_console, run_parsed
 from sdrpc_build.cli.launch_detach import instance_flag
 from sdrpc_build.cli.launch_report import PROG, print_device_map, row_json
-from sdrpc_build.errors import UsageError
 from sdrpc_build.paths import cache_dir, run_dir
+from sdrpc_build.supervise import settings
 from sdrpc_build.supervise.activity import Activity, read_activity
 from sdrpc_build.supervise.control import stop_instance
 from sdrpc_build.supervise.errors import NotRunningError, StopError
@@ -117,7 +118,6 @@ def _parser(command: str) -> argparse.ArgumentParser:
     if command == "stop":
         p.add_argument(
             "--timeout",
-            type=float,
             metavar="S",
             help="seconds to wait before SIGKILL (default: the instance's --stop-timeout + 5)",
         )
@@ -177,7 +177,9 @@ def _status(args: argparse.Namespace) -> int:
             f"instance {instance!r} is not running ({reason})",
             hint=_not_running_hint(rdir, table, instance)
             if problem is None
-            else f"'sdrpc-launch stop{instance_flag(instance)}' removes the file",
+            else f"'sdrpc-launch stop{instance_flag(instance)}' removes the file"
+            if os.path.isfile(path)
+            else "check --cache-dir: the state files are in its run/ directory",
         )
     verdict = table.verify(state.supervisor)
     running = verdict in LIVE
@@ -281,15 +283,19 @@ def _print_status(
 
 def _stop(args: argparse.Namespace) -> int:
     instance = check_instance_name(args.instance)
+    given = None if args.timeout is None else settings.stop_timeout(args.timeout, "--timeout")
     rdir = run_dir(cache_dir(os.environ, args.cache_dir))
     path = state_path(rdir, instance)
     table = system_table()
     err = err_console()
     state, problem = _load(path)
     if state is None:
-        if problem is not None:
-            path.unlink(missing_ok=True)
+        if problem is not None and os.path.isfile(path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
             err.print(f"{PROG}: removed an unreadable state file ({escape(problem)})")
+        elif problem is not None:
+            err.print(f"{PROG}: no state file to read ({escape(problem)})")
         if args.json:
             _emit({"instance": instance, "stopped": False, "running": False})
         raise NotRunningError(
@@ -298,9 +304,7 @@ def _stop(args: argparse.Namespace) -> int:
         )
     if table.method == "pid":
         err.print(f"[yellow]{PROG}: warning: processes are identified by PID only here[/yellow]")
-    timeout = args.timeout if args.timeout is not None else state.stop_timeout + 5.0
-    if timeout < 0:
-        raise UsageError("--timeout must not be negative")
+    timeout = given if given is not None else state.stop_timeout + 5.0
     if table.verify(state.supervisor) in LIVE and not args.json:
         out_console().print(
             f"[bold]{PROG}:[/bold] stopping instance {instance!r} "

@@ -35,7 +35,7 @@ from rich.markup import escape
 
 from sdrpc_build.cli._common import err_console, out_console
 from sdrpc_build.cli.launch_child import event_from_wire
-from sdrpc_build.cli.launch_report import PROG, Reporter, row_json
+from sdrpc_build.cli.launch_report import PROG, Reporter, row_json, tail_line
 from sdrpc_build.errors import LaunchError, SdrpcError, UsageError
 from sdrpc_build.paths import run_dir
 from sdrpc_build.supervise.errors import InstanceRunningError
@@ -56,8 +56,9 @@ from sdrpc_build.supervise.instance import (
     state_path,
     supervisor_log,
 )
+from sdrpc_build.supervise.private import FILE_MODE, cannot_write, private_dir, private_fd
 from sdrpc_build.supervise.procs import stop_process
-from sdrpc_build.supervise.state import describe_exit
+from sdrpc_build.supervise.state import Policy, describe_exit
 from sdrpc_build.supervise.supervisor import DeviceRow, Event
 
 __all__ = ["DetachedStartError", "instance_flag", "start_detached"]
@@ -99,6 +100,7 @@ def start_detached(
     env: Mapping[str, str],
     root: Path,
     log_dir: Path,
+    policy: Policy,
 ) -> int:
     if sys.platform == "win32":
         raise UsageError(
@@ -107,10 +109,13 @@ def start_detached(
         )
     instance = check_instance_name(args.instance or DEFAULT_INSTANCE)
     rdir = run_dir(root)
-    rdir.mkdir(parents=True, exist_ok=True)
+    try:
+        private_dir(rdir, tighten=True)
+    except OSError as exc:
+        raise cannot_write(rdir, exc, "give --cache-dir a directory you can write") from None
     path = state_path(rdir, instance)
     table = system_table()
-    lock = FileLock(str(rdir / f"{instance}.lock"))
+    lock = FileLock(str(rdir / f"{instance}.lock"), mode=FILE_MODE)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -124,11 +129,11 @@ def start_detached(
             _warn("this system offers no process start times: instances are tracked by PID only")
         log = supervisor_log(log_dir, instance)
         proc, rfd = _spawn(argv, env, log, instance)
-        with _abort_on_failure(proc, path, table, args.stop_timeout) as start:
-            deadline = time.monotonic() + args.ready_timeout + args.stop_timeout + SLACK
+        with _abort_on_failure(proc, path, table, policy.stop_timeout) as start:
+            deadline = time.monotonic() + policy.ready_timeout + policy.stop_timeout + SLACK
             _wait(proc, rfd, deadline, start, table, args.json)
             if start.ready is None:
-                raise _failure(start, proc, log, args)
+                raise _failure(start, proc, log, policy, args.json)
         _report_started(start.ready, path, instance, proc.pid, log, args.json, start.warnings)
         return 0
     finally:
@@ -174,10 +179,16 @@ def _refuse_if_running(path: Path, table: ProcessTable, instance: str) -> None:
 def _spawn(
     argv: list[str], env: Mapping[str, str], log: Path, instance: str
 ) -> tuple[subprocess.Popen[bytes], int]:
-    log.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        private_dir(log.parent)
+        log_fd = private_fd(log)
+    except OSError as exc:
+        raise cannot_write(
+            log, exc, "give --log-dir (or --cache-dir) a directory you can write"
+        ) from None
     rfd, wfd = os.pipe()
     try:
-        with open(log, "ab") as out:
+        with os.fdopen(log_fd, "ab") as out:
             stamp = datetime.now().isoformat(timespec="seconds")
             out.write(f"{HEADER}{stamp} sdrpc-launch --detach (instance {instance}) ===\n".encode())
             out.flush()
@@ -209,14 +220,19 @@ def _abort_on_failure(
     """Treat SIGTERM/SIGHUP like Ctrl-C while waiting; on any error leave nothing behind."""
     start = _Start()
     saved = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    saved[signal.SIGINT] = signal.getsignal(signal.SIGINT)
     try:
         yield start
     except BaseException:
+        # the clean-up is bounded: another Ctrl-C must not cut it short and leave servers
+        for s in saved:
+            signal.signal(s, signal.SIG_IGN)
         _abort(proc, path, table, stop_timeout, start.server_pids, polite=start.error is not None)
         raise
     finally:
         for s, handler in saved.items():
-            signal.signal(s, handler)
+            if handler is not None:
+                signal.signal(s, handler)
 
 
 def _abort(
@@ -301,11 +317,11 @@ def _log_tail(log: Path) -> Optional[str]:
         return None
     starts = [i for i, ln in enumerate(lines) if ln.startswith(HEADER)]
     lines = lines[starts[-1] + 1 if starts else 0 :][-LOG_TAIL:]
-    return "\n".join(f"    | {ln}" for ln in lines) or None
+    return "\n".join(f"    | {tail_line(ln)}" for ln in lines) or None
 
 
 def _failure(
-    start: _Start, proc: subprocess.Popen[bytes], log: Path, args: argparse.Namespace
+    start: _Start, proc: subprocess.Popen[bytes], log: Path, policy: Policy, as_json: bool
 ) -> SdrpcError:
     hint = f"the supervisor's log: {log}"
     if start.error is not None:
@@ -315,13 +331,13 @@ def _failure(
             str(e.get("message")), first + hint, e.get("details"), int(e.get("exit_code") or 20)
         )
     elif start.timed_out:
-        limit = args.ready_timeout + args.stop_timeout + SLACK
+        limit = policy.ready_timeout + policy.stop_timeout + SLACK
         err = DetachedStartError(
             f"the servers were not all ready within {limit:g} s", hint, _log_tail(log), 20
         )
     else:
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=args.stop_timeout + 10)
+            proc.wait(timeout=policy.stop_timeout + 10)
         rc = proc.returncode
         what = (
             "was stopped"
@@ -334,7 +350,7 @@ def _failure(
             _log_tail(log),
             20,
         )
-    if args.json:
+    if as_json:
         obj = {
             "ok": False,
             "error": err.message,

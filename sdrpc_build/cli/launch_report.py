@@ -21,9 +21,18 @@ from sdrpc_build.supervise.cache import format_size
 from sdrpc_build.supervise.spec import ServerSpec, is_loopback
 from sdrpc_build.supervise.supervisor import DeviceRow, Event
 
-__all__ = ["PROG", "Reporter", "print_device_map", "row_json", "security_warning"]
+__all__ = [
+    "PROG",
+    "TAIL_WIDTH",
+    "Reporter",
+    "print_device_map",
+    "row_json",
+    "security_warning",
+    "tail_line",
+]
 
 PROG = "sdrpc-launch"
+TAIL_WIDTH = 300  # characters of each tail line shown (the log has them whole)
 
 
 class Reporter:
@@ -114,7 +123,7 @@ class Reporter:
             return
         con = self.err if stderr else self.out
         for ln in lines:
-            con.print(f"    [dim]|[/dim] {escape(str(ln))}")
+            con.print(f"    [dim]|[/dim] {escape(tail_line(str(ln)))}")
 
     def _all_ready(self, e: Event) -> None:
         rows: list[DeviceRow] = list(e.data["devices"])  # type: ignore[call-overload]
@@ -122,6 +131,13 @@ class Reporter:
         again = "" if e.data.get("first") else " again"
         self.say(f"[green]{n} server(s) ready{again}[/green]; client options:")
         print_device_map(self.out, rows, str(e.data["rpc_servers"]), self.width)
+
+
+def tail_line(text: str) -> str:
+    """A server's output line as shown in a tail: at most TAIL_WIDTH characters."""
+    if len(text) <= TAIL_WIDTH:
+        return text
+    return f"{text[:TAIL_WIDTH]}... ({len(text) - TAIL_WIDTH} more characters)"
 
 
 def print_device_map(out: Console, rows: Sequence[DeviceRow], rpc_servers: str, width: int) -> None:

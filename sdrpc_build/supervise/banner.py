@@ -115,10 +115,17 @@ class BannerParser:
         return "other"
 
 
+def _short(line: str) -> str:
+    return line if len(line) <= REASON_WIDTH else line[:REASON_WIDTH] + "..."
+
+
 def parse_device_list(output: str) -> tuple[BannerDevice, ...]:
     """Device lines from any output (the banner or the ``unknown device`` listing)."""
     found = (parse_device_line(line) for line in output.splitlines())
     return tuple(d for d in found if d is not None)
+
+
+REASON_WIDTH = 200  # a reason quotes at most this much of a line
 
 
 def classify_failure(lines: Iterable[str]) -> tuple[bool, Optional[str]]:
@@ -126,7 +133,7 @@ def classify_failure(lines: Iterable[str]) -> tuple[bool, Optional[str]]:
 
     Permanent failures (bad flags, unknown device) cannot be cured by restarting.
     """
-    text = [ln.rstrip("\r\n") for ln in lines]
+    text = [_short(ln.rstrip("\r\n")) for ln in lines]
     for ln in text:
         if ln.startswith("error: unknown argument") or ln.startswith("error: invalid"):
             return True, ln[len("error: ") :]

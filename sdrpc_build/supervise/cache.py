@@ -14,25 +14,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdrpc_build.errors import UsageError
+from sdrpc_build.supervise.settings import parse_size
 
 __all__ = ["CacheEntry", "PruneResult", "cache_entries", "format_size", "parse_size", "prune"]
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _HASH_NAME = re.compile(r"^[0-9a-f]{16}$")
-
-
-def parse_size(text: str | int) -> int:
-    """``"10G"``, ``"512MiB"``, ``"1.5g"``, ``123`` -> bytes (binary units)."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise UsageError(f"invalid size {text}", hint="use a size such as 20G or 512M")
-        return text
-    m = _SIZE.match(str(text))
-    if not m:
-        raise UsageError(f"invalid size {text!r}", hint="use a size such as 20G, 512M or 1.5T")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 def format_size(n: int) -> str:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Optional, cast
 
 from sdrpc_build.errors import UsageError
+from sdrpc_build.supervise import settings
 from sdrpc_build.supervise.identity import ProcessIdentity
+from sdrpc_build.supervise.private import private_dir, private_fd, show_path
 from sdrpc_build.supervise.spec import valid_name
 from sdrpc_build.supervise.supervisor import DeviceRow
 
@@ -217,12 +220,19 @@ def state_from_json(obj: Any) -> InstanceState:
         started_at=float(_get(obj, "started_at", (int, float))),
         log_dir=Path(_get(obj, "log_dir", str)),
         supervisor_log=Path(_get(obj, "supervisor_log", str)),
-        stop_timeout=float(_get(obj, "stop_timeout", (int, float))),
+        stop_timeout=_stop_timeout(_get(obj, "stop_timeout", (int, float))),
         phase=cast(InstancePhase, phase),
         rpc_servers=_get(obj, "rpc_servers", str),
         devices=tuple(_device(d) for d in _get(obj, "devices", list)),
         servers=tuple(_server(s) for s in _get(obj, "servers", list)),
     )
+
+
+def _stop_timeout(value: float) -> float:
+    try:
+        return settings.stop_timeout(value, "'stop_timeout'")
+    except settings.SettingError as exc:
+        raise StateFileError(exc.message) from None
 
 
 def _check_name(name: str) -> str:
@@ -234,11 +244,11 @@ def _check_name(name: str) -> str:
 # -- files --------------------------------------------------------------------------------------
 def write_state(path: Path, state: InstanceState) -> None:
     """Atomically replace ``path``: readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent, tighten=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = json.dumps(state_to_json(state), indent=2) + "\n"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with os.fdopen(private_fd(tmp, append=False), "w", encoding="utf-8") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -249,14 +259,28 @@ def write_state(path: Path, state: InstanceState) -> None:
         raise
 
 
+def _check_private(path: Path, st: os.stat_result) -> None:
+    """Trust a state file only if nobody else could have written it (it names PIDs to signal)."""
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        raise StateFileError(f"{path} belongs to another user (uid {st.st_uid}); not trusted")
+    if st.st_mode & 0o022:
+        raise StateFileError(
+            f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):o}); not trusted"
+        )
+
+
 def read_state(path: Path) -> Optional[InstanceState]:
     """The state in ``path``; None when there is none; :class:`StateFileError` when corrupt."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            _check_private(path, os.fstat(f.fileno()))
+            text = f.read().decode("utf-8")
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StateFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise StateFileError(f"cannot read {show_path(path)}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise StateFileError(f"{path} is not UTF-8 text") from None
     try:
         obj = json.loads(text)
     except ValueError as exc:

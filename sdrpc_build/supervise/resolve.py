@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from sdrpc_build.errors import SdrpcError, UsageError
+from sdrpc_build.errors import SdrpcError, StoreError, UsageError
 from sdrpc_build.supervise.banner import BannerDevice
 from sdrpc_build.supervise.config import ServerOptions
-from sdrpc_build.supervise.errors import DeviceError, NoServerBinaryError
+from sdrpc_build.supervise.errors import DeviceError, LaunchConfigError, NoServerBinaryError
+from sdrpc_build.supervise.private import show_path
 from sdrpc_build.supervise.spec import (
     Resolver,
     ServerSpec,
@@ -29,6 +30,7 @@ from sdrpc_build.supervise.spec import (
 
 __all__ = ["Build", "Environment", "resolve_build", "resolve_servers"]
 
+MAX_PORT = 65535
 DeviceLister = Callable[[Path, Mapping[str, str]], Optional[tuple[BannerDevice, ...]]]
 
 
@@ -65,8 +67,16 @@ def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
     """``binary`` as given, else a build from the store: by key, by backend, or the newest."""
     if o.binary is not None:
         b = o.binary.expanduser()
+        try:
+            b.stat()
+        except OSError as exc:
+            what = "does not exist" if isinstance(exc, FileNotFoundError) else f"({exc.strerror})"
+            raise NoServerBinaryError(
+                f"{_where(o)}server binary {show_path(b)} {what}",
+                hint="give the path of an rpc-server binary (or --backend / --build)",
+            ) from None
         if not b.is_file():
-            raise NoServerBinaryError(f"{_where(o)}server binary {b} does not exist")
+            raise NoServerBinaryError(f"{_where(o)}server binary {b} is not a file")
         if not os.access(b, os.X_OK):
             raise NoServerBinaryError(f"{_where(o)}{b} is not executable", hint=f"chmod +x {b}")
         from sdrpc_build import store
@@ -82,16 +92,29 @@ def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
         return Build(b.resolve(), o.backend)
     from sdrpc_build import store
 
+    store_hint = "check --cache-dir (the artifact store is its artifacts/ directory)"
     if o.build is not None:
         try:
             m = store.find_manifest(artifacts_root, o.build)
         except SdrpcError as exc:
             raise NoServerBinaryError(f"{_where(o)}{exc.message}", hint=exc.hint) from None
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read the artifact store {show_path(artifacts_root)}: {exc.strerror}",
+                hint=store_hint,
+            ) from None
     else:
         here = _this_platform()
         from sdrpc_build.wheel import installed_servers
 
-        candidates = store.list_manifests(artifacts_root) + installed_servers()
+        try:
+            stored = store.list_manifests(artifacts_root)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read the artifact store {show_path(artifacts_root)}: {exc.strerror}",
+                hint=store_hint,
+            ) from None
+        candidates = stored + installed_servers()
         candidates.sort(key=lambda m: m.created, reverse=True)
         found = [m for m in candidates if not m.platform or m.platform == here]
         if o.backend is not None:
@@ -99,7 +122,7 @@ def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
         if not found:
             what = f"no {o.backend} build" if o.backend else "no build"
             raise NoServerBinaryError(
-                f"{_where(o)}{what} for {here} in {artifacts_root}",
+                f"{_where(o)}{what} for {here} in {show_path(artifacts_root)}",
                 hint="build one with sdrpc-build"
                 + (f" --backend {o.backend}" if o.backend else "")
                 + ", or give --binary PATH",
@@ -111,6 +134,24 @@ def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
 
 def _where(o: ServerOptions) -> str:
     return "" if o.origin == "command line" else f"{o.origin}: "
+
+
+def _conflict(o: ServerOptions, message: str, hint: Optional[str] = None) -> SdrpcError:
+    """Two servers clash: a usage error on the command line, an invalid servers.toml in one."""
+    if o.origin == "command line":
+        return UsageError(message, hint=hint)
+    return LaunchConfigError(f"{o.origin}: {message}", hint=hint)
+
+
+_PICK_TRIES = 20  # a port picked for another server may come back: pick again, a bounded times
+
+
+def _free_port(world: Environment, host: str, taken: Mapping[int, str]) -> int:
+    for _ in range(_PICK_TRIES):
+        port = world.pick_free_port(host)
+        if port not in taken:
+            return port
+    return port
 
 
 def _check_devices(
@@ -181,6 +222,11 @@ def _expand(
     for i, d in enumerate(gpus):
         name = f"{o.name}-{d.name.lower()}" if o.name else d.name.lower()
         port = 0 if o.port == 0 else o.port + i
+        if port > MAX_PORT:
+            raise UsageError(
+                f"--per-device: {len(gpus)} servers from port {o.port} would need port {port}",
+                hint="start from a lower port, or -p 0 for free ones",
+            )
         out.append(replace(spec, name=name, port=port, devices=(d.name,)))
     return out
 
@@ -199,12 +245,13 @@ def resolve_servers(
     taken: dict[int, str] = {}
     named: list[tuple[ServerSpec, ServerOptions]] = []
     for s, o in pairs:
-        port = s.port if s.port != 0 else world.pick_free_port(s.host)
+        port = s.port if s.port != 0 else _free_port(world, s.host, taken)
         name = s.name or f"rpc-{port}"
         if port in taken:
-            raise UsageError(
+            raise _conflict(
+                o,
                 f"port {port} is given to two servers ({taken[port]} and {name})",
-                hint="give each server its own port, or -p 0 for free ones",
+                hint="give each server its own port (0 picks a free one)",
             )
         taken[port] = name
         named.append((replace(s, port=port, name=name), o))
@@ -212,14 +259,15 @@ def resolve_servers(
     dirs: dict[Path, str] = {}
     for s, o in named:
         if not valid_name(s.name):
-            raise UsageError(f"server name {s.name!r} must be letters, digits, '.', '_' or '-'")
+            raise _conflict(o, f"server name {s.name!r} must be letters, digits, '.', '_' or '-'")
         if any(x.name == s.name for x in specs):
-            raise UsageError(f"server name {s.name!r} is used twice")
+            raise _conflict(o, f"server name {s.name!r} is used twice")
         if o.cache:
             root = o.cache_path or world.cache_root
             cache_dir = (root / s.name) if o.cache_per_server else root
             if cache_dir in dirs:
-                raise UsageError(
+                raise _conflict(
+                    o,
                     f"servers {dirs[cache_dir]} and {s.name} would share the cache dir {cache_dir}",
                     hint="give each its own 'cache'",
                 )

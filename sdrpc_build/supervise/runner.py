@@ -22,6 +22,8 @@ from types import FrameType
 from typing import IO, Any, Optional
 
 from sdrpc_build.supervise.cache import prune
+from sdrpc_build.supervise.lines import LineSplitter
+from sdrpc_build.supervise.private import cannot_write, open_log, private_dir
 from sdrpc_build.supervise.procs import Child, ProcessFactory, spawn
 from sdrpc_build.supervise.readiness import Readiness, ReadinessCheck
 from sdrpc_build.supervise.spec import build_argv, build_env
@@ -30,6 +32,8 @@ from sdrpc_build.supervise.supervisor import Action, Event, Kill, Probe, Prune, 
 __all__ = ["Runner"]
 
 MAX_SLEEP = 5.0
+READ_CHUNK = 65536  # one read per server per wake-up: a chatty server cannot starve the others
+FINAL_READ_MAX = 1 << 20  # what is left in a dead server's pipe that we still read
 
 
 class Runner:
@@ -62,7 +66,7 @@ class Runner:
         self.readiness = readiness
         self.clock = clock
         self.children: dict[str, Child] = {}
-        self._partial: dict[str, bytes] = {}
+        self._lines: dict[str, LineSplitter] = {}
         self._logs: dict[str, IO[str]] = {}
         self._results: queue.SimpleQueue[tuple[str, int, Readiness]] = queue.SimpleQueue()
         self._stop_requests = 0
@@ -79,7 +83,15 @@ class Runner:
         self._stop_requests += 1
         self._wake()
 
-    def run(self, install_signals: bool = True) -> None:
+    def run(self, install_signals: bool = True, restore_signals: bool = True) -> None:
+        """Supervise until every server is EXITED or FATAL.
+
+        With ``install_signals``, SIGINT/SIGTERM request a stop (a second one SIGKILLs the
+        servers at once). With ``restore_signals=False`` they are ignored from the return on
+        instead of restored: for a process that exits when supervision ends, so a late Ctrl-C
+        while it winds down is not raised as KeyboardInterrupt (SIG_IGN, unlike a Python
+        handler, also holds while the interpreter shuts down).
+        """
         saved: dict[int, Any] = {}
         old_wakeup = -1
         if install_signals:
@@ -90,7 +102,7 @@ class Runner:
                 saved[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         try:
-            self._open_logs()
+            self._prepare()
             self._do(self.sup.begin(self.clock()))
             self._loop()
         finally:
@@ -98,7 +110,10 @@ class Runner:
             if install_signals:
                 signal.set_wakeup_fd(old_wakeup)
                 for signum, handler in saved.items():
-                    signal.signal(signum, handler)
+                    if restore_signals or signum not in (signal.SIGINT, signal.SIGTERM):
+                        signal.signal(signum, handler)
+                    else:  # our handler was in place until now: no window for a late signal
+                        signal.signal(signum, signal.SIG_IGN)
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._sel.close()
             for fd in (self._wake_r, self._wake_w):
@@ -115,7 +130,7 @@ class Runner:
             if self._stop_requests > stops_seen:
                 if stops_seen == 0:
                     self._do(self.sup.stop(now))
-                else:  # a second Ctrl-C: do not wait for the polite stop
+                if self._stop_requests > 1:  # a second Ctrl-C: do not wait for the polite stop
                     for name in list(self.children):
                         self._do([Kill(name, signal.SIGKILL)])
                 stops_seen = self._stop_requests
@@ -149,14 +164,17 @@ class Runner:
             self._do(self.sup.exited(name, rc, now))
 
     def _read(self, name: str, final: bool = False) -> None:
+        """Read what ``name`` printed: one chunk, or (``final``) what is left, bounded."""
         child = self.children.get(name)
         if child is None:
             return
-        buf = self._partial.get(name, b"")
+        splitter = self._lines.setdefault(name, LineSplitter())
+        lines: list[str] = []
         eof = False
-        while True:
+        budget = FINAL_READ_MAX if final else READ_CHUNK
+        while budget > 0:
             try:
-                chunk = os.read(child.fd, 65536)
+                chunk = os.read(child.fd, min(READ_CHUNK, budget))
             except BlockingIOError:
                 break
             except OSError:  # EIO: the pty's other side is gone
@@ -165,17 +183,12 @@ class Runner:
             if not chunk:
                 eof = True
                 break
-            buf += chunk
-            if not final:
-                break
-        *lines, buf = buf.split(b"\n")
-        if (eof or final) and buf:
-            lines.append(buf)
-            buf = b""
-        self._partial[name] = buf
+            lines += splitter.feed(chunk)
+            budget -= len(chunk)
+        if eof or final:
+            lines += splitter.finish()
         now = self.clock()
-        for raw in lines:
-            text = raw.decode(errors="replace").rstrip("\r")
+        for text in lines:
             self._log(name, text)
             self.on_output(name, text)
             self._do(self.sup.line(name, text, now))
@@ -204,20 +217,15 @@ class Runner:
         spec = self.sup.servers[name].spec
         argv = build_argv(spec, self.line_buffer)
         env = build_env(spec, self.base_env)
-        if spec.cache_dir is not None:
-            with contextlib.suppress(OSError):
-                spec.cache_dir.mkdir(parents=True, exist_ok=True)
         try:
             child = self.factory(argv, env, None)
-        except OSError as exc:
-            self._do(
-                self.sup.spawn_failed(
-                    name, f"cannot start {spec.binary}: {exc.strerror or exc}", self.clock()
-                )
-            )
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or env
+            why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            message = f"cannot start {spec.binary}: {why}"
+            self._do(self.sup.spawn_failed(name, message, self.clock()))
             return
         self.children[name] = child
-        self._partial[name] = b""
+        self._lines[name] = LineSplitter()
         self._sel.register(child.fd, selectors.EVENT_READ, name)
         self._do(self.sup.spawned(name, child.pid, self.clock()))
 
@@ -294,14 +302,29 @@ class Runner:
             child.close()
         self.children.clear()
 
-    def _open_logs(self) -> None:
+    def _prepare(self) -> None:
+        """Log files and cache dirs, private (0600/0700); a LaunchError when they cannot be."""
+        for spec in (s.spec for s in self.sup.servers.values()):
+            if spec.cache_dir is not None:
+                try:
+                    private_dir(spec.cache_dir)
+                except OSError as exc:
+                    raise cannot_write(
+                        spec.cache_dir, exc, "give -c/'cache' a directory you can write"
+                    ) from None
         if self.log_dir is None:
             return
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        hint = "give --log-dir (or --cache-dir) a directory you can write"
+        try:
+            private_dir(self.log_dir)
+        except OSError as exc:
+            raise cannot_write(self.log_dir, exc, hint) from None
         for name in self.sup.servers:
-            self._logs[name] = open(  # noqa: SIM115 - closed in run()
-                self.log_dir / f"{name}.log", "a", encoding="utf-8", buffering=1
-            )
+            path = self.log_dir / f"{name}.log"
+            try:
+                self._logs[name] = open_log(path)
+            except OSError as exc:
+                raise cannot_write(path, exc, hint) from None
 
     def _log(self, name: str, text: str) -> None:
         f = self._logs.get(name)

@@ -266,3 +266,152 @@ def test_cache_cap_is_enforced(launch: Callable[..., Launch], v35: Path, tmp_pat
     assert len(list(files.iterdir())) == 2
     lc.proc.send_signal(signal.SIGINT)
     assert lc.finish()[0] == 0
+
+
+FAKES = ROOT / "tests" / "fakes"
+
+
+def flood_binary(tmp_path: Path, size: str, progress: int = 100) -> Path:
+    """An executable 'server' that prints ``size`` bytes without a newline, then crashes."""
+    wrapper = tmp_path / f"flood-{size}"
+    fake = FAKES / "flood_server.py"
+    wrapper.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" "{fake}" --size {size} --progress {progress} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_a_flooding_server_cannot_hurt_the_supervisor(
+    launch: Callable[..., Launch], tmp_path: Path, v35: Path
+) -> None:
+    """40 MB without a newline: split at 4 KiB, a bounded tail; the other server is served."""
+    good = free_port()
+    cfg = tmp_path / "servers.toml"
+    cfg.write_text(
+        f'[[server]]\nname = "flood"\nbinary = "{flood_binary(tmp_path, "40M")}"\nport = 0\n'
+        'restart = "never"\n\n'
+        f'[[server]]\nname = "good"\nbinary = "{v35}"\nport = {good}\nthreads = 1\n'
+    )
+    lc = launch("--config", str(cfg))
+    fatal = lc.wait_for(lambda e: e["event"] == "fatal", timeout=120)
+    assert fatal["server"] == "flood"
+    assert "flood done" in fatal["reason"]
+    assert len(json.dumps(fatal)) < 100_000  # 15 lines of at most 4 KiB
+    assert fatal["tail"][-2:] == ["loading 99%", "error: flood done"]  # \r ends a line
+
+    def good_ready(e: Event) -> bool:
+        return e["event"] == "ready" and e["server"] == "good"
+
+    first = next((e for e in lc.events if good_ready(e)), None) or lc.wait_for(good_ready)
+    # the supervisor still does its job for the other server: a crash is restarted
+    os.kill(first["pid"], signal.SIGKILL)
+    again = lc.wait_for(good_ready)
+    assert again["pid"] != first["pid"]
+    lc.proc.send_signal(signal.SIGTERM)
+    rc, err = lc.finish()
+    assert rc == 26  # flood went FATAL
+    assert len(err) < 5_000
+    with (tmp_path / "logs" / "flood.log").open(encoding="utf-8") as log:
+        widths = [len(line) for line in log]
+    assert max(widths) <= 4096 + 40  # timestamp + a piece of at most 4 KiB
+    assert sum(widths) > 40 << 20  # nothing lost
+
+
+def test_a_flood_is_not_echoed_in_the_fatal_tail_with_q(tmp_path: Path) -> None:
+    flood = flood_binary(tmp_path, "8M", progress=0)
+    argv = ["-q", "--binary", str(flood), "-p", "0", "--restart", "never"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "sdrpc_build.cli.launch", *argv, "--log-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "SDRPC_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    assert proc.returncode == 26
+    assert len(proc.stdout) + len(proc.stderr) < 10_000  # was the whole 8 MB line, twice
+    assert "FATAL" in proc.stderr
+    assert "more characters" in proc.stderr  # a shortened tail line
+
+
+@pytest.mark.parametrize("gap", [None, 0.0, 0.05])
+def test_a_second_ctrl_c_while_stopping_is_quiet(
+    launch: Callable[..., Launch], v35: Path, tmp_path: Path, gap: float | None
+) -> None:
+    """Two Ctrl-C (or a stream of them, gap None): a clean stop, exit 0, no "interrupted"."""
+    ports = [free_port(), free_port()]
+    cfg = tmp_path / "two.toml"
+    cfg.write_text("".join(f'[[server]]\nbinary = "{v35}"\nport = {p}\n\n' for p in ports))
+    lc = launch("--config", str(cfg))
+    lc.all_ready()
+    pids = set(lc.server_pids)
+    lc.proc.send_signal(signal.SIGINT)
+    if gap is None:  # some land while it stops, some after the servers are gone
+        deadline = time.monotonic() + 30
+        while lc.proc.poll() is None and time.monotonic() < deadline:
+            lc.proc.send_signal(signal.SIGINT)
+            time.sleep(0.002)
+    else:
+        time.sleep(gap)
+        lc.proc.send_signal(signal.SIGINT)
+    rc, err = lc.finish()
+    assert rc == 0, err
+    assert "interrupted" not in err
+    assert "Traceback" not in err
+    assert "error" not in err
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids)
+    assert not any(port_bound(p) for p in ports)
+
+
+def _time_wait(reuse: bool) -> int:
+    """A port on 127.0.0.1 left in TIME_WAIT by a listener with or without SO_REUSEADDR."""
+    with socket.socket() as listener:
+        if reuse:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = int(listener.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            conn, _ = listener.accept()
+            conn.close()  # the server side closes first: its end goes to TIME_WAIT
+            assert client.recv(1) == b""
+    return port
+
+
+def test_time_wait_is_named_and_agrees_with_rpc_server(
+    launch: Callable[..., Launch], v35: Path
+) -> None:
+    """A TIME_WAIT rpc-server could not bind through is refused, and said to be one."""
+    port = _time_wait(reuse=False)
+    # what rpc-server itself does with that port (SO_REUSEADDR + bind): it cannot
+    direct = subprocess.run(
+        [str(v35), "-H", "127.0.0.1", "-p", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert "Failed to create server socket" in direct.stdout + direct.stderr
+    lc = launch("--binary", str(v35), "-p", str(port))
+    rc, err = lc.finish()
+    assert rc == 22
+    assert f"port {port} on 127.0.0.1 is held by a connection in TIME_WAIT, no process" in err
+    assert "it clears in about" in err
+    assert lc.server_pids == set()
+
+
+def test_time_wait_rpc_server_can_bind_is_not_refused(
+    launch: Callable[..., Launch], v35: Path
+) -> None:
+    """A TIME_WAIT left by a SO_REUSEADDR listener (an earlier rpc-server) blocks nothing."""
+    port = _time_wait(reuse=True)
+    lc = launch("--binary", str(v35), "-p", str(port))
+    ready = lc.all_ready()
+    assert ready["rpc_servers"] == f"127.0.0.1:{port}"
+    lc.proc.send_signal(signal.SIGINT)
+    assert lc.finish()[0] == 0

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -60,7 +61,9 @@ class Sdrpc:
         self.logs = tmp / "logs"
         self.known: dict[int, ProcessIdentity] = {}
 
-    def run(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 120.0, umask: int = -1
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "sdrpc_build.cli.launch", *args],
             cwd=ROOT,
@@ -69,12 +72,13 @@ class Sdrpc:
             timeout=timeout,
             check=False,
             env={**os.environ, "SDRPC_CACHE_DIR": str(self.cache)},
+            umask=umask,
         )
         self.track()
         return proc
 
-    def detach(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.run(*args, "--log-dir", str(self.logs), "--detach", "--json")
+    def detach(self, *args: str, umask: int = -1) -> subprocess.CompletedProcess[str]:
+        return self.run(*args, "--log-dir", str(self.logs), "--detach", "--json", umask=umask)
 
     def state_file(self, instance: str = "default") -> Path:
         return self.cache / "run" / f"{instance}.json"
@@ -198,6 +202,25 @@ def test_instances_run_side_by_side(sdrpc: Sdrpc, binary: Path) -> None:
     assert not any(alive(s["pid"]) for s in a["servers"] + b["servers"])
 
 
+def test_state_and_logs_are_private_with_umask_000(sdrpc: Sdrpc, binary: Path) -> None:
+    res = sdrpc.detach("--binary", str(binary), "-p", "0", "--name", "s0", umask=0)
+    assert res.returncode == 0, res.stderr
+    run = sdrpc.cache / "run"
+    paths = [sdrpc.cache, run, *run.iterdir(), sdrpc.logs, *sdrpc.logs.iterdir()]
+    modes = {p.relative_to(sdrpc.tmp).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in paths}
+    assert modes == {
+        "cache": 0o700,
+        "cache/run": 0o700,
+        "cache/run/default.json": 0o600,
+        "cache/run/default.lock": 0o600,
+        "logs": 0o700,
+        "logs/s0.log": 0o600,
+        "logs/sdrpc-launch-default.log": 0o600,
+    }
+    assert sdrpc.run("status").returncode == 0  # its own files are trusted
+    assert sdrpc.run("stop").returncode == 0
+
+
 def test_killed_supervisor_leaves_a_stale_file_that_stop_cleans(sdrpc: Sdrpc, binary: Path) -> None:
     res = sdrpc.detach("--binary", str(binary), "-p", "0")
     assert res.returncode == 0, res.stderr
@@ -293,11 +316,14 @@ def test_port_in_use_fails_and_leaves_nothing(sdrpc: Sdrpc, binary: Path) -> Non
     assert pids_with_arg(str(sdrpc.tmp)) == []
 
 
+@pytest.mark.parametrize("delay", [0, 2])
 def test_one_bad_server_tears_the_whole_start_down(
-    sdrpc: Sdrpc, binary: Path, tmp_path: Path
+    sdrpc: Sdrpc, binary: Path, tmp_path: Path, delay: int
 ) -> None:
+    """delay 2: the good server is READY before the bad one fails (its FATAL then completes
+    an "all ready" of the servers left, which must not reach the waiting --detach)."""
     wrapper = tmp_path / "bad-server"
-    wrapper.write_text(f'#!/bin/sh\nexec "{binary}" --bogus-flag "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nsleep {delay}\nexec "{binary}" --bogus-flag "$@"\n')
     wrapper.chmod(0o755)
     good, bad = free_port(), free_port()
     cfg = tmp_path / "mixed.toml"
@@ -317,3 +343,18 @@ def test_one_bad_server_tears_the_whole_start_down(
     log = (sdrpc.logs / "sdrpc-launch-default.log").read_text()
     assert '"event": "fatal", "server": "bad"' in log  # --json: the log holds JSON events too
     assert "sdrpc-launch: error: bad ended before it was ready" in log
+
+
+def test_a_flooding_server_fails_a_detached_start_with_a_short_tail(
+    sdrpc: Sdrpc, tmp_path: Path
+) -> None:
+    flood = tmp_path / "flood-server"
+    fake = ROOT / "tests" / "fakes" / "flood_server.py"
+    flood.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{fake}" --size 8M --progress 0 "$@"\n')
+    flood.chmod(0o755)
+    res = sdrpc.detach("--binary", str(flood), "-p", "0")
+    assert res.returncode == 20
+    assert "ended before it was ready" in res.stderr
+    assert "more characters" in res.stderr  # its 4 KiB pieces, shortened
+    assert len(res.stdout) + len(res.stderr) < 10_000  # not the 8 MB line
+    assert not sdrpc.state_file().exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -98,6 +100,9 @@ def test_missing_file_is_none(tmp_path: Path) -> None:
         (lambda o: o["servers"][0].update(phase="weird"), "unknown server phase"),
         (lambda o: o["devices"][0].pop("total"), "missing 'total'"),
         (lambda o: o.update(devices=[1]), "not an object"),
+        (lambda o: o.update(stop_timeout=-1), "'stop_timeout' must be"),
+        (lambda o: o.update(stop_timeout=float("nan")), "'stop_timeout' must be"),
+        (lambda o: o.update(stop_timeout=1e300), "'stop_timeout' must be"),
     ],
 )
 def test_invalid_files_are_rejected(tmp_path: Path, mutate: object, message: str) -> None:
@@ -156,3 +161,38 @@ def test_instance_names(tmp_path: Path) -> None:
     (run / "a.lock").write_text("")
     assert list_instances(run) == ["a", "b"]
     assert list_instances(tmp_path / "none") == []
+
+
+@pytest.fixture
+def umask_000() -> Iterator[None]:
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("umask_000")
+def test_state_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = state_path(tmp_path / "cache" / "run", "gpu")
+    write_state(path, sample(tmp_path))
+    assert _mode(path) == 0o600
+    assert _mode(path.parent) == 0o700
+    assert _mode(path.parent.parent) == 0o700  # every level it created
+    path.parent.chmod(0o777)  # made by an older sdrpc
+    path.chmod(0o666)
+    write_state(path, sample(tmp_path))
+    assert (_mode(path.parent), _mode(path)) == (0o700, 0o600)
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o620, 0o602])
+def test_a_state_file_others_could_write_is_not_trusted(tmp_path: Path, mode: int) -> None:
+    path = state_path(tmp_path / "run", "gpu")
+    write_state(path, sample(tmp_path))
+    path.chmod(mode)
+    with pytest.raises(StateFileError, match="writable by others"):
+        read_state(path)

@@ -141,7 +141,7 @@ def test_state_file_follows_the_start(tmp_path: Path) -> None:
 
 
 def test_an_exit_before_all_ready_fails_the_start(tmp_path: Path) -> None:
-    child, _, sup, runner = make(tmp_path)
+    child, pipe, sup, runner = make(tmp_path)
     feed(child, sup.begin(0.0))
     bring_up(child, sup, "a", 101, 0.1)
     sup.spawned("b", 102, 0.1)
@@ -159,6 +159,25 @@ def test_an_exit_before_all_ready_fails_the_start(tmp_path: Path) -> None:
     bring_up(child, sup, "b", 104, 5.1)
     assert not child.started
     assert load(child.path).phase == "starting"
+    assert "all-ready" not in [m["kind"] for m in pipe.messages()]
+
+
+def test_a_fatal_after_the_others_are_ready_is_not_reported_as_ready(tmp_path: Path) -> None:
+    """b fails for good after a is READY: its FATAL completes an "all ready" of the servers
+    left, which must not reach the waiting --detach (it would report success, exit 0)."""
+    child, pipe, sup, runner = make(tmp_path)
+    feed(child, sup.begin(0.0))
+    bring_up(child, sup, "a", 101, 0.1)
+    sup.spawned("b", 102, 0.1)
+    sup.line("b", "error: unknown argument: --bogus-flag", 0.2)
+    actions = sup.exited("b", 0, 0.3)
+    assert [a.kind for a in actions if isinstance(a, Event)] == ["exited", "fatal", "all-ready"]
+    feed(child, actions)
+    assert runner.stops == 1
+    assert [m["kind"] for m in pipe.messages()][-2:] == ["exited", "fatal"]
+    assert not child.started
+    with pytest.raises(LaunchError, match="b ended before it was ready"):
+        child.raise_if_start_failed()
 
 
 def test_run_reports_errors_and_removes_the_state_file(tmp_path: Path) -> None:

@@ -176,6 +176,44 @@ def test_corrupt_state_file(capsys: pytest.CaptureFixture[str], in_tmp: Path) ->
     assert not path.exists()
 
 
+def test_stop_never_signals_what_a_writable_state_file_names(
+    capsys: pytest.CaptureFixture[str], in_tmp: Path
+) -> None:
+    """With umask 000 an older sdrpc left files anyone could edit: refused, not signalled."""
+    make_state(in_tmp, system_table().identify(os.getpid()))  # names this live process
+    path = state_path(in_tmp / "run", "default")
+    path.chmod(0o666)
+    code, _, err = run(capsys, "stop")  # the autouse fixture fails on any signal
+    assert code == 27
+    assert "writable by others" in err
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "1e999"])
+def test_stop_timeout_is_checked(
+    capsys: pytest.CaptureFixture[str], in_tmp: Path, value: str
+) -> None:
+    code, _, err = run(capsys, "stop", "--timeout", value)
+    assert code == 2
+    assert "--timeout must be a number of seconds" in err
+    assert "hint:" in err
+
+
+@pytest.mark.parametrize("command", ["status", "stop"])
+def test_a_cache_dir_that_is_a_file_is_not_running(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    for cache in (afile, tmp_path / ("x" * 100_000)):
+        code = main([command, "--cache-dir", str(cache)])
+        err = capsys.readouterr().err
+        assert code == 27, err
+        assert "Traceback" not in err and "internal error" not in err
+        assert len(err) < 1000
+    assert afile.read_text() == ""
+
+
 def test_not_running_hint_lists_live_instances(
     capsys: pytest.CaptureFixture[str], in_tmp: Path
 ) -> None:

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from sdrpc_build.supervise.errors import PortInUseError
-from sdrpc_build.supervise.ports import ensure_port_free, find_listener, listening_inodes
+from sdrpc_build.supervise.ports import (
+    ensure_port_free,
+    find_listener,
+    listening_inodes,
+    pick_free_port,
+    time_wait_left,
+)
 
 HEADER = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
@@ -61,3 +67,25 @@ def test_port_in_use_is_refused_and_holder_named() -> None:
         assert f"pid {os.getpid()}" in info.value.message
         assert info.value.exit_code == 22
     ensure_port_free("127.0.0.1", port)  # free again once closed
+
+
+def test_time_wait_timer_from_proc(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    (proc / "net").mkdir(parents=True)
+    row = _row(50060, "06", 0).replace("00:00000000", "03:00000BB8")  # 3000 ticks
+    (proc / "net" / "tcp").write_text(HEADER + row)
+    assert time_wait_left(50060, proc) == pytest.approx(3000 / os.sysconf("SC_CLK_TCK"))
+    assert time_wait_left(50061, proc) is None
+
+
+def test_an_address_this_machine_lacks() -> None:
+    # binding fails locally (EADDRNOTAVAIL): no packet is sent anywhere
+    for call in (
+        lambda: pick_free_port("10.255.255.1"),
+        lambda: ensure_port_free("10.255.255.1", 0),
+    ):
+        with pytest.raises(
+            PortInUseError, match="this machine has no address 10.255.255.1"
+        ) as info:
+            call()
+        assert info.value.hint

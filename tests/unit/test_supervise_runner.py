@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from sdrpc_build.supervise.lines import MAX_LINE
 from sdrpc_build.supervise.readiness import Readiness, RemoteDevice
 from sdrpc_build.supervise.runner import Runner
 from sdrpc_build.supervise.spec import ServerSpec
@@ -167,3 +170,120 @@ def test_spawn_failure_is_fatal(tmp_path: Path) -> None:
     )
     assert [e.kind for e in seen] == ["starting", "exited", "fatal"]
     assert "Permission denied" in str(seen[-1].data["reason"])
+
+
+def _one_server_runner(
+    tmp_path: Path,
+    child_class: type[FakeChild],
+    seen: list[Event],
+    lines: list[str],
+) -> tuple[Runner, list[FakeChild]]:
+    children: list[FakeChild] = []
+
+    def factory(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None) -> FakeChild:
+        children.append(child_class(argv, env))
+        return children[-1]
+
+    spec = ServerSpec(
+        name="a", binary=Path("/x"), cache_dir=tmp_path / "cache" / "a", restart="never"
+    )
+    sup = Supervisor([spec], Policy(probe_interval=0.01))
+    runner = Runner(
+        sup,
+        base_env={},
+        on_event=seen.append,
+        on_output=lambda n, t: lines.append(t),
+        log_dir=tmp_path / "logs",
+        factory=factory,  # type: ignore[arg-type]
+        readiness=lambda s: Readiness("retry"),
+    )
+    return runner, children
+
+
+class FloodingChild(FakeChild):
+    """Prints 5 MiB without a newline, a progress bar, then crashes (from a thread)."""
+
+    SIZE = 5 << 20
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        super().__init__(argv, env)
+        self.thread = threading.Thread(target=self._flood, daemon=True)
+        self.thread.start()
+
+    def _flood(self) -> None:
+        chunk = b"x" * 65536
+        for _ in range(self.SIZE // len(chunk)):
+            os.write(self._w, chunk)
+        os.write(self._w, b"\rloading 10%\rloading 20%\r\nerror: boom\n")
+        self.die(1)
+
+
+def test_a_flood_without_newlines_is_split_and_bounded(tmp_path: Path) -> None:
+    seen: list[Event] = []
+    lines: list[str] = []
+    runner, children = _one_server_runner(tmp_path, FloodingChild, seen, lines)
+    runner.run(install_signals=False)
+    children[0].thread.join(10)
+    flood = [x for x in lines if x.startswith("x")]
+    assert sum(len(x) for x in flood) == FloodingChild.SIZE  # nothing lost...
+    assert max(len(x) for x in lines) <= MAX_LINE  # ...but no line above the cap
+    assert lines[-3:] == ["loading 10%", "loading 20%", "error: boom"]  # \r ends a line
+    fatal = seen[-1]
+    assert fatal.kind == "fatal"
+    tail = fatal.data["tail"]
+    assert isinstance(tail, list)
+    assert sum(len(x) for x in tail) <= 15 * MAX_LINE
+    assert "boom" in str(fatal.data["reason"])
+
+
+def test_spawn_value_error_is_a_failure_not_a_crash(tmp_path: Path) -> None:
+    def factory(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None) -> FakeChild:
+        raise ValueError("embedded null byte")
+
+    seen: list[Event] = []
+    sup = Supervisor([ServerSpec(name="a", binary=Path("/x"))], Policy())
+    runner = Runner(
+        sup,
+        base_env={},
+        on_event=seen.append,
+        on_output=lambda n, t: None,
+        factory=factory,  # type: ignore[arg-type]
+        readiness=lambda s: Readiness("ready"),
+    )
+    runner.run(install_signals=False)
+    assert [e.kind for e in seen] == ["starting", "exited", "fatal"]
+    assert "embedded null byte" in str(seen[-1].data["reason"])
+
+
+def test_logs_and_cache_dirs_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    seen: list[Event] = []
+    runner, _ = _one_server_runner(tmp_path, FakeChild, seen, [])
+    old = os.umask(0)
+    try:
+        runner.request_stop()
+        runner.run(install_signals=False)
+    finally:
+        os.umask(old)
+    modes = {
+        p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+        for p in (tmp_path / x for x in ("logs", "logs/a.log", "cache", "cache/a"))
+    }
+    assert modes == {"logs": 0o700, "logs/a.log": 0o600, "cache": 0o700, "cache/a": 0o700}
+
+
+def test_a_late_signal_is_counted_not_raised(tmp_path: Path) -> None:
+    """restore_signals=False: a Ctrl-C after the stop must not become KeyboardInterrupt."""
+    seen: list[Event] = []
+    runner, _ = _one_server_runner(tmp_path, FakeChild, seen, [])
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        runner.request_stop()
+        runner.run(restore_signals=False)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        signal.raise_signal(signal.SIGINT)  # would raise KeyboardInterrupt with the default
+        signal.raise_signal(signal.SIGTERM)  # would end the test run with the default
+    finally:
+        signal.signal(signal.SIGINT, before)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert [e.kind for e in seen][-2:] == ["exited", "stopped"]
