@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from sdrpc_build.protocol.client import probe  # noqa: E402
+from sdrpc_build.protocol.probe import probe  # noqa: E402
 
 
 def free_port() -> int:

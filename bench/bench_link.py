@@ -6,7 +6,7 @@ Per sdist version (0.3.35 = protocol v5, 0.3.36 = v7) a real CPU rpc-server
 (GGML_MAX_NAME 64, from tests/servers.py) is started on 127.0.0.1, then in
 alternating rounds (to share any drift of the machine fairly):
 
-* sdrpc: :func:`sdrpc_build.linkbench.bench_server` (SET + 4-byte GET barrier,
+* sdrpc: :func:`sdrpc_build.bench.link.bench_server` (SET + 4-byte GET barrier,
   GET into a preallocated buffer);
 * native: bench/native/rpc_native_bench.cpp (``ggml_backend_tensor_set/get``
   through llama.cpp's RPC client, same barrier);
@@ -48,8 +48,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests"), str(HERE / "native")]
 import servers  # noqa: E402
 from build import native_binary  # noqa: E402
 
-from sdrpc_build.bench import mb_per_s, parse_size  # noqa: E402
-from sdrpc_build.linkbench import BenchOptions, bench_server  # noqa: E402
+from sdrpc_build.bench.link import BenchOptions, bench_server  # noqa: E402
+from sdrpc_build.bench.maths import mb_per_s, parse_size  # noqa: E402
 
 GOAL = 0.9
 PROTOCOL = {"0.3.35": "v5", "0.3.36": "v7"}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from sdrpc_build.source import _safe_members as safe_members
+from sdrpc_build.build.source import _safe_members as safe_members
 
 __all__ = [
     "LLAMA_SDISTS",
@@ -121,8 +121,8 @@ def sdrpc_cache() -> Path:
 
 def build_server(version: str, max_name: int) -> Path:
     """A real CPU server built *by sdrpc-build* from the llama-cpp-python==version sdist."""
-    from sdrpc_build.build import BuildOptions, build
-    from sdrpc_build.pins import Pin, SdPins
+    from sdrpc_build.build.pins import Pin, SdPins
+    from sdrpc_build.build.pipeline import BuildOptions, build
 
     commit = LLAMA_SDISTS[version][0]
     unknown: Pin[None] = Pin(None, "test")

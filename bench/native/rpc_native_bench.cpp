@@ -6,7 +6,7 @@
 // Prints one JSON object on stdout:
 //   {"bytes": N, "set_s": [..], "get_s": [..], "latency_s": [..], "verified": true}
 // SET timings include a 4-byte GET_TENSOR afterwards (SET_TENSOR has no reply
-// since protocol v2): the same barrier sdrpc_build.linkbench uses, so the two
+// since protocol v2): the same barrier sdrpc_build.bench.link uses, so the two
 // clients are timed the same way. Must be built with the server's GGML_MAX_NAME.
 #include "ggml.h"
 #include "ggml-alloc.h"

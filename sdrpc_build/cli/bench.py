@@ -33,7 +33,8 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from sdrpc_build.bench import (
+from sdrpc_build.bench.link import DEADLINE_FACTOR, BenchError, BenchOptions, bench_server
+from sdrpc_build.bench.maths import (
     DEFAULT_SIZES,
     ServerResult,
     format_bytes,
@@ -42,10 +43,9 @@ from sdrpc_build.bench import (
     parse_sizes,
     to_json,
 )
-from sdrpc_build.check import Endpoint, parse_endpoints, parse_timeout, shown
 from sdrpc_build.cli._common import Parser, err_console, out_console, report_error, run_parsed
 from sdrpc_build.errors import UsageError
-from sdrpc_build.linkbench import DEADLINE_FACTOR, BenchError, BenchOptions, bench_server
+from sdrpc_build.protocol.compat import Endpoint, parse_endpoints, parse_timeout, shown
 
 __all__ = ["main"]
 

@@ -19,17 +19,17 @@ from typing import Optional
 
 from rich.table import Table
 
-from sdrpc_build.build import BuildOptions, BuildResult, build, dry_run
+from sdrpc_build.build.pins import Pin, SdPins, is_full_sha, parse_max_name_value, read_sd_tree
+from sdrpc_build.build.pipeline import BuildOptions, BuildResult, build, dry_run
+from sdrpc_build.build.plan import configure_argv, parse_define
+from sdrpc_build.build.recipes import list_recipes
+from sdrpc_build.build.source import DEFAULT_LLAMA_REPO
+from sdrpc_build.build.store import list_manifests
+from sdrpc_build.build.url import SecretUrl
 from sdrpc_build.cli._common import Parser, err_console, out_console, run_parsed
 from sdrpc_build.cli.build_report import build_reporter, print_table
 from sdrpc_build.errors import EXIT_CODES, PinsError, Terminated, UsageError
 from sdrpc_build.paths import artifacts_dir, cache_dir, shown_path
-from sdrpc_build.pins import Pin, SdPins, is_full_sha, parse_max_name_value, read_sd_tree
-from sdrpc_build.plan import configure_argv, parse_define
-from sdrpc_build.recipes import list_recipes
-from sdrpc_build.source import DEFAULT_LLAMA_REPO
-from sdrpc_build.store import list_manifests
-from sdrpc_build.url import SecretUrl
 
 __all__ = ["main", "make_parser"]
 
@@ -154,7 +154,7 @@ def _pins(args: argparse.Namespace, env: Mapping[str, str]) -> SdPins:
     if args.max_name is not None:
         max_name = parse_max_name_value(args.max_name, "--max-name", UsageError)
     if args.sd_ref:
-        from sdrpc_build.remote import RemoteConfig, read_remote_ref
+        from sdrpc_build.build.remote import RemoteConfig, read_remote_ref
 
         cfg = RemoteConfig.from_env(env, api=args.github_api, raw=args.github_raw)
         return read_remote_ref(args.sd_ref, cfg, llama_commit=args.llama_commit, max_name=max_name)
@@ -261,7 +261,7 @@ def _result_json(res: BuildResult) -> dict[str, object]:
 
 def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.ci_matrix:
-        from sdrpc_build.ci_matrix import main_ci_matrix
+        from sdrpc_build.build.ci_matrix import main_ci_matrix
 
         return main_ci_matrix()
     if args.list_backends:
@@ -367,7 +367,7 @@ def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         res = build(pins, opts, env, reporter)
     wheel_path: Optional[Path] = None
     if args.wheel:
-        from sdrpc_build.wheel import build_wheel
+        from sdrpc_build.build.wheel import build_wheel
 
         wheel_path = build_wheel(
             res.manifest, args.out, env=env, scratch_root=opts.cache_root / "tmp"

@@ -23,7 +23,7 @@ from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdrpc_build.build import Reporter
+from sdrpc_build.build.pipeline import Reporter
 from sdrpc_build.cli._common import err_console
 
 __all__ = ["PlainReporter", "RichReporter", "build_reporter", "print_table"]

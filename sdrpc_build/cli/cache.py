@@ -14,8 +14,7 @@ import sys
 
 from rich.table import Table
 
-from sdrpc_build.cli._common import Parser, out_console, run_parsed
-from sdrpc_build.diskuse import (
+from sdrpc_build.build.diskuse import (
     CATEGORIES,
     KEPT_BY_PRUNE,
     Entry,
@@ -24,10 +23,11 @@ from sdrpc_build.diskuse import (
     remove_entries,
     survey,
 )
+from sdrpc_build.build.store import list_manifests
+from sdrpc_build.cli._common import Parser, out_console, run_parsed
 from sdrpc_build.errors import UsageError
+from sdrpc_build.launch.cache import format_size
 from sdrpc_build.paths import artifacts_dir, cache_dir
-from sdrpc_build.store import list_manifests
-from sdrpc_build.supervise.cache import format_size
 
 __all__ = ["DEFAULT_KEEP", "main"]
 

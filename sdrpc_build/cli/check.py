@@ -50,8 +50,11 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from sdrpc_build import pins
-from sdrpc_build.check import (
+from sdrpc_build.build import pins
+from sdrpc_build.cli._common import Parser, out_console, run_parsed
+from sdrpc_build.errors import PinsError, ProtocolError, UsageError
+from sdrpc_build.protocol.codec import format_version, parse_version
+from sdrpc_build.protocol.compat import (
     ClientSpec,
     Endpoint,
     MappedDevice,
@@ -63,10 +66,7 @@ from sdrpc_build.check import (
     parse_timeout,
     shown,
 )
-from sdrpc_build.cli._common import Parser, out_console, run_parsed
-from sdrpc_build.errors import PinsError, ProtocolError, UsageError
-from sdrpc_build.protocol.client import DEADLINE_FACTOR, MAX_DEVICES, ProbeResult, probe
-from sdrpc_build.protocol.codec import format_version, parse_version
+from sdrpc_build.protocol.probe import DEADLINE_FACTOR, MAX_DEVICES, ProbeResult, probe
 
 __all__ = ["EXIT_CODES", "main"]
 

@@ -17,13 +17,13 @@ from typing import Optional
 
 from rich.table import Table
 
+from sdrpc_build.build.doctor import DoctorReport, diagnose, system_probes
+from sdrpc_build.build.doctor.preflight import blocked_error
+from sdrpc_build.build.recipes import Recipe, list_recipes, suggest
+from sdrpc_build.build.toolchain import current_platform
 from sdrpc_build.cli._common import Parser, out_console, run_parsed
-from sdrpc_build.cmake import current_platform
-from sdrpc_build.doctor import DoctorReport, diagnose, system_probes
-from sdrpc_build.doctor.preflight import blocked_error
 from sdrpc_build.errors import RecipeError, ToolError
 from sdrpc_build.paths import cache_dir
-from sdrpc_build.recipes import Recipe, list_recipes, suggest
 
 __all__ = ["main", "make_parser"]
 

@@ -49,18 +49,18 @@ from typing import TYPE_CHECKING, Optional, TypeVar
 from sdrpc_build.cli._common import Parser, run_parsed
 from sdrpc_build.cli.launch_report import PROG, Reporter, security_warning
 from sdrpc_build.errors import UsageError
+from sdrpc_build.launch import settings
+from sdrpc_build.launch.config import ServerOptions, Supervision, load_config
+from sdrpc_build.launch.errors import ServerFatalError
+from sdrpc_build.launch.instance import DEFAULT_INSTANCE
+from sdrpc_build.launch.ports import ensure_port_free, pick_free_port
+from sdrpc_build.launch.procs import line_buffer_prefix, list_devices
+from sdrpc_build.launch.resolve import Environment, resolve_servers
+from sdrpc_build.launch.runner import Runner
+from sdrpc_build.launch.spec import RESTART_POLICIES
+from sdrpc_build.launch.state import Policy
+from sdrpc_build.launch.supervisor import Supervisor
 from sdrpc_build.paths import artifacts_dir, cache_dir, run_dir
-from sdrpc_build.supervise import settings
-from sdrpc_build.supervise.config import ServerOptions, Supervision, load_config
-from sdrpc_build.supervise.errors import ServerFatalError
-from sdrpc_build.supervise.instance import DEFAULT_INSTANCE
-from sdrpc_build.supervise.ports import ensure_port_free, pick_free_port
-from sdrpc_build.supervise.procs import line_buffer_prefix, list_devices
-from sdrpc_build.supervise.resolve import Environment, resolve_servers
-from sdrpc_build.supervise.runner import Runner
-from sdrpc_build.supervise.spec import RESTART_POLICIES
-from sdrpc_build.supervise.state import Policy
-from sdrpc_build.supervise.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from sdrpc_build.cli.launch_child import DetachedChild

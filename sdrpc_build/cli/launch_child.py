@@ -27,8 +27,8 @@ from typing import IO, Any, Optional
 
 from sdrpc_build.cli.launch_report import Reporter, tail_line
 from sdrpc_build.errors import LaunchError, SdrpcError
-from sdrpc_build.supervise.identity import ProcessTable, system_table
-from sdrpc_build.supervise.instance import (
+from sdrpc_build.launch.identity import ProcessTable, system_table
+from sdrpc_build.launch.instance import (
     InstanceState,
     ServerRecord,
     remove_state,
@@ -36,9 +36,9 @@ from sdrpc_build.supervise.instance import (
     supervisor_log,
     write_state,
 )
-from sdrpc_build.supervise.runner import Runner
-from sdrpc_build.supervise.spec import ServerSpec
-from sdrpc_build.supervise.supervisor import DeviceRow, Event, Supervisor
+from sdrpc_build.launch.runner import Runner
+from sdrpc_build.launch.spec import ServerSpec
+from sdrpc_build.launch.supervisor import DeviceRow, Event, Supervisor
 
 __all__ = ["ChildReporter", "DetachedChild", "event_from_wire", "event_to_wire"]
 

@@ -28,19 +28,18 @@ from rich.markup import escape
 from sdrpc_build.cli._common import Parser, err_console, out_console, run_parsed
 from sdrpc_build.cli.launch_detach import instance_flag
 from sdrpc_build.cli.launch_report import PROG, print_device_map, row_json
-from sdrpc_build.paths import cache_dir, run_dir
-from sdrpc_build.supervise import settings
-from sdrpc_build.supervise.activity import Activity, read_activity
-from sdrpc_build.supervise.control import stop_instance
-from sdrpc_build.supervise.errors import NotRunningError, StopError
-from sdrpc_build.supervise.identity import (
+from sdrpc_build.launch import settings
+from sdrpc_build.launch.activity import Activity, read_activity
+from sdrpc_build.launch.control import stop_instance
+from sdrpc_build.launch.errors import NotRunningError, StopError
+from sdrpc_build.launch.identity import (
     LIVE,
     ProcessTable,
     Verdict,
     signal_verified,
     system_table,
 )
-from sdrpc_build.supervise.instance import (
+from sdrpc_build.launch.instance import (
     DEFAULT_INSTANCE,
     InstanceState,
     ServerRecord,
@@ -51,6 +50,7 @@ from sdrpc_build.supervise.instance import (
     remove_state,
     state_path,
 )
+from sdrpc_build.paths import cache_dir, run_dir
 
 __all__ = ["ServerState", "ServerStatus", "format_duration", "main", "server_status"]
 

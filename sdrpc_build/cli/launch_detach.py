@@ -37,16 +37,15 @@ from sdrpc_build.cli._common import err_console, out_console
 from sdrpc_build.cli.launch_child import event_from_wire
 from sdrpc_build.cli.launch_report import PROG, Reporter, row_json, tail_line
 from sdrpc_build.errors import LaunchError, SdrpcError, UsageError
-from sdrpc_build.paths import run_dir
-from sdrpc_build.supervise.errors import InstanceRunningError
-from sdrpc_build.supervise.identity import (
+from sdrpc_build.launch.errors import InstanceRunningError
+from sdrpc_build.launch.identity import (
     LIVE,
     ProcessIdentity,
     ProcessTable,
     signal_verified,
     system_table,
 )
-from sdrpc_build.supervise.instance import (
+from sdrpc_build.launch.instance import (
     DEFAULT_INSTANCE,
     InstanceState,
     StateFileError,
@@ -56,10 +55,11 @@ from sdrpc_build.supervise.instance import (
     state_path,
     supervisor_log,
 )
-from sdrpc_build.supervise.private import FILE_MODE, cannot_write, private_dir, private_fd
-from sdrpc_build.supervise.procs import stop_process
-from sdrpc_build.supervise.state import Policy, describe_exit
-from sdrpc_build.supervise.supervisor import DeviceRow, Event
+from sdrpc_build.launch.private import FILE_MODE, cannot_write, private_dir, private_fd
+from sdrpc_build.launch.procs import stop_process
+from sdrpc_build.launch.state import Policy, describe_exit
+from sdrpc_build.launch.supervisor import DeviceRow, Event
+from sdrpc_build.paths import run_dir
 
 __all__ = ["DetachedStartError", "instance_flag", "start_detached"]
 

@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from sdrpc_build.build import BuildOptions, build
+from sdrpc_build.build.pins import Pin, SdPins
+from sdrpc_build.build.pipeline import BuildOptions, build
 from sdrpc_build.cli._common import Parser, run_parsed
 from sdrpc_build.cli.build_report import build_reporter
 from sdrpc_build.errors import LaunchError
+from sdrpc_build.launch.procs import stop_process
 from sdrpc_build.paths import cache_dir
-from sdrpc_build.pins import Pin, SdPins
-from sdrpc_build.supervise.procs import stop_process
 
 __all__ = ["DEFAULT_PINS", "main"]
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from sdrpc_build.protocol.client import DeviceInfo, ProbeResult, RpcClient, probe
+from sdrpc_build.protocol.probe import DeviceInfo, ProbeResult, RpcClient, probe
 
 __all__ = ["DeviceInfo", "ProbeResult", "RpcClient", "probe"]

@@ -1,6 +1,6 @@
 """Sans-I/O codec for the ggml RPC wire protocol, versions 1.x to 7.x.
 
-Bytes in, typed values out; no sockets here (see :mod:`sdrpc_build.protocol.client`).
+Bytes in, typed values out; no sockets here (see :mod:`sdrpc_build.protocol.probe`).
 
 * Request: ``u8 cmd | u64 size | payload``; reply (when the command has one):
   ``u64 size | data``. Little-endian, packed structs.

@@ -665,7 +665,7 @@ def test_sigterm_stops_every_compile_job_and_keeps_nothing(
 def test_fetched_source_is_reused_without_network(
     shared_cache: Path, git_build: dict[str, object]
 ) -> None:
-    from sdrpc_build.source import fetch_git
+    from sdrpc_build.build.source import fetch_git
 
     src = fetch_git(shared_cache / "sources", V5, "file:///nonexistent/llama.cpp.git", retries=1)
     assert src.method == "cache" and src.fetched is False

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sdrpc_build.diskuse import busy_paths, plan_prune, survey
-from sdrpc_build.store import install_entry, list_manifests
+from sdrpc_build.build.diskuse import busy_paths, plan_prune, survey
+from sdrpc_build.build.store import install_entry, list_manifests
 
 
 @pytest.fixture

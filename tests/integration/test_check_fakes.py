@@ -20,7 +20,7 @@ from fakes import (
 )
 
 from sdrpc_build.cli.check import main
-from sdrpc_build.protocol.client import DEADLINE_FACTOR, probe
+from sdrpc_build.protocol.probe import DEADLINE_FACTOR, probe
 
 pytestmark = pytest.mark.integration
 

@@ -130,8 +130,8 @@ def v36(server_binary: Callable[[str, int], Path]) -> Path:
 def test_three_servers_from_config_restart_and_device_map(
     launch: Callable[..., Launch], tmp_path: Path, v35: Path, v36: Path
 ) -> None:
-    from sdrpc_build.check import device_map
-    from sdrpc_build.protocol.client import probe
+    from sdrpc_build.protocol.compat import device_map
+    from sdrpc_build.protocol.probe import probe
 
     ports = [free_port() for _ in range(3)]
     cfg = tmp_path / "servers.toml"
@@ -240,7 +240,7 @@ def test_no_server_outlives_the_supervisor(
 
 
 def test_cache_cap_is_enforced(launch: Callable[..., Launch], v35: Path, tmp_path: Path) -> None:
-    from sdrpc_build.protocol.client import probe
+    from sdrpc_build.protocol.probe import probe
 
     cache = tmp_path / "cache"
     files = cache / "srv" / "rpc"

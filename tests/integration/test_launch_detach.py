@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from procs import alive, free_port, port_bound
 
-from sdrpc_build.supervise.identity import LIVE, ProcessIdentity, signal_verified, system_table
+from sdrpc_build.launch.identity import LIVE, ProcessIdentity, signal_verified, system_table
 
 pytestmark = pytest.mark.integration
 

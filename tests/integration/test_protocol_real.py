@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from sdrpc_build.check import ClientSpec, judge
 from sdrpc_build.cli.check import main
-from sdrpc_build.protocol.client import RpcClient, probe
+from sdrpc_build.protocol.compat import ClientSpec, judge
+from sdrpc_build.protocol.probe import RpcClient, probe
 from sdrpc_build.protocol.tensor import RpcTensor
 
 pytestmark = pytest.mark.integration

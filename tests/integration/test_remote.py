@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from sdrpc_build.build.remote import RemoteConfig, parse_ref, read_remote_ref
 from sdrpc_build.errors import PinsError, SourceError, UsageError
-from sdrpc_build.remote import RemoteConfig, parse_ref, read_remote_ref
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from sdrpc_build.protocol.client import probe
-from sdrpc_build.scratch import TAG, owner_of, scratch_path
-from sdrpc_build.store import MANIFEST, Manifest, install_entry
-from sdrpc_build.wheel import build_wheel, installed_servers, script_name, wheel_version
+from sdrpc_build.build.scratch import TAG, owner_of, scratch_path
+from sdrpc_build.build.store import MANIFEST, Manifest, install_entry
+from sdrpc_build.build.wheel import build_wheel, installed_servers, script_name, wheel_version
+from sdrpc_build.protocol.probe import probe
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ def test_wheel_name_and_contents(venv: tuple[Path, Path, Manifest]) -> None:
 def test_installed_wheel_is_found_by_sdrpc(venv: tuple[Path, Path, Manifest]) -> None:
     _wheel, bindir, _entry = venv
     code = (
-        "import json; from sdrpc_build.wheel import installed_servers as f; "
+        "import json; from sdrpc_build.build.wheel import installed_servers as f; "
         "import sdrpc_server_cpu as s; "
         "print(json.dumps([[m.backend, m.commit, m.max_name, str(m.binary)] for m in f()]"
         " + [s.manifest()['max_name']]))"

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from sdrpc_build.bench import (
+from sdrpc_build.bench.link import BenchError, BenchOptions, Pattern, bench_with_client, payload
+from sdrpc_build.bench.maths import (
     DEFAULT_SIZES,
     DeviceResult,
     Sample,
@@ -29,8 +30,7 @@ from sdrpc_build.bench import (
 )
 from sdrpc_build.cli.bench import _parser, main
 from sdrpc_build.errors import UsageError
-from sdrpc_build.linkbench import BenchError, BenchOptions, Pattern, bench_with_client, payload
-from sdrpc_build.protocol.client import Closed, DeviceInfo
+from sdrpc_build.protocol.probe import Closed, DeviceInfo
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 

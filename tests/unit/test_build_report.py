@@ -4,8 +4,8 @@ import io
 
 from rich.table import Table
 
+from sdrpc_build.build.toolchain import parse_ninja_step
 from sdrpc_build.cli.build_report import PlainReporter, print_table
-from sdrpc_build.cmake import parse_ninja_step
 
 
 class _Clock:

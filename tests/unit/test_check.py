@@ -1,4 +1,4 @@
-"""Pure judging (sdrpc_build.check) and the sdrpc-check CLI with a stubbed probe."""
+"""Pure judging (sdrpc_build.protocol.compat) and the sdrpc-check CLI with a stubbed probe."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 
 import sdrpc_build.cli.check as cli
-from sdrpc_build.check import (
+from sdrpc_build.errors import UsageError
+from sdrpc_build.protocol.compat import (
     ClientSpec,
     Endpoint,
     device_map,
     judge,
     parse_endpoints,
 )
-from sdrpc_build.errors import UsageError
-from sdrpc_build.protocol.client import DeviceInfo, ProbeResult, format_endpoint
+from sdrpc_build.protocol.probe import DeviceInfo, ProbeResult, format_endpoint
 
 
 def ok(
@@ -353,7 +353,7 @@ def test_cli_sd_cpp_pins_and_override(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from sdrpc_build import pins
+    from sdrpc_build.build import pins
 
     seen: list[Path] = []
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sdrpc_build.ci_matrix import CI_BACKENDS, RUNNERS, ci_matrix, main_ci_matrix, matrix_rows
-from sdrpc_build.recipes import Recipe, list_recipes, parse_recipe
+from sdrpc_build.build.ci_matrix import CI_BACKENDS, RUNNERS, ci_matrix, main_ci_matrix, matrix_rows
+from sdrpc_build.build.recipes import Recipe, list_recipes, parse_recipe
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / ".github" / "workflows"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from sdrpc_build.build.diskuse import busy_paths, plan_prune, remove_entries, survey
+from sdrpc_build.build.store import install_entry, list_manifests
 from sdrpc_build.cli import cache as cache_cli
-from sdrpc_build.diskuse import busy_paths, plan_prune, remove_entries, survey
-from sdrpc_build.store import install_entry, list_manifests
 
 COMMITS = ["a" * 40, "b" * 40, "c" * 40]
 

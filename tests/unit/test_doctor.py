@@ -10,9 +10,7 @@ from typing import Optional
 
 import pytest
 
-from sdrpc_build.cli import build as cli_build
-from sdrpc_build.cli import doctor as cli_doctor
-from sdrpc_build.doctor import (
+from sdrpc_build.build.doctor import (
     MIN_DISK_BYTES,
     DoctorReport,
     Probes,
@@ -21,8 +19,10 @@ from sdrpc_build.doctor import (
     parse_vulkan_header_version,
     require_buildable,
 )
+from sdrpc_build.build.recipes import list_recipes, load_recipe
+from sdrpc_build.cli import build as cli_build
+from sdrpc_build.cli import doctor as cli_doctor
 from sdrpc_build.errors import ToolError
-from sdrpc_build.recipes import list_recipes, load_recipe
 
 GIB = 1024**3
 

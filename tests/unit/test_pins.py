@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sdrpc_build.errors import PinsError, UsageError
-from sdrpc_build.pins import (
+from sdrpc_build.build.pins import (
     apply_overrides,
     check_max_name,
     max_name_problem,
@@ -16,6 +15,7 @@ from sdrpc_build.pins import (
     parse_sync_llama_last,
     read_sd_tree,
 )
+from sdrpc_build.errors import PinsError, UsageError
 
 SHA = "b0f0dd3e516a783b46bb15b20e6a6579367e2ff2"
 

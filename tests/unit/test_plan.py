@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sdrpc_build.errors import UsageError
-from sdrpc_build.plan import (
+from sdrpc_build.build.plan import (
     BuildRequest,
     TreeFacts,
     build_argv,
@@ -17,7 +16,8 @@ from sdrpc_build.plan import (
     project_include_text,
     read_tree_facts,
 )
-from sdrpc_build.recipes import load_recipe
+from sdrpc_build.build.recipes import load_recipe
+from sdrpc_build.errors import UsageError
 
 SHA = "4df29be4f4c3673f428170fda944a5b19f743bb8"
 NEW = TreeFacts(

@@ -2,15 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from sdrpc_build.doctor.requires import VERSION_PARSERS
-from sdrpc_build.errors import RecipeError
-from sdrpc_build.recipes import (
+from sdrpc_build.build.doctor.requires import VERSION_PARSERS
+from sdrpc_build.build.recipes import (
     VERSION_READERS,
     builtin_recipe_dir,
     list_recipes,
     load_recipe,
     parse_recipe,
 )
+from sdrpc_build.errors import RecipeError
 
 REQUIRED = {"cpu", "cuda", "vulkan", "metal", "hip", "sycl", "musa", "opencl", "blas"}
 

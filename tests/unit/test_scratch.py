@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sdrpc_build.scratch import (
+from sdrpc_build.build.scratch import (
     TAG,
     Owner,
     clean_stale,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from sdrpc_build.protocol.client import probe
-from sdrpc_build.protocol.session import RpcClient, TooSlow, Unreachable
+from sdrpc_build.protocol.client import RpcClient, TooSlow, Unreachable
+from sdrpc_build.protocol.probe import probe
 
 
 def test_exchange_limit_is_timeout_per_request_plus_per_mib() -> None:

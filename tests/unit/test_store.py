@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from sdrpc_build.errors import StoreError
-from sdrpc_build.scratch import TAG, owner_of, scratch_path
-from sdrpc_build.store import (
+from sdrpc_build.build.scratch import TAG, owner_of, scratch_path
+from sdrpc_build.build.store import (
     find_manifest,
     install_entry,
     list_manifests,
@@ -15,6 +14,7 @@ from sdrpc_build.store import (
     prepare_cache,
     update_manifest,
 )
+from sdrpc_build.errors import StoreError
 
 _NO_PID = 2**22 + 12345  # above Linux's pid_max: no such process
 
@@ -99,8 +99,8 @@ def test_unusable_cache_is_a_store_error(tmp_path: Path, kind: str) -> None:
 
 
 def test_listing_a_cache_that_is_a_file_is_a_store_error(tmp_path: Path) -> None:
+    from sdrpc_build.build.store import list_manifests
     from sdrpc_build.errors import StoreError
-    from sdrpc_build.store import list_manifests
 
     (tmp_path / "cache").write_text("")
     assert list_manifests(tmp_path / "nowhere" / "artifacts") == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from sdrpc_build.supervise.activity import Activity, parse_activity, read_activity
+from sdrpc_build.launch.activity import Activity, parse_activity, read_activity
 
 T1 = "2025-03-04T05:06:07.123"
 T2 = "2025-03-04T05:07:00.000"

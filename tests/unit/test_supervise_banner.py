@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sdrpc_build.supervise.banner import (
+from sdrpc_build.launch.banner import (
     BannerDevice,
     BannerParser,
     classify_failure,

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from sdrpc_build.errors import UsageError
-from sdrpc_build.supervise.cache import cache_entries, format_size, parse_size, prune
+from sdrpc_build.launch.cache import cache_entries, format_size, parse_size, prune
 
 
 @pytest.mark.parametrize(

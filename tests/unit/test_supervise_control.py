@@ -5,9 +5,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from sdrpc_build.supervise.control import StopOutcome, stop_instance, targets
-from sdrpc_build.supervise.identity import LIVE, ProcessIdentity, Verdict
-from sdrpc_build.supervise.instance import InstanceState, ServerRecord
+from sdrpc_build.launch.control import StopOutcome, stop_instance, targets
+from sdrpc_build.launch.identity import LIVE, ProcessIdentity, Verdict
+from sdrpc_build.launch.instance import InstanceState, ServerRecord
 
 SUP = ProcessIdentity(100, "1@b", "proc")
 S0 = ProcessIdentity(101, "2@b", "proc")

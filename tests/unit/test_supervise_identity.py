@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sdrpc_build.supervise import identity as ident_mod
-from sdrpc_build.supervise.identity import (
+from sdrpc_build.launch import identity as ident_mod
+from sdrpc_build.launch.identity import (
     ProcessIdentity,
     ProcessInfo,
     ProcessTable,

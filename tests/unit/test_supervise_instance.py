@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from sdrpc_build.errors import UsageError
-from sdrpc_build.supervise.identity import ProcessIdentity
-from sdrpc_build.supervise.instance import (
+from sdrpc_build.launch.identity import ProcessIdentity
+from sdrpc_build.launch.instance import (
     InstanceState,
     ServerRecord,
     StateFileError,
@@ -27,7 +27,7 @@ from sdrpc_build.supervise.instance import (
     supervisor_log,
     write_state,
 )
-from sdrpc_build.supervise.supervisor import DeviceRow
+from sdrpc_build.launch.supervisor import DeviceRow
 
 
 def sample(tmp_path: Path, pid: int = 100) -> InstanceState:

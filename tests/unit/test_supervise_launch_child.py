@@ -11,12 +11,12 @@ import pytest
 
 from sdrpc_build.cli.launch_child import DetachedChild, event_from_wire, event_to_wire
 from sdrpc_build.errors import LaunchError, UsageError
-from sdrpc_build.supervise.identity import ProcessIdentity, ProcessInfo, ProcessTable
-from sdrpc_build.supervise.instance import InstanceState, read_state, state_path
-from sdrpc_build.supervise.readiness import Readiness, RemoteDevice
-from sdrpc_build.supervise.spec import ServerSpec
-from sdrpc_build.supervise.state import Policy
-from sdrpc_build.supervise.supervisor import Event, Probe, Supervisor
+from sdrpc_build.launch.identity import ProcessIdentity, ProcessInfo, ProcessTable
+from sdrpc_build.launch.instance import InstanceState, read_state, state_path
+from sdrpc_build.launch.readiness import Readiness, RemoteDevice
+from sdrpc_build.launch.spec import ServerSpec
+from sdrpc_build.launch.state import Policy
+from sdrpc_build.launch.supervisor import Event, Probe, Supervisor
 
 READY = Readiness("ready", protocol="5.0.0", devices=(RemoteDevice(0, 1 << 30, 2 << 30),))
 TABLE = ProcessTable("proc", lambda pid: ProcessInfo(f"{pid}@boot"))

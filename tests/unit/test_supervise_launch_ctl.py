@@ -14,8 +14,8 @@ import pytest
 from sdrpc_build.cli import main as umbrella
 from sdrpc_build.cli.launch import main
 from sdrpc_build.cli.launch_ctl import format_duration
-from sdrpc_build.supervise.identity import ProcessIdentity, system_table
-from sdrpc_build.supervise.instance import (
+from sdrpc_build.launch.identity import ProcessIdentity, system_table
+from sdrpc_build.launch.instance import (
     InstanceState,
     ServerRecord,
     read_state,
@@ -23,7 +23,7 @@ from sdrpc_build.supervise.instance import (
     supervisor_log,
     write_state,
 )
-from sdrpc_build.supervise.supervisor import DeviceRow
+from sdrpc_build.launch.supervisor import DeviceRow
 
 NO_SUCH_PID = 2**30  # above any pid_max
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdrpc_build.supervise.lines import MAX_LINE, LineSplitter
+from sdrpc_build.launch.lines import MAX_LINE, LineSplitter
 
 OUTPUT = b"Starting\r\nDevices:\n  CPU\rprogress 10%\rprogress 20%\r\n\nlast"
 LINES = ["Starting", "Devices:", "  CPU", "progress 10%", "progress 20%", "", "last"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sdrpc_build.supervise.errors import PortInUseError
-from sdrpc_build.supervise.ports import (
+from sdrpc_build.launch.errors import PortInUseError
+from sdrpc_build.launch.ports import (
     ensure_port_free,
     find_listener,
     listening_inodes,

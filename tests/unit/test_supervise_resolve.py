@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from sdrpc_build.errors import UsageError
-from sdrpc_build.supervise.banner import BannerDevice
-from sdrpc_build.supervise.config import ServerOptions
-from sdrpc_build.supervise.errors import DeviceError, NoServerBinaryError, PortInUseError
-from sdrpc_build.supervise.resolve import Environment, resolve_build, resolve_servers
+from sdrpc_build.launch.banner import BannerDevice
+from sdrpc_build.launch.config import ServerOptions
+from sdrpc_build.launch.errors import DeviceError, NoServerBinaryError, PortInUseError
+from sdrpc_build.launch.resolve import Environment, resolve_build, resolve_servers
 
 GPUS = (
     BannerDevice("CUDA0", "A", 100, 90),
@@ -163,7 +163,7 @@ def _manifest(root: Path, key: str, backend: str, created: str, platform: str) -
 def test_builds_from_the_store(tmp_path: Path) -> None:
     import platform as pf
 
-    from sdrpc_build.cmake import current_platform
+    from sdrpc_build.build.toolchain import current_platform
 
     here = f"{current_platform()}-{pf.machine().lower()}"
     root = tmp_path / "artifacts"

@@ -9,12 +9,12 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sdrpc_build.supervise.lines import MAX_LINE
-from sdrpc_build.supervise.readiness import Readiness, RemoteDevice
-from sdrpc_build.supervise.runner import Runner
-from sdrpc_build.supervise.spec import ServerSpec
-from sdrpc_build.supervise.state import Policy
-from sdrpc_build.supervise.supervisor import Event, Supervisor
+from sdrpc_build.launch.lines import MAX_LINE
+from sdrpc_build.launch.readiness import Readiness, RemoteDevice
+from sdrpc_build.launch.runner import Runner
+from sdrpc_build.launch.spec import ServerSpec
+from sdrpc_build.launch.state import Policy
+from sdrpc_build.launch.supervisor import Event, Supervisor
 
 BANNER = (
     b"Starting RPC server v5.0.0\n  endpoint       : 127.0.0.1:1\nDevices:\n"

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from sdrpc_build.supervise import settings
-from sdrpc_build.supervise.settings import SettingError, env_pair, parse_size
+from sdrpc_build.launch import settings
+from sdrpc_build.launch.settings import SettingError, env_pair, parse_size
 
 
 @pytest.mark.parametrize(

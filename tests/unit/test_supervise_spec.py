@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from sdrpc_build.errors import UsageError
-from sdrpc_build.supervise.errors import HostError
-from sdrpc_build.supervise.spec import (
+from sdrpc_build.launch.errors import HostError
+from sdrpc_build.launch.spec import (
     ServerSpec,
     backend_from_devices,
     build_argv,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdrpc_build.supervise.state import Policy, ServerMachine, State, backoff_delay, describe_exit
+from sdrpc_build.launch.state import Policy, ServerMachine, State, backoff_delay, describe_exit
 
 P = Policy(
     backoff_initial=0.5, backoff_factor=2.0, backoff_max=4.0, max_failures=3, failure_window=60.0

@@ -3,10 +3,10 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from sdrpc_build.supervise.readiness import Readiness, RemoteDevice
-from sdrpc_build.supervise.spec import ServerSpec
-from sdrpc_build.supervise.state import Policy, State
-from sdrpc_build.supervise.supervisor import Event, Kill, Probe, Prune, Spawn, Supervisor
+from sdrpc_build.launch.readiness import Readiness, RemoteDevice
+from sdrpc_build.launch.spec import ServerSpec
+from sdrpc_build.launch.state import Policy, State
+from sdrpc_build.launch.supervisor import Event, Kill, Probe, Prune, Spawn, Supervisor
 
 BIN = Path("/x/ggml-rpc-server")
 POLICY = Policy(

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sdrpc_build.url import SecretUrl, redact_text, redact_url
+from sdrpc_build.build.url import SecretUrl, redact_text, redact_url
 
 TOKEN = "ghp_SECRET2xyz"
 

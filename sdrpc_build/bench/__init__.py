@@ -1,0 +1,4 @@
+"""The bench wing: ``link`` measures a server's link with the protocol itself; ``maths``
+turns the samples into throughput, latency and upload-time estimates."""
+
+__all__: list[str] = []

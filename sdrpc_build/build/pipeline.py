@@ -1,0 +1,423 @@
+"""The build pipeline: pins + recipe -> plan -> source -> cmake -> verify -> store.
+
+Library code: takes an environment mapping and a reporter, returns values or
+raises :class:`SdrpcError`. The command line lives in :mod:`sdrpc_build.cli.build`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform as _platform
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional, Protocol
+
+from filelock import FileLock
+
+from sdrpc_build import __version__
+from sdrpc_build.build import doctor
+from sdrpc_build.build.toolchain import (
+    Toolchain,
+    ccache_env,
+    current_platform,
+    discover_toolchain,
+    parse_ninja_step,
+    run_logged,
+)
+from sdrpc_build.errors import BuildError, PinsError, StoreError, ToolError, VerifyError
+from sdrpc_build.paths import artifacts_dir, shown_path, sources_dir
+from sdrpc_build.build.pins import SdPins, check_max_name, format_version, parse_rpc_version
+from sdrpc_build.build.plan import (
+    OPTION_RE,
+    PROJECT_INCLUDE_NAME,
+    BuildPlan,
+    BuildRequest,
+    TreeFacts,
+    build_argv,
+    cache_key,
+    configure_argv,
+    exact_project_text,
+    make_plan,
+    project_include_text,
+    read_tree_facts,
+)
+from sdrpc_build.build.recipes import Recipe, load_recipe, load_recipe_file
+from sdrpc_build.build.scratch import clean_stale
+from sdrpc_build.build.source import (
+    DEFAULT_LLAMA_REPO,
+    Source,
+    cached_source,
+    fetch_git,
+    from_local_checkout,
+    from_sdist,
+)
+from sdrpc_build.build.store import Manifest, cache_error, install_entry, lookup, prepare_cache
+from sdrpc_build.build.url import SecretUrl
+from sdrpc_build.build.verify import VerifyResult, verify_binary
+
+__all__ = [
+    "BuildOptions",
+    "BuildResult",
+    "Reporter",
+    "build",
+    "dry_run",
+    "exact_facts",
+    "prepare_build_dir",
+    "resolve_recipe",
+    "scratch_parents",
+    "tree_digest",
+]
+
+
+class Reporter(Protocol):
+    def phase(self, name: str) -> None: ...
+    def progress(self, done: int, total: int, what: str = "") -> None: ...
+    def log(self, message: str) -> None: ...
+
+
+class _Quiet:
+    def phase(self, name: str) -> None:
+        pass
+
+    def progress(self, done: int, total: int, what: str = "") -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    cache_root: Path
+    backend: str = "cpu"
+    recipe_file: Optional[Path] = None
+    defines: tuple[tuple[str, str], ...] = ()
+    portable: bool = False
+    force: bool = False
+    llama_repo: SecretUrl = DEFAULT_LLAMA_REPO
+    llama_src: Optional[Path] = None
+    allow_dirty: bool = False
+    llama_sdist: Optional[str] = None
+    jobs: Optional[int] = None
+    verify: bool = True
+    fetch_retries: int = 3
+    exact_ggml_dir: Optional[Path] = None  # --exact: build against this ggml tree
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    manifest: Manifest
+    cache_hit: bool
+    plan: Optional[BuildPlan]
+    verify: Optional[VerifyResult]
+    seconds: float
+    warnings: tuple[str, ...] = field(default=())
+
+
+def resolve_recipe(opts: BuildOptions) -> Recipe:
+    return load_recipe_file(opts.recipe_file) if opts.recipe_file else load_recipe(opts.backend)
+
+
+def _request(
+    pins: SdPins,
+    recipe: Recipe,
+    opts: BuildOptions,
+    tools: Optional[Toolchain],
+    source_state: str,
+    exact_ggml: str = "",
+) -> BuildRequest:
+    return BuildRequest(
+        commit=pins.llama_commit.value,
+        max_name=check_max_name(pins.max_name.value, pins.max_name.source),
+        recipe=recipe,
+        user_defines=opts.defines,
+        portable=opts.portable,
+        generator="Ninja" if tools is None or tools.ninja else "Unix Makefiles",
+        tool_versions=tools.versions() if tools else (),
+        source_state=source_state,
+        exact_ggml=exact_ggml,
+    )
+
+
+def tree_digest(root: Path) -> str:
+    """A content hash of a source tree (what --exact builds against), for the cache key."""
+    h = hashlib.sha256()
+    try:
+        for p in sorted(root.rglob("*")):
+            rel = p.relative_to(root).as_posix()
+            if p.is_file() and not rel.startswith((".git/", "build")) and rel != ".git":
+                h.update(rel.encode() + b"\0")
+                h.update(p.read_bytes())
+                h.update(b"\0")
+    except OSError as exc:
+        raise PinsError(
+            f"cannot read {shown_path(exc.filename or root)}: {exc.strerror or exc}",
+            hint="--exact reads the sd.cpp tree's whole ggml submodule: check its permissions",
+        ) from None
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def exact_facts(facts: TreeFacts, ggml_dir: Path) -> TreeFacts:
+    """Tree facts for --exact: the server program from llama.cpp, everything else from ggml."""
+    header = ggml_dir / "include" / "ggml-rpc.h"
+    if not header.is_file():
+        raise PinsError(
+            f"{ggml_dir} has no include/ggml-rpc.h",
+            hint="--exact needs the sd.cpp tree's ggml submodule (git submodule update --init)",
+        )
+    proto = parse_rpc_version(header.read_text(errors="replace"))
+    cm = ggml_dir / "CMakeLists.txt"
+    options = (
+        frozenset(OPTION_RE.findall(cm.read_text(errors="replace")))
+        if cm.is_file()
+        else frozenset()
+    )
+    return replace(facts, protocol=proto, options=options)
+
+
+def dry_run(
+    pins: SdPins, opts: BuildOptions, env: Mapping[str, str]
+) -> tuple[BuildPlan, list[str]]:
+    """The plan without network or build; the tree facts only if the source is cached."""
+    recipe = resolve_recipe(opts)
+    notes: list[str] = []
+    try:  # the preflight sdrpc-build runs (and sdrpc doctor shows)
+        doctor.require_buildable(
+            recipe, env, opts.cache_root, opts.defines, need_git=not opts.llama_sdist
+        )
+    except ToolError as exc:
+        notes.append(f"{exc.message} ({exc.hint})")
+    try:
+        tools: Optional[Toolchain] = discover_toolchain(recipe, env)
+    except ToolError as exc:
+        tools = None
+        notes.append(f"{exc.message} ({exc.hint})")
+    source: Optional[Source] = None
+    if opts.llama_src is not None:
+        source = Source(opts.llama_src, pins.llama_commit.value, "local", str(opts.llama_src))
+    else:
+        source = cached_source(sources_dir(opts.cache_root), pins.llama_commit.value)
+    facts = read_tree_facts(source.tree) if source and source.tree.is_dir() else None
+    if facts is None:
+        notes.append(
+            f"source not cached yet: it would be fetched from {opts.llama_sdist or opts.llama_repo}"
+        )
+    if facts is not None and opts.exact_ggml_dir is not None:
+        facts = exact_facts(facts, opts.exact_ggml_dir)
+    exact_id = "(digest of the sd.cpp ggml tree)" if opts.exact_ggml_dir else ""
+    req = _request(pins, recipe, opts, tools, "clean", exact_id)
+    return make_plan(req, facts), notes
+
+
+def _get_source(
+    pins: SdPins, opts: BuildOptions, env: Mapping[str, str], reporter: Reporter
+) -> Source:
+    commit = pins.llama_commit.value
+    sroot = sources_dir(opts.cache_root)
+    if opts.llama_src is not None:
+        return from_local_checkout(opts.llama_src, commit, opts.allow_dirty)
+    if opts.llama_sdist is not None:
+        return from_sdist(
+            sroot,
+            opts.cache_root / "downloads",
+            opts.llama_sdist,
+            commit,
+            env=env,
+            log=reporter.log,
+        )
+    return fetch_git(sroot, commit, opts.llama_repo, retries=opts.fetch_retries, log=reporter.log)
+
+
+def scratch_parents(cache_root: Path) -> list[Path]:
+    """The cache directories in which a build creates temporary paths."""
+    return [
+        cache_root,
+        sources_dir(cache_root),
+        artifacts_dir(cache_root),
+        cache_root / "builds",
+        cache_root / "downloads",
+        cache_root / "tmp",
+    ]
+
+
+def _find_binary(build_dir: Path, target: str) -> Path:
+    for cand in (
+        build_dir / "bin" / target,
+        build_dir / "bin" / f"{target}.exe",
+        build_dir / "bin" / "Release" / f"{target}.exe",
+    ):
+        if cand.is_file():
+            return cand
+    raise BuildError(
+        f"the build finished but {target} is not in {build_dir / 'bin'}",
+        hint="see build.log; rebuild with --force",
+    )
+
+
+def prepare_build_dir(build_dir: Path, source: Source, plan: BuildPlan) -> None:
+    """Wipe a stale build directory when its source or plan changed (stamp file)."""
+    stamp = build_dir / ".sdrpc-stamp.json"
+    want = {"source": str(source.tree), "defines": list(plan.defines)}
+    try:
+        have = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        have = None
+    if have != want and build_dir.exists():
+        shutil.rmtree(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(want))
+    (build_dir / PROJECT_INCLUDE_NAME).write_text(project_include_text(plan.request.max_name))
+
+
+def build(
+    pins: SdPins,
+    opts: BuildOptions,
+    env: Mapping[str, str],
+    reporter: Optional[Reporter] = None,
+) -> BuildResult:
+    """Build (or find in the store) a verified server for ``pins``."""
+    rep: Reporter = reporter or _Quiet()
+    t0 = time.monotonic()
+    recipe = resolve_recipe(opts)
+    try:
+        prepare_cache(opts.cache_root, ("locks",))
+        cache_problem: Optional[StoreError] = None
+    except StoreError as exc:  # read-only or broken cache: a cache hit may still be served
+        cache_problem = exc
+    if cache_problem is None:
+        for path in clean_stale(scratch_parents(opts.cache_root)):
+            rep.log(f"removed {path.name}, left behind by a killed build")
+    rep.phase("toolchain")
+    # the preflight sdrpc doctor shows: exit 6 with what to install, before any fetch or configure
+    doctor.require_buildable(
+        recipe, env, opts.cache_root, opts.defines, need_git=not opts.llama_sdist
+    )
+    tools = discover_toolchain(recipe, env)
+    state = "clean"
+    local: Optional[Source] = None
+    if opts.llama_src is not None:
+        local = from_local_checkout(opts.llama_src, pins.llama_commit.value, opts.allow_dirty)
+        state = local.state
+    exact_id = tree_digest(opts.exact_ggml_dir) if opts.exact_ggml_dir else ""
+    req = _request(pins, recipe, opts, tools, state, exact_id)
+    key = cache_key(req)
+    arts = artifacts_dir(opts.cache_root)
+    if cache_problem is not None:
+        try:
+            hit = None if opts.force else lookup(arts, key)
+        except OSError:
+            hit = None
+        if hit is None:
+            raise cache_problem
+        return BuildResult(hit, True, None, None, time.monotonic() - t0)
+    with FileLock(str(opts.cache_root / "locks" / f"{key}.lock")):
+        if not opts.force:
+            hit = lookup(arts, key)
+            if hit is not None:
+                return BuildResult(hit, True, None, None, time.monotonic() - t0)
+        rep.phase("source")
+        source = local or _get_source(pins, opts, env, rep)
+        facts = read_tree_facts(source.tree)
+        project_dir = source.tree
+        if opts.exact_ggml_dir is not None:
+            facts = exact_facts(facts, opts.exact_ggml_dir)
+            project_dir = opts.cache_root / "builds" / f"{key}.src"
+            server_cpp = source.tree / facts.server_dir / "rpc-server.cpp"
+            try:
+                project_dir.mkdir(parents=True, exist_ok=True)
+                (project_dir / "CMakeLists.txt").write_text(
+                    exact_project_text(opts.exact_ggml_dir.resolve(), server_cpp, facts.target)
+                )
+            except OSError as exc:
+                raise cache_error(exc, "write the build directory") from None
+        plan = make_plan(req, facts)
+        build_dir = opts.cache_root / "builds" / key
+        log_path = build_dir / "build.log"
+        try:
+            prepare_build_dir(build_dir, source, plan)
+            log = log_path.open("w")
+        except OSError as exc:
+            raise cache_error(exc, "write the build directory") from None
+        benv = ccache_env(env, source.tree) if tools.ccache else dict(env)
+        tb = time.monotonic()
+        with log:
+            rep.phase("configure")
+            run_logged(
+                configure_argv(plan, tools.cmake, project_dir, build_dir, tools.ninja),
+                log=log,
+                env=benv,
+                what="cmake configure",
+                hint=f"full log: {log_path}",
+            )
+            rep.phase("compile")
+
+            def on_line(line: str) -> None:
+                p = parse_ninja_step(line)
+                if p:
+                    rep.progress(*p)
+
+            run_logged(
+                build_argv(plan, tools.cmake, build_dir, opts.jobs),
+                log=log,
+                env=benv,
+                on_line=on_line,
+                what=f"building {facts.target}",
+                hint=f"full log: {log_path}",
+            )
+        build_seconds = time.monotonic() - tb
+        binary = _find_binary(build_dir, facts.target)
+        vres: Optional[VerifyResult] = None
+        if opts.verify:
+            rep.phase("verify")
+            vres = verify_binary(
+                binary,
+                max_name=req.max_name,
+                tree_protocol=facts.protocol,
+                client_protocol=pins.client_protocol.value,
+                device_prefix=recipe.device_prefix,
+                env=env,
+            )
+            if not vres.ok:
+                raise VerifyError(
+                    "the built server failed verification: " + "; ".join(vres.problems),
+                    hint="nothing was stored; check the pins (--max-name, --llama-commit) "
+                    f"and the log {log_path}",
+                )
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest = {
+            "sdrpc_version": __version__,
+            "backend": recipe.name,
+            "recipe": {"name": recipe.name, "source": recipe.source, "sha256": recipe.sha256},
+            "commit": req.commit,
+            "max_name": req.max_name,
+            "target": facts.target,
+            "server_dir": facts.server_dir,
+            "protocol": format_version(facts.protocol) if facts.protocol else None,
+            "pins": pins.as_dict(),
+            "pins_origin": pins.origin,
+            "source": {"method": source.method, "origin": source.origin, "state": source.state},
+            "exact": {"ggml_dir": str(opts.exact_ggml_dir.resolve()), "ggml_digest": exact_id}
+            if opts.exact_ggml_dir
+            else None,
+            "defines": dict(plan.defines),
+            "portable": req.portable,
+            "notes": list(plan.notes),
+            "tools": {
+                "cmake": tools.cmake_version,
+                "ninja": tools.ninja_version,
+                "compiler": tools.compiler,
+                "ccache": bool(tools.ccache),
+            },
+            "platform": f"{current_platform()}-{_platform.machine().lower()}",
+            "build_seconds": round(build_seconds, 2),
+            "created": now,
+            "verify": vres.as_dict() if vres else {"ok": False, "skipped": True},
+        }
+        rep.phase("store")
+        entry = install_entry(arts, key, binary, manifest, log_path)
+    warnings = tuple(vres.warnings) if vres else ("verification skipped (--no-verify)",)
+    return BuildResult(entry, False, plan, vres, time.monotonic() - t0, warnings)

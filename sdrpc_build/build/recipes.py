@@ -1,0 +1,396 @@
+"""Backend recipes: validated data describing how to build a server for one backend.
+
+A recipe is a TOML file (``recipes/<backend>.toml``, shipped inside the package as
+``sdrpc_build/recipes``). Unknown keys and wrong types are refused with a
+"did you mean" hint. Recipes are pure data; :mod:`sdrpc_build.build.plan` turns them
+into CMake arguments, and :mod:`sdrpc_build.build.doctor` checks the machine for what
+their ``[[requires]]`` entries name (the one preflight of doctor and sdrpc-build).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from sdrpc_build.errors import RecipeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python < 3.11
+    import tomli as tomllib
+
+__all__ = [
+    "PLATFORMS",
+    "REQUIREMENT_KINDS",
+    "VERSION_READERS",
+    "Recipe",
+    "Requirement",
+    "Tool",
+    "Variant",
+    "builtin_recipe_dir",
+    "list_recipes",
+    "load_recipe",
+    "load_recipe_file",
+    "parse_recipe",
+    "suggest",
+]
+
+PLATFORMS = ("linux", "macos", "windows")
+
+_TOP_KEYS = {
+    "description": str,
+    "platforms": list,
+    "min_cmake": str,
+    "device_prefix": str,
+    "visible_devices_env": str,
+    "languages": list,
+    "defines": dict,
+    "tools": list,
+    "requires": list,
+    "variants": list,
+}
+_TOOL_KEYS = {"name": str, "why": str, "install": dict}
+_REQUIRE_KEYS = {
+    "name": str,
+    "kind": str,
+    "files": list,
+    "dirs": list,
+    "default_dirs": bool,
+    "define": str,
+    "skip_if_defined": list,
+    "min_version": str,
+    "version_from": str,
+    "platforms": list,
+    "why": str,
+    "install": dict,
+}
+#: what a requirement is looked up as (see :class:`Requirement`)
+REQUIREMENT_KINDS = ("tool", "header", "library", "file")
+#: how a version is read from a found file (the readers live in sdrpc_build.build.doctor)
+VERSION_READERS = ("vulkan-header",)
+_VARIANT_KEYS = {
+    "when_option_missing": str,
+    "when_option_present": str,
+    "when_path_exists": str,
+    "rename": dict,
+    "defines": dict,
+    "note": str,
+}
+_LANGUAGES = {"C", "CXX", "CUDA", "HIP", "OBJC", "OBJCXX"}
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One thing a backend's CMake needs on the machine, looked up before configure.
+
+    ``kind`` says how ``files`` are found:
+
+    - ``tool``: executables, on PATH, then in ``dirs``;
+    - ``header``: paths relative to an include directory (the platform's, then ``dirs``);
+    - ``library``: base names (``cublas`` -> ``libcublas.so``/``.a``, ``cublas.lib``, ...)
+      in the platform's library directories, then ``dirs``;
+    - ``file``: paths relative to a prefix (``/usr``, ``/usr/local``, then ``dirs``),
+      e.g. a CMake package's config file.
+
+    ``dirs`` entries may use ``$ENV{NAME}`` (an environment variable), ``${NAME}``
+    (a ``-D NAME=VALUE`` given to the build), ``$TOOL{name}`` (the install root
+    of a tool found by an earlier requirement of the recipe: ``.../bin/nvcc`` ->
+    ``...``) and ``{multiarch}`` (``x86_64-linux-gnu``, also in ``files``); an
+    entry whose variable is unset is dropped.
+    ``define`` names the CMake variable that, given with ``-D``, points CMake at
+    the thing itself (a tool or library file; an include directory; the directory
+    holding a ``file``): then only that place counts, as in CMake.
+    ``skip_if_defined``: a ``-D`` of any of these makes the requirement moot
+    (e.g. another BLAS vendor). ``min_version`` is read with ``version_from``.
+    """
+
+    name: str
+    kind: str = "tool"
+    files: tuple[str, ...] = ()
+    dirs: tuple[str, ...] = ()
+    default_dirs: bool = True
+    define: Optional[str] = None
+    skip_if_defined: tuple[str, ...] = ()
+    min_version: Optional[tuple[int, ...]] = None
+    version_from: Optional[str] = None
+    platforms: tuple[str, ...] = PLATFORMS
+    why: str = field(default="", compare=False)
+    install: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def install_hint(self, platform: str) -> str:
+        """How to get it on ``platform``; ``{min_version}`` in the text is filled in."""
+        for plat, how in self.install:
+            if plat == platform:
+                return how.replace("{min_version}", ".".join(map(str, self.min_version or ())))
+        if self.kind == "tool":
+            return f"install {self.name} and put it on PATH"
+        return f"install the package that provides {self.name}"
+
+
+#: the ``[[tools]]`` of older recipe files are requirements of kind ``tool``
+Tool = Requirement
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A change applied on trees that match its conditions (older layouts)."""
+
+    when_option_missing: Optional[str]
+    when_option_present: Optional[str]
+    when_path_exists: Optional[str]
+    rename: tuple[tuple[str, str], ...]
+    defines: tuple[tuple[str, str], ...]
+    note: str
+
+    def matches(self, options: frozenset[str], paths: frozenset[str]) -> bool:
+        if self.when_option_missing and self.when_option_missing in options:
+            return False
+        if self.when_option_present and self.when_option_present not in options:
+            return False
+        return not (self.when_path_exists and self.when_path_exists not in paths)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    platforms: tuple[str, ...]
+    min_cmake: tuple[int, ...]
+    device_prefix: str
+    visible_devices_env: Optional[str]
+    languages: tuple[str, ...]
+    defines: tuple[tuple[str, str], ...]
+    requires: tuple[Requirement, ...]  # checked before configure (sdrpc doctor, sdrpc-build)
+    variants: tuple[Variant, ...]
+    source: str  # where it was loaded from
+    sha256: str  # hash of the file's bytes (part of the cache key)
+
+    @property
+    def tools(self) -> tuple[Requirement, ...]:
+        """Everything the recipe needs (the name of older callers)."""
+        return self.requires
+
+
+def suggest(word: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
+    """``" (did you mean 'x'?)"`` or ``""``."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_keys(table: Mapping[str, Any], allowed: Mapping[str, type], where: str) -> None:
+    for key, value in table.items():
+        if key not in allowed:
+            raise RecipeError(
+                f"{where}: unknown key {key!r}{suggest(key, set(allowed))}",
+                hint=f"allowed keys: {', '.join(sorted(allowed))}",
+            )
+        want = allowed[key]
+        if not isinstance(value, want):
+            raise RecipeError(
+                f"{where}: {key!r} must be a {want.__name__}, not {type(value).__name__}",
+                hint="see recipes/cpu.toml for an example",
+            )
+
+
+def _defines(table: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for key, raw in table.items():
+        value = ("ON" if raw else "OFF") if isinstance(raw, bool) else raw
+        if not isinstance(value, (str, int)):
+            raise RecipeError(
+                f"{where}: define {key!r} must be a string, integer or boolean",
+                hint='write it like GGML_CUDA = "ON"',
+            )
+        if key == "GGML_MAX_NAME":
+            raise RecipeError(
+                f"{where}: GGML_MAX_NAME cannot be set by a recipe",
+                hint="it comes from the sd.cpp pins or --max-name",
+            )
+        out.append((str(key), str(value)))
+    return tuple(out)
+
+
+def _str_list(value: list[Any], where: str, allowed: Optional[set[str]] = None) -> tuple[str, ...]:
+    for item in value:
+        if not isinstance(item, str):
+            raise RecipeError(f"{where}: every entry must be a string", hint='e.g. ["linux"]')
+        if allowed is not None and item not in allowed:
+            raise RecipeError(
+                f"{where}: unknown value {item!r}{suggest(item, allowed)}",
+                hint=f"allowed: {', '.join(sorted(allowed))}",
+            )
+    return tuple(value)
+
+
+def _install(table: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
+    for plat, how in table.items():
+        if plat not in PLATFORMS:
+            raise RecipeError(
+                f"{where}: unknown platform {plat!r}{suggest(plat, PLATFORMS)}",
+                hint=f"platforms: {', '.join(PLATFORMS)}",
+            )
+        if not isinstance(how, str):
+            raise RecipeError(
+                f"{where}: install.{plat} must be a string",
+                hint='e.g. install.linux = "apt-get ..."',
+            )
+    return tuple(sorted(table.items()))
+
+
+def _version(text: str, where: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split("."))
+    except ValueError:
+        raise RecipeError(
+            f"{where}: {text!r} is not a version", hint='write it like "1.3.272"'
+        ) from None
+
+
+def _tool(t: Any, where: str) -> Requirement:
+    """An older ``[[tools]]`` entry: an executable on PATH."""
+    if not isinstance(t, dict):
+        raise RecipeError(f"{where} must be a table", hint="use [[tools]]")
+    _check_keys(t, _TOOL_KEYS, where)
+    if "name" not in t:
+        raise RecipeError(f"{where}: missing 'name'", hint="name the executable, e.g. nvcc")
+    return Requirement(
+        t["name"],
+        files=(t["name"],),
+        why=t.get("why", ""),
+        install=_install(t.get("install", {}), where),
+    )
+
+
+def _requirement(r: Any, where: str) -> Requirement:
+    if not isinstance(r, dict):
+        raise RecipeError(f"{where} must be a table", hint="use [[requires]]")
+    _check_keys(r, _REQUIRE_KEYS, where)
+    if "name" not in r:
+        raise RecipeError(f"{where}: missing 'name'", hint='e.g. name = "cublas"')
+    kind = r.get("kind", "tool")
+    if kind not in REQUIREMENT_KINDS:
+        raise RecipeError(
+            f"{where}: unknown kind {kind!r}{suggest(kind, REQUIREMENT_KINDS)}",
+            hint=f"kinds: {', '.join(REQUIREMENT_KINDS)}",
+        )
+    version_from = r.get("version_from")
+    if version_from is not None and version_from not in VERSION_READERS:
+        raise RecipeError(
+            f"{where}: unknown version_from {version_from!r}"
+            + suggest(version_from, VERSION_READERS),
+            hint=f"known: {', '.join(VERSION_READERS)}",
+        )
+    if ("min_version" in r) != (version_from is not None):
+        raise RecipeError(
+            f"{where}: min_version and version_from go together",
+            hint='e.g. min_version = "1.3.272" and version_from = "vulkan-header"',
+        )
+    return Requirement(
+        name=r["name"],
+        kind=kind,
+        files=_str_list(r.get("files", [r["name"]]), f"{where} files"),
+        dirs=_str_list(r.get("dirs", []), f"{where} dirs"),
+        default_dirs=r.get("default_dirs", True),
+        define=r.get("define"),
+        skip_if_defined=_str_list(r.get("skip_if_defined", []), f"{where} skip_if_defined"),
+        min_version=_version(r["min_version"], where) if "min_version" in r else None,
+        version_from=version_from,
+        platforms=_str_list(
+            r.get("platforms", list(PLATFORMS)), f"{where} platforms", set(PLATFORMS)
+        ),
+        why=r.get("why", ""),
+        install=_install(r.get("install", {}), where),
+    )
+
+
+def parse_recipe(name: str, data: bytes, source: str) -> Recipe:
+    """Validate the bytes of a recipe file and return a :class:`Recipe`."""
+    where = f"recipe {source}"
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RecipeError(
+            f"{where} is not valid TOML: {exc}", hint="fix the file's syntax"
+        ) from None
+    _check_keys(doc, _TOP_KEYS, where)
+    if "defines" not in doc:
+        raise RecipeError(f"{where}: missing [defines] table", hint="see recipes/cpu.toml")
+    requires = [_tool(t, f"{where} tools[{i}]") for i, t in enumerate(doc.get("tools", []))] + [
+        _requirement(r, f"{where} requires[{i}]") for i, r in enumerate(doc.get("requires", []))
+    ]
+    variants = []
+    for i, v in enumerate(doc.get("variants", [])):
+        vw = f"{where} variants[{i}]"
+        if not isinstance(v, dict):
+            raise RecipeError(f"{vw} must be a table", hint="use [[variants]]")
+        _check_keys(v, _VARIANT_KEYS, vw)
+        variants.append(
+            Variant(
+                when_option_missing=v.get("when_option_missing"),
+                when_option_present=v.get("when_option_present"),
+                when_path_exists=v.get("when_path_exists"),
+                rename=tuple((str(a), str(b)) for a, b in v.get("rename", {}).items()),
+                defines=_defines(v.get("defines", {}), vw),
+                note=v.get("note", ""),
+            )
+        )
+    min_cmake = _version(doc.get("min_cmake", "3.14"), f"{where}: min_cmake")
+    return Recipe(
+        name=name,
+        description=doc.get("description", ""),
+        platforms=_str_list(
+            doc.get("platforms", list(PLATFORMS)), f"{where} platforms", set(PLATFORMS)
+        ),
+        min_cmake=min_cmake,
+        device_prefix=doc.get("device_prefix", name.upper()),
+        visible_devices_env=doc.get("visible_devices_env"),
+        languages=_str_list(doc.get("languages", ["C", "CXX"]), f"{where} languages", _LANGUAGES),
+        defines=_defines(doc["defines"], where),
+        requires=tuple(requires),
+        variants=tuple(variants),
+        source=source,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def builtin_recipe_dir() -> Path:
+    """The recipes shipped with sdrpc (inside the wheel, or ``recipes/`` in a checkout)."""
+    package = Path(__file__).resolve().parents[1]  # sdrpc_build/
+    packaged = package / "recipes"
+    if packaged.is_dir():
+        return packaged
+    return package.parent / "recipes"
+
+
+def list_recipes(directory: Optional[Path] = None) -> list[Recipe]:
+    d = directory or builtin_recipe_dir()
+    return [load_recipe_file(p) for p in sorted(d.glob("*.toml"))]
+
+
+def load_recipe_file(path: Path) -> Recipe:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(
+            f"cannot read recipe {path}: {exc.strerror}", hint="check the path given to --recipe"
+        ) from None
+    return parse_recipe(path.stem, data, str(path))
+
+
+def load_recipe(backend: str, directory: Optional[Path] = None) -> Recipe:
+    """The built-in recipe for ``backend``; unknown names get the nearest suggestion."""
+    d = directory or builtin_recipe_dir()
+    path = d / f"{backend}.toml"
+    if not path.is_file():
+        names = sorted(p.stem for p in d.glob("*.toml"))
+        raise RecipeError(
+            f"unknown backend {backend!r}{suggest(backend, names)}",
+            hint=f"known backends: {', '.join(names)} (sdrpc-build --list-backends); "
+            "or pass --recipe FILE",
+        )
+    return load_recipe_file(path)

@@ -1,0 +1,281 @@
+"""From what the user asked (:class:`ServerOptions`) to runnable :class:`ServerSpec` values.
+
+Checks everything that can be checked before starting: the binary (or a build from the
+artifact store), the host (literal IPv4), ports (free, no duplicates), devices (offered by the
+binary), cache directories. I/O is injected so unit tests stay pure.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+from sdrpc_build.errors import SdrpcError, StoreError, UsageError
+from sdrpc_build.launch.banner import BannerDevice
+from sdrpc_build.launch.config import ServerOptions
+from sdrpc_build.launch.errors import DeviceError, LaunchConfigError, NoServerBinaryError
+from sdrpc_build.launch.private import show_path
+from sdrpc_build.launch.spec import (
+    Resolver,
+    ServerSpec,
+    backend_from_devices,
+    build_env,
+    check_host,
+    valid_name,
+)
+
+__all__ = ["Build", "Environment", "resolve_build", "resolve_servers"]
+
+MAX_PORT = 65535
+DeviceLister = Callable[[Path, Mapping[str, str]], Optional[tuple[BannerDevice, ...]]]
+
+
+@dataclass(frozen=True)
+class Build:
+    binary: Path
+    backend: Optional[str] = None
+    max_name: Optional[int] = None
+    protocol: Optional[str] = None
+    key: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The outside world, injected: environment, store, resolver, port and device probes."""
+
+    env: Mapping[str, str]
+    artifacts_root: Path
+    cache_root: Path  # default root of per-server -c cache dirs
+    resolve_host: Optional[Resolver]
+    ensure_port_free: Callable[[str, int], None]
+    pick_free_port: Callable[[str], int]
+    list_devices: DeviceLister
+    warn: Callable[[str], None]
+
+
+def _this_platform() -> str:
+    from sdrpc_build.build.toolchain import current_platform
+
+    return f"{current_platform()}-{platform.machine().lower()}"
+
+
+def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
+    """``binary`` as given, else a build from the store: by key, by backend, or the newest."""
+    if o.binary is not None:
+        b = o.binary.expanduser()
+        try:
+            b.stat()
+        except OSError as exc:
+            what = "does not exist" if isinstance(exc, FileNotFoundError) else f"({exc.strerror})"
+            raise NoServerBinaryError(
+                f"{_where(o)}server binary {show_path(b)} {what}",
+                hint="give the path of an rpc-server binary (or --backend / --build)",
+            ) from None
+        if not b.is_file():
+            raise NoServerBinaryError(f"{_where(o)}server binary {b} is not a file")
+        if not os.access(b, os.X_OK):
+            raise NoServerBinaryError(f"{_where(o)}{b} is not executable", hint=f"chmod +x {b}")
+        from sdrpc_build.build import store
+
+        entry = b.resolve().parent.parent
+        if (entry / store.MANIFEST).is_file():  # a binary inside an sdrpc store entry
+            try:
+                m = store.Manifest.load(entry)
+            except SdrpcError:
+                return Build(b.resolve(), o.backend)
+            proto = m.protocol if m.protocol and m.protocol != "unknown" else None
+            return Build(b.resolve(), o.backend or m.backend, m.max_name, proto, m.key)
+        return Build(b.resolve(), o.backend)
+    from sdrpc_build.build import store
+
+    store_hint = "check --cache-dir (the artifact store is its artifacts/ directory)"
+    if o.build is not None:
+        try:
+            m = store.find_manifest(artifacts_root, o.build)
+        except SdrpcError as exc:
+            raise NoServerBinaryError(f"{_where(o)}{exc.message}", hint=exc.hint) from None
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read the artifact store {show_path(artifacts_root)}: {exc.strerror}",
+                hint=store_hint,
+            ) from None
+    else:
+        here = _this_platform()
+        from sdrpc_build.build.wheel import installed_servers
+
+        try:
+            stored = store.list_manifests(artifacts_root)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read the artifact store {show_path(artifacts_root)}: {exc.strerror}",
+                hint=store_hint,
+            ) from None
+        candidates = stored + installed_servers()
+        candidates.sort(key=lambda m: m.created, reverse=True)
+        found = [m for m in candidates if not m.platform or m.platform == here]
+        if o.backend is not None:
+            found = [m for m in found if m.backend == o.backend]
+        if not found:
+            what = f"no {o.backend} build" if o.backend else "no build"
+            raise NoServerBinaryError(
+                f"{_where(o)}{what} for {here} in {show_path(artifacts_root)}",
+                hint="build one with sdrpc-build"
+                + (f" --backend {o.backend}" if o.backend else "")
+                + ", or give --binary PATH",
+            )
+        m = found[0]
+    protocol = m.protocol if m.protocol and m.protocol != "unknown" else None
+    return Build(m.binary, m.backend, m.max_name, protocol, m.key)
+
+
+def _where(o: ServerOptions) -> str:
+    return "" if o.origin == "command line" else f"{o.origin}: "
+
+
+def _conflict(o: ServerOptions, message: str, hint: Optional[str] = None) -> SdrpcError:
+    """Two servers clash: a usage error on the command line, an invalid servers.toml in one."""
+    if o.origin == "command line":
+        return UsageError(message, hint=hint)
+    return LaunchConfigError(f"{o.origin}: {message}", hint=hint)
+
+
+_PICK_TRIES = 20  # a port picked for another server may come back: pick again, a bounded times
+
+
+def _free_port(world: Environment, host: str, taken: Mapping[int, str]) -> int:
+    for _ in range(_PICK_TRIES):
+        port = world.pick_free_port(host)
+        if port not in taken:
+            return port
+    return port
+
+
+def _check_devices(
+    o: ServerOptions,
+    offered: Optional[tuple[BannerDevice, ...]],
+    binary: Path,
+    warn: Callable[[str], None],
+) -> None:
+    if not o.devices:
+        return
+    if offered is None:
+        warn(
+            f"{_where(o)}cannot list the devices of {binary.name} (too old for -d?); "
+            "starting anyway"
+        )
+        return
+    names = [d.name for d in offered]
+    unknown = [d for d in o.devices if d not in names]
+    if unknown:
+        listing = "\n".join(f"  {d.name}: {d.description} ({d.total_mib} MiB)" for d in offered)
+        raise DeviceError(
+            f"{_where(o)}unknown device {unknown[0]!r}; {binary.name} offers: "
+            + (", ".join(names) or "no devices"),
+            hint="device names are case-sensitive; pick from the list above",
+            details=listing or None,
+        )
+
+
+def _expand(
+    o: ServerOptions, build: Build, per_device: bool, world: Environment, host: str
+) -> list[ServerSpec]:
+    spec = ServerSpec(
+        name=o.name or "",
+        binary=build.binary,
+        host=host,
+        port=o.port,
+        devices=o.devices,
+        threads=o.threads,
+        visible_devices=o.visible_devices,
+        backend=build.backend,
+        env=o.env,
+        restart=o.restart,
+        max_name=build.max_name,
+        protocol=build.protocol,
+        cache_max_size=o.cache_max_size,
+    )
+    offered: Optional[tuple[BannerDevice, ...]] = None
+    if spec.visible_devices is not None and spec.backend is None:
+        offered = world.list_devices(
+            build.binary, build_env(replace(spec, visible_devices=None), world.env)
+        )
+        guess = backend_from_devices([d.name for d in offered or ()])
+        spec = replace(spec, backend=guess)
+        offered = None
+    if o.devices or per_device:
+        offered = world.list_devices(build.binary, build_env(spec, world.env))
+        _check_devices(o, offered, build.binary, world.warn)
+    if not per_device:
+        return [spec]
+    if offered is None:
+        raise UsageError(
+            f"--per-device: cannot list the devices of {build.binary}",
+            hint="start servers one by one with -d DEVICE, or use --config",
+        )
+    devices = [d for d in offered if not o.devices or d.name in o.devices]
+    gpus = [d for d in devices if not d.name.startswith("CPU")] or devices
+    out = []
+    for i, d in enumerate(gpus):
+        name = f"{o.name}-{d.name.lower()}" if o.name else d.name.lower()
+        port = 0 if o.port == 0 else o.port + i
+        if port > MAX_PORT:
+            raise UsageError(
+                f"--per-device: {len(gpus)} servers from port {o.port} would need port {port}",
+                hint="start from a lower port, or -p 0 for free ones",
+            )
+        out.append(replace(spec, name=name, port=port, devices=(d.name,)))
+    return out
+
+
+def resolve_servers(
+    options: Sequence[ServerOptions], world: Environment, per_device: bool = False
+) -> list[ServerSpec]:
+    """Resolve, expand (``--per-device``), name, place and check every server."""
+    pairs: list[tuple[ServerSpec, ServerOptions]] = []
+    for o in options:
+        host, note = check_host(o.host, world.resolve_host)
+        if note:
+            world.warn(note)
+        build = resolve_build(o, world.artifacts_root)
+        pairs += [(spec, o) for spec in _expand(o, build, per_device, world, host)]
+    taken: dict[int, str] = {}
+    named: list[tuple[ServerSpec, ServerOptions]] = []
+    for s, o in pairs:
+        port = s.port if s.port != 0 else _free_port(world, s.host, taken)
+        name = s.name or f"rpc-{port}"
+        if port in taken:
+            raise _conflict(
+                o,
+                f"port {port} is given to two servers ({taken[port]} and {name})",
+                hint="give each server its own port (0 picks a free one)",
+            )
+        taken[port] = name
+        named.append((replace(s, port=port, name=name), o))
+    specs: list[ServerSpec] = []
+    dirs: dict[Path, str] = {}
+    for s, o in named:
+        if not valid_name(s.name):
+            raise _conflict(o, f"server name {s.name!r} must be letters, digits, '.', '_' or '-'")
+        if any(x.name == s.name for x in specs):
+            raise _conflict(o, f"server name {s.name!r} is used twice")
+        if o.cache:
+            root = o.cache_path or world.cache_root
+            cache_dir = (root / s.name) if o.cache_per_server else root
+            if cache_dir in dirs:
+                raise _conflict(
+                    o,
+                    f"servers {dirs[cache_dir]} and {s.name} would share the cache dir {cache_dir}",
+                    hint="give each its own 'cache'",
+                )
+            dirs[cache_dir] = s.name
+            specs.append(replace(s, cache_dir=cache_dir))
+        else:
+            specs.append(s)
+    for s in specs:
+        build_env(s, {})  # refuses --visible-devices the backend cannot map, before any start
+        world.ensure_port_free(s.host, s.port)
+    return specs
