@@ -33,7 +33,8 @@ N_SERVERS = 8
 
 
 def _start(binary: Path, n: int) -> list[tuple[int, subprocess.Popen[bytes]]]:
-    from conftest import free_port, wait_accepting
+    from conftest import wait_accepting
+    from procs import free_port
 
     out = []
     for _ in range(n):

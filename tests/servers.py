@@ -125,15 +125,14 @@ def build_server(version: str, max_name: int) -> Path:
     from sdrpc_build.build.pipeline import BuildOptions, build
 
     commit = LLAMA_SDISTS[version][0]
-    unknown: Pin[None] = Pin(None, "test")
     pins = SdPins(
         llama_commit=Pin(commit, "test"),
         max_name=Pin(max_name, "test"),
-        client_protocol=unknown,
-        ggml_url=unknown,
-        ggml_commit=unknown,
-        sd_commit=unknown,
-        rpc_client=unknown,
+        client_protocol=Pin(None, "test"),  # one Pin each: Pin[T] is invariant
+        ggml_url=Pin(None, "test"),
+        ggml_commit=Pin(None, "test"),
+        sd_commit=Pin(None, "test"),
+        rpc_client=Pin(None, "test"),
         origin="tests",
     )
     sdist_path("llama-cpp-python", version)  # pre-seed pip's download into our cache

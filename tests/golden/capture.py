@@ -110,7 +110,8 @@ def capture(port: int, version: tuple[int, int, int], max_name: int) -> list[dic
 
 def main(version: str, max_name: int) -> Path:
     import servers
-    from conftest import free_port, wait_accepting
+    from conftest import wait_accepting
+    from procs import free_port
 
     binary = servers.build_server(version, max_name)
     port = free_port()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 from fakes import (
@@ -20,14 +21,14 @@ from fakes import (
 )
 
 from sdrpc_build.cli.check import main
-from sdrpc_build.protocol.probe import DEADLINE_FACTOR, probe
+from sdrpc_build.protocol.probe import DEADLINE_FACTOR, ProbeResult, probe
 
 pytestmark = pytest.mark.integration
 
 
-def _probe(port: int, **kw: object) -> tuple[object, float]:
+def _probe(port: int, expect_max_name: int | None = None) -> tuple[ProbeResult, float]:
     t0 = time.monotonic()
-    r = probe("127.0.0.1", port, timeout=1.0, **kw)  # type: ignore[arg-type]
+    r = probe("127.0.0.1", port, timeout=1.0, expect_max_name=expect_max_name)
     return r, time.monotonic() - t0
 
 
@@ -215,7 +216,7 @@ def test_trailing_bytes_after_hello_are_a_protocol_error() -> None:
     assert r.status == "error" and r.protocol == (7, 0, 0)
 
 
-def _run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+def _run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
     code = main(["--json", "--timeout", "1", *argv])
     return code, json.loads(capsys.readouterr().out)
 

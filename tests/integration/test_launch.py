@@ -301,7 +301,7 @@ def test_a_flooding_server_cannot_hurt_the_supervisor(
     assert fatal["tail"][-2:] == ["loading 99%", "error: flood done"]  # \r ends a line
 
     def good_ready(e: Event) -> bool:
-        return e["event"] == "ready" and e["server"] == "good"
+        return bool(e["event"] == "ready" and e["server"] == "good")
 
     first = next((e for e in lc.events if good_ready(e)), None) or lc.wait_for(good_ready)
     # the supervisor still does its job for the other server: a crash is restarted

@@ -62,13 +62,13 @@ def test_data_left_on_the_server_is_exactly_what_was_sent(
         c.hello()
         free = c.free_buffer
 
-        def spy(ptr: int) -> None:
-            base = c.buffer_get_base(ptr)
-            t = RpcTensor.f32(SIZES[-1] // 4, buffer=ptr, data=base)
+        def spy(remote_ptr: int) -> None:
+            base = c.buffer_get_base(remote_ptr)
+            t = RpcTensor.f32(SIZES[-1] // 4, buffer=remote_ptr, data=base)
             seen["data"] = bytes(c.get_tensor(t, 0, SIZES[-1]))
-            free(ptr)
+            free(remote_ptr)
 
-        c.free_buffer = spy  # type: ignore[method-assign]
+        c.free_buffer = spy  # type: ignore[method-assign]  # spy on the real client
         bench_with_client(c, BenchOptions(sizes=SIZES, timeout=5, verify=False))
     from sdrpc_build.bench.link import payload
 

@@ -1,4 +1,7 @@
-"""The recipes ship inside the package: a plain `pip install` (not a checkout) has them."""
+"""The recipes ship inside the package: a plain `pip install` (not a checkout) has them.
+
+So does the PEP 561 marker ``py.typed``: type checkers read sdrpc_build's annotations.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ def test_wheel_carries_recipes_and_entry_points(tmp_path: Path) -> None:
     in_repo = {p.name for p in (ROOT / "recipes").glob("*.toml")}
     assert shipped == in_repo
     assert {"cpu.toml", "cuda.toml", "vulkan.toml"} <= shipped
+    assert "sdrpc_build/py.typed" in names  # PEP 561: type checkers use the annotations
     ep = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(ep).decode()
     for script in ("sdrpc-build", "sdrpc-check", "sdrpc-launch", "sdrpc-bench", "sdrpc ="):

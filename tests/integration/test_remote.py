@@ -78,7 +78,8 @@ def site(sd_cpp_tree: Path) -> Iterator[tuple[_Site, RemoteConfig]]:
     t.start()
     base = f"http://127.0.0.1:{srv.server_address[1]}"
     try:
-        yield st, RemoteConfig(api=base + "/api", raw=base + "/raw", timeout=5, retries=2)
+        # RemoteConfig takes api/raw as text too (__post_init__ parses): the tests use that
+        yield st, RemoteConfig(api=base + "/api", raw=base + "/raw", timeout=5, retries=2)  # type: ignore[arg-type]
     finally:
         srv.shutdown()
         srv.server_close()
@@ -104,7 +105,10 @@ def test_remote_errors(site: tuple[_Site, RemoteConfig]) -> None:
     with pytest.raises(UsageError):
         parse_ref("leejet/stable-diffusion.cpp")
     dead = RemoteConfig(
-        api="http://127.0.0.1:9/api", raw="http://127.0.0.1:9/raw", timeout=1, retries=0
+        api="http://127.0.0.1:9/api",  # type: ignore[arg-type]
+        raw="http://127.0.0.1:9/raw",  # type: ignore[arg-type]
+        timeout=1,
+        retries=0,
     )
     with pytest.raises(SourceError, match="cannot reach"):
         read_remote_ref("leejet/stable-diffusion.cpp@master", dead)
@@ -116,8 +120,8 @@ def test_credentials_in_base_urls_reach_only_the_network(
     _st, cfg = site
     base = str(cfg.api).rsplit("/api", 1)[0].replace("http://", "")
     creds = RemoteConfig(
-        api=f"http://alice:tokApiX1@{base}/api",
-        raw=f"http://alice:tokRawX2@{base}/raw",
+        api=f"http://alice:tokApiX1@{base}/api",  # type: ignore[arg-type]
+        raw=f"http://alice:tokRawX2@{base}/raw",  # type: ignore[arg-type]
         timeout=5,
         retries=0,
         token="tokBearerX3",
@@ -127,7 +131,7 @@ def test_credentials_in_base_urls_reach_only_the_network(
     for tok in ("tokApiX1", "tokRawX2", "tokBearerX3"):
         assert tok not in shown
     assert pins.sd_commit.source.startswith("http://***@127.0.0.1:")
-    dead = RemoteConfig(api="http://alice:tokDeadX4@127.0.0.1:9/api", timeout=1, retries=0)
+    dead = RemoteConfig(api="http://alice:tokDeadX4@127.0.0.1:9/api", timeout=1, retries=0)  # type: ignore[arg-type]
     with pytest.raises(SourceError) as ei:
         read_remote_ref("leejet/stable-diffusion.cpp@master", dead)
     assert "tokDeadX4" not in str(ei.value) and "http://***@127.0.0.1:9/api" in str(ei.value)

@@ -76,7 +76,7 @@ def test_golden_files_cover_v5_and_v7_with_two_name_lengths() -> None:
 def test_golden_requests_are_what_the_codec_builds(path: Path) -> None:
     g = _load(path)
     version = tuple(g["protocol"])
-    d = Dialect(version, g["max_name"])  # type: ignore[arg-type]
+    d = Dialect(version, g["max_name"])
     req = {k: bytes.fromhex(v["request"]) for k, v in g["by_name"].items()}
     rep = {k: bytes.fromhex(v["reply"]) if v["reply"] else None for k, v in g["by_name"].items()}
     assert d.hello().wire == req["hello_caps"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from sdrpc_build.launch.instance import InstanceState, read_state, state_path
 from sdrpc_build.launch.readiness import Readiness, RemoteDevice
 from sdrpc_build.launch.spec import ServerSpec
 from sdrpc_build.launch.state import Policy
-from sdrpc_build.launch.supervisor import Event, Probe, Supervisor
+from sdrpc_build.launch.supervisor import Action, Event, Probe, Supervisor
 
 READY = Readiness("ready", protocol="5.0.0", devices=(RemoteDevice(0, 1 << 30, 2 << 30),))
 TABLE = ProcessTable("proc", lambda pid: ProcessInfo(f"{pid}@boot"))
@@ -74,7 +75,7 @@ def make(
     return child, pipe, sup, runner
 
 
-def feed(child: DetachedChild, actions: list[object]) -> None:
+def feed(child: DetachedChild, actions: Sequence[Action]) -> None:
     for a in actions:
         if isinstance(a, Event):
             child.on_event(a)

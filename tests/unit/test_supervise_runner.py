@@ -8,6 +8,7 @@ import stat
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from sdrpc_build.launch.lines import MAX_LINE
 from sdrpc_build.launch.readiness import Readiness, RemoteDevice
@@ -58,6 +59,9 @@ class FakeChild:
         os.close(self.fd)
 
 
+C = TypeVar("C", bound=FakeChild)
+
+
 def test_runner_starts_restarts_and_stops(tmp_path: Path) -> None:
     children: list[FakeChild] = []
     seen: list[Event] = []
@@ -92,7 +96,7 @@ def test_runner_starts_restarts_and_stops(tmp_path: Path) -> None:
         on_output=lambda n, t: lines.append((n, t)),
         log_dir=tmp_path / "logs",
         line_buffer=["stdbuf", "-oL"],
-        factory=factory,  # type: ignore[arg-type]
+        factory=factory,  # type: ignore[arg-type]  # FakeChild quacks like procs.Child
         readiness=ready,
     )
     runner.run(install_signals=False)
@@ -140,7 +144,7 @@ def test_runner_kills_everything_on_an_internal_error(tmp_path: Path) -> None:
         base_env={},
         on_event=boom,
         on_output=lambda n, t: None,
-        factory=factory,  # type: ignore[arg-type]
+        factory=factory,  # type: ignore[arg-type]  # FakeChild quacks like procs.Child
         readiness=lambda s: Readiness("ready"),
     )
     try:
@@ -163,24 +167,22 @@ def test_spawn_failure_is_fatal(tmp_path: Path) -> None:
         base_env={},
         on_event=seen.append,
         on_output=lambda n, t: None,
-        factory=factory,
+        factory=factory,  # type: ignore[arg-type]  # FakeChild quacks like procs.Child
         readiness=lambda s: Readiness("ready"),
-    ).run(  # type: ignore[arg-type]
-        install_signals=False
-    )
+    ).run(install_signals=False)
     assert [e.kind for e in seen] == ["starting", "exited", "fatal"]
     assert "Permission denied" in str(seen[-1].data["reason"])
 
 
 def _one_server_runner(
     tmp_path: Path,
-    child_class: type[FakeChild],
+    child_class: type[C],
     seen: list[Event],
     lines: list[str],
-) -> tuple[Runner, list[FakeChild]]:
-    children: list[FakeChild] = []
+) -> tuple[Runner, list[C]]:
+    children: list[C] = []
 
-    def factory(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None) -> FakeChild:
+    def factory(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None) -> C:
         children.append(child_class(argv, env))
         return children[-1]
 
@@ -194,7 +196,7 @@ def _one_server_runner(
         on_event=seen.append,
         on_output=lambda n, t: lines.append(t),
         log_dir=tmp_path / "logs",
-        factory=factory,  # type: ignore[arg-type]
+        factory=factory,  # type: ignore[arg-type]  # FakeChild quacks like procs.Child
         readiness=lambda s: Readiness("retry"),
     )
     return runner, children
@@ -247,7 +249,7 @@ def test_spawn_value_error_is_a_failure_not_a_crash(tmp_path: Path) -> None:
         base_env={},
         on_event=seen.append,
         on_output=lambda n, t: None,
-        factory=factory,  # type: ignore[arg-type]
+        factory=factory,  # type: ignore[arg-type]  # FakeChild quacks like procs.Child
         readiness=lambda s: Readiness("ready"),
     )
     runner.run(install_signals=False)

@@ -34,7 +34,7 @@ def test_crash_after_ready_backs_off_then_restarts() -> None:
     assert m.state is State.BACKOFF
     assert m.next_start_at == pytest.approx(10.5)
     m.start(10.5)
-    assert m.state is State.STARTING
+    assert m.state is State.STARTING  # type: ignore[comparison-overlap]  # narrowing kept over the call
     assert m.restarts == 1
     assert m.generation == 2
 
@@ -111,7 +111,7 @@ def test_stop_paths() -> None:
     assert m.stop_deadline == pytest.approx(1.0 + P.stop_timeout)
     info = m.exited(1.2, -15)
     assert not info.failure
-    assert m.state is State.EXITED
+    assert m.state is State.EXITED  # type: ignore[comparison-overlap]  # narrowing kept over the call
     m = started()
     m.exited(1.0, -9)
     assert not m.stop(1.1)  # BACKOFF: nothing to signal

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from sdrpc_build.launch.readiness import Readiness, RemoteDevice
 from sdrpc_build.launch.spec import ServerSpec
 from sdrpc_build.launch.state import Policy, State
-from sdrpc_build.launch.supervisor import Event, Kill, Probe, Prune, Spawn, Supervisor
+from sdrpc_build.launch.supervisor import Action, Event, Kill, Probe, Prune, Spawn, Supervisor
 
 BIN = Path("/x/ggml-rpc-server")
 POLICY = Policy(
@@ -20,12 +22,12 @@ def spec(name: str, port: int, **kw: object) -> ServerSpec:
     return ServerSpec(name=name, binary=BIN, port=port, **kw)  # type: ignore[arg-type]
 
 
-def events(actions: list[object], kind: str | None = None) -> list[Event]:
+def events(actions: Sequence[Action], kind: str | None = None) -> list[Event]:
     return [a for a in actions if isinstance(a, Event) and (kind is None or a.kind == kind)]
 
 
-def banner(sup: Supervisor, name: str, dev: str, now: float) -> list[object]:
-    out: list[object] = []
+def banner(sup: Supervisor, name: str, dev: str, now: float) -> list[Action]:
+    out: list[Action] = []
     for line in [
         "Starting RPC server v5.0.0",
         "Devices:",
@@ -36,8 +38,8 @@ def banner(sup: Supervisor, name: str, dev: str, now: float) -> list[object]:
     return out
 
 
-def bring_up(sup: Supervisor, now: float = 0.0) -> list[object]:
-    acts: list[object] = list(sup.begin(now))
+def bring_up(sup: Supervisor, now: float = 0.0) -> list[Action]:
+    acts: list[Action] = list(sup.begin(now))
     for i, name in enumerate(sup.servers):
         sup.spawned(name, 100 + i, now)
         banner(sup, name, f"CUDA{i}", now)
@@ -114,7 +116,8 @@ def test_stale_probe_result_is_ignored() -> None:
     sup = Supervisor([spec("a", 1)], POLICY)
     sup.begin(0.0)
     sup.spawned("a", 1, 0.0)
-    (p,) = sup.tick(0.2)
+    (action,) = sup.tick(0.2)
+    p = cast(Probe, action)  # typing only: tick() returns the Action union
     sup.exited("a", 1, 0.3)
     sup.tick(0.8)  # restarted: generation 2
     assert sup.probed("a", p.generation, READY, 0.9) == []
