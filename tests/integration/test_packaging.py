@@ -45,6 +45,8 @@ def test_wheel_carries_recipes_and_entry_points(tmp_path: Path) -> None:
     assert shipped == in_repo
     assert {"cpu.toml", "cuda.toml", "vulkan.toml"} <= shipped
     assert "sdrpc_build/py.typed" in names  # PEP 561: type checkers use the annotations
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "sdrpc_build").rglob("*.py")}
+    assert modules - names == set()  # every module ships (a .gitignore rule once hid a wing)
     ep = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(ep).decode()
     for script in ("sdrpc-build", "sdrpc-check", "sdrpc-launch", "sdrpc-bench", "sdrpc ="):
