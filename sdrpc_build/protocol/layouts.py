@@ -115,7 +115,8 @@ class Layout:
     ``cmd_count``: RPC_CMD_COUNT (the commands ``0 .. cmd_count - 1`` exist);
     ``no_reply``: commands the server never answers; ``device_arg``: ``u32 dev``
     in front of ALLOC_BUFFER, GET_ALIGNMENT, GET_MAX_SIZE, GET_DEVICE_MEMORY and
-    GET_ALLOC_SIZE, one device list per server; ``alloc_srcs``: GET_ALLOC_SIZE
+    GET_ALLOC_SIZE (a server lists its devices where DEVICE_COUNT exists, else it
+    is one device); ``alloc_srcs``: GET_ALLOC_SIZE
     carries ``srcs[GGML_MAX_SRC]`` after the tensor; ``cache_flag``: SET_TENSOR
     carries ``u8 cache_flag`` between the tensor and the offset.
     """
