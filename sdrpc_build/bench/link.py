@@ -12,17 +12,17 @@ too); without it only the copy into the kernel's socket buffer would be timed.
 Each size is repeated (see :func:`~sdrpc_build.bench.maths.repeats_for`) and the
 fastest run is reported, with the median alongside.
 
-Memory: the test data is never held whole. :class:`Pattern` makes it one
-window (:data:`WINDOW` bytes) at a time in one reusable buffer; uploads send
+Memory: the test data is never held whole. :class:`~.pattern.Pattern` makes it
+one window (:data:`~.pattern.WINDOW` bytes) at a time in one reusable buffer; uploads send
 window after window from it, downloads land in one reusable window and are
 dropped (timed runs) or compared with the pattern window by window (one extra,
 untimed download per size). A 256 MiB transfer needs two 4 MiB buffers.
 
 Time (``timeout`` = T): every request gets T seconds plus T per MiB it moves
 (a stalled or dripping server fails after about T), and each server gets at
-most :data:`DEADLINE_FACTOR` x T in all (``BenchOptions.deadline_s`` overrides
-it). Past that the server is "too slow": :class:`BenchError` carries what was
-measured until then in ``partial``.
+most :data:`~.options.DEADLINE_FACTOR` x T in all (``BenchOptions.deadline_s``
+overrides it). Past that the server is "too slow": :class:`~.failures.BenchError`
+carries what was measured until then in ``partial``.
 
 Cleanup on every path: when the connection is in step with the server (no
 request half sent or half answered) the buffer is freed with FREE_BUFFER;
@@ -33,14 +33,13 @@ run the device's free memory is read again and compared with the value before.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Optional, TypeVar
+from typing import TypeVar
 
+from sdrpc_build.bench.failures import BenchError, failure, probe_or_fail
 from sdrpc_build.bench.maths import (
-    DEFAULT_SIZES,
     DeviceResult,
     Op,
     Sample,
@@ -50,116 +49,24 @@ from sdrpc_build.bench.maths import (
     repeats_for,
     schedule,
 )
-from sdrpc_build.errors import ProtocolError, SdrpcError
-from sdrpc_build.protocol.codec import format_version
-from sdrpc_build.protocol.probe import (
-    DEADLINE_FACTOR as PROBE_DEADLINE_FACTOR,
-)
-from sdrpc_build.protocol.probe import (
-    MAX_DEVICES,
-    Closed,
-    DeviceInfo,
-    ProbeResult,
-    RpcClient,
-    Timeout,
-    TooSlow,
-    TransportError,
-    format_endpoint,
-    probe,
-)
+from sdrpc_build.bench.options import BenchOptions
+from sdrpc_build.bench.pattern import WINDOW, Pattern
+from sdrpc_build.errors import ProtocolError
+from sdrpc_build.protocol.client import DeviceInfo, RpcClient
+from sdrpc_build.protocol.endpoint import format_endpoint
+from sdrpc_build.protocol.layouts import format_version
+from sdrpc_build.protocol.probe import DEADLINE_FACTOR as PROBE_DEADLINE_FACTOR
+from sdrpc_build.protocol.probe import MAX_DEVICES
 from sdrpc_build.protocol.tensor import RpcTensor
+from sdrpc_build.protocol.transport import TransportError
 
-__all__ = [
-    "DEADLINE_FACTOR",
-    "WINDOW",
-    "BenchError",
-    "BenchOptions",
-    "Pattern",
-    "Progress",
-    "bench_server",
-    "bench_with_client",
-    "payload",
-]
+__all__ = ["Progress", "bench_server", "bench_with_client"]
 
 T = TypeVar("T")
 # (endpoint, what is being done, steps done, steps in all)
 Progress = Callable[[str, str, int, int], None]
 LATENCY_ROUNDS = 20
-_BLOCK = 1 << 20
-WINDOW = 4 << 20  # bytes of test data made / received at a time
 RESERVE = 0  # bytes of free memory left untouched (the schedule's reserve)
-DEADLINE_FACTOR = 60  # each server gets at most this many --timeout in all
-
-
-class BenchError(SdrpcError):
-    """A server failed or broke off during the benchmark; ``partial`` holds what was
-    measured before (when anything was)."""
-
-    exit_code = 14
-
-    def __init__(
-        self,
-        message: str,
-        hint: str | None = None,
-        details: str | None = None,
-        partial: ServerResult | None = None,
-    ) -> None:
-        super().__init__(message, hint, details)
-        self.partial = partial
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    sizes: tuple[int, ...] = DEFAULT_SIZES
-    timeout: float = 10.0
-    verify: bool = True
-    devices: Optional[tuple[int, ...]] = None  # None: every device the server reports
-    repeat_budget: int = 256 << 20  # bytes per size and direction (see repeats_for)
-    model_bytes: Optional[int] = None
-    deadline_s: Optional[float] = None  # per server; None: DEADLINE_FACTOR x timeout
-
-    @property
-    def server_deadline_s(self) -> float:
-        return self.deadline_s if self.deadline_s is not None else DEADLINE_FACTOR * self.timeout
-
-
-class Pattern:
-    """Reproducible test data, made one window at a time in one reusable buffer.
-
-    The data: a random 1 MiB block repeated, each copy stamped with its index in
-    its first 8 bytes (so data landing at the wrong offset is caught).
-    """
-
-    def __init__(self, window: int = WINDOW, seed: int = 0x5D49C) -> None:
-        if window <= 0 or window % _BLOCK:
-            raise ValueError(f"window must be a positive multiple of {_BLOCK}")
-        block = random.Random(seed).getrandbits(_BLOCK * 8).to_bytes(_BLOCK, "little")
-        self.buffer = bytearray(block * (window // _BLOCK))
-        self._view = memoryview(self.buffer)
-        self.window = window
-
-    def chunk(self, offset: int, length: int) -> memoryview:
-        """Bytes ``[offset, offset + length)`` of the data (``offset`` a multiple of
-        the window, ``length`` at most one window). Valid until the next call."""
-        if offset % self.window or not 0 <= length <= self.window:
-            raise ValueError("chunk() takes window-aligned offsets and at most one window")
-        first = offset // _BLOCK
-        for j in range(0, -(-length // _BLOCK)):
-            self._view[j * _BLOCK : j * _BLOCK + 8] = (first + j).to_bytes(8, "little")
-        return self._view[:length]
-
-    def chunks(self, size: int) -> Iterator[memoryview]:
-        """The first ``size`` bytes, window by window."""
-        for offset in range(0, size, self.window):
-            yield self.chunk(offset, min(self.window, size - offset))
-
-
-def payload(nbytes: int, seed: int = 0x5D49C) -> bytearray:
-    """The first ``nbytes`` of the test data, whole (for tests; the bench streams)."""
-    out = bytearray()
-    for chunk in Pattern(seed=seed).chunks(nbytes):
-        out += chunk
-    return out
 
 
 class _Conn:
@@ -184,68 +91,6 @@ class _Conn:
         self.in_step = True
 
 
-def _fail(
-    endpoint: str, doing: str, exc: BaseException, deadline_s: float | None = None
-) -> BenchError:
-    detail = str(exc)
-    if detail.startswith(endpoint + " "):
-        detail = detail[len(endpoint) + 1 :]
-    if isinstance(exc, Closed):
-        return BenchError(
-            f"{endpoint}: the server closed the connection during {doing} ({detail})",
-            hint="the server crashed, was stopped, or refused the request; look at its output",
-        )
-    if isinstance(exc, TooSlow):
-        limit = "" if deadline_s is None else f"{deadline_s:g} s "
-        return BenchError(
-            f"{endpoint}: too slow: its {limit}deadline passed during {doing} ({detail})",
-            hint=f"each server gets at most {DEADLINE_FACTOR} x --timeout in all; "
-            "use fewer or smaller --sizes, or a larger --timeout on slow links",
-        )
-    if isinstance(exc, Timeout):
-        what = "no progress" if exc.stalled else "too slow"
-        return BenchError(
-            f"{endpoint}: {what} during {doing} ({detail})",
-            hint="every request gets --timeout seconds, plus as many per MiB it moves; "
-            "the server or the link stalled or crawled; try a larger --timeout on slow links",
-        )
-    return BenchError(
-        f"{endpoint}: {doing} failed: {detail}",
-        hint="run sdrpc-check on this endpoint to see whether the server is compatible",
-    )
-
-
-def _probe_or_fail(host: str, port: int, timeout: float, deadline: float) -> ProbeResult:
-    result = probe(host, port, timeout=timeout, deadline=deadline)
-    where = result.endpoint
-    detail = "; ".join(result.problems) or result.status
-    if result.status == "busy":
-        raise BenchError(
-            f"{where} is busy: {detail}",
-            hint="rpc-server serves one client at a time; stop the other client first",
-        )
-    if result.status == "slow":
-        raise BenchError(
-            f"{where}: too slow: {detail}",
-            hint="the server answers, but too slowly; try a larger --timeout on slow links",
-        )
-    if result.status == "unreachable":
-        raise BenchError(
-            f"{where}: {detail}",
-            hint="check the address, and that rpc-server runs there with -H set to an "
-            "address this machine can reach (it listens on 127.0.0.1 by default)",
-        )
-    if result.status != "ok" or result.protocol is None:
-        raise BenchError(f"{where}: {detail}", hint="run sdrpc-check on it for details")
-    if result.max_name is None:
-        raise BenchError(
-            f"{where}: could not tell the server's GGML_MAX_NAME ({detail})",
-            hint="a tensor upload with the wrong name length crashes the server; "
-            "run sdrpc-check on it",
-        )
-    return result
-
-
 def bench_server(
     host: str, port: int, opts: BenchOptions, progress: Progress | None = None
 ) -> ServerResult:
@@ -254,7 +99,7 @@ def bench_server(
     start = time.monotonic()
     deadline = start + opts.server_deadline_s
     probe_deadline = min(deadline, start + PROBE_DEADLINE_FACTOR * opts.timeout)
-    info = _probe_or_fail(host, port, opts.timeout, probe_deadline)
+    info = probe_or_fail(host, port, opts.timeout, probe_deadline)
     assert info.max_name is not None
     client = RpcClient(timeout=opts.timeout, max_name=info.max_name, deadline=deadline)
     where = format_endpoint(host, port)
@@ -263,7 +108,7 @@ def bench_server(
         client.hello()
     except ProtocolError as exc:
         client.close()
-        raise _fail(where, "HELLO", exc, opts.server_deadline_s) from None
+        raise failure(where, "HELLO", exc, opts.server_deadline_s) from None
     with client:
         return bench_with_client(client, opts, progress, devices=info.devices)
 
@@ -318,7 +163,7 @@ def bench_with_client(
             count = min(conn.call(client.device_count), MAX_DEVICES)
             devices = [conn.call(client.device_info, i) for i in range(count)]
     except (ProtocolError, OSError) as exc:
-        raise _fail(where, "the device inventory", exc, limit) from None
+        raise failure(where, "the device inventory", exc, limit) from None
     chosen = [d for d in devices if opts.devices is None or d.index in opts.devices]
     missing = sorted(set(opts.devices or ()) - {d.index for d in devices})
     if missing:
@@ -376,7 +221,7 @@ def _bench_device(
         step(f"device {dev.index}: allocating {format_bytes(sizes[-1])}")
         ptr, got = conn.call(c.alloc_buffer, sizes[-1], dev.index)
     except (ProtocolError, OSError) as exc:
-        raise _fail(where, doing, exc, limit) from None
+        raise failure(where, doing, exc, limit) from None
     if ptr == 0 or got < sizes[-1]:
         raise BenchError(
             f"{where}: device {dev.index} could not allocate {format_bytes(sizes[-1])} "
@@ -415,7 +260,7 @@ def _bench_device(
         doing = "GET_DEVICE_MEMORY"
         free_after, _ = conn.call(c.get_device_memory, dev.index)
     except (ProtocolError, OSError) as exc:
-        raise _fail(where, doing, exc, limit) from None
+        raise failure(where, doing, exc, limit) from None
     finally:
         if ptr:
             _release(conn, ptr)

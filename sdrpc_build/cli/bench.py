@@ -31,9 +31,11 @@ import json
 from pathlib import Path
 
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdrpc_build.bench.link import DEADLINE_FACTOR, BenchError, BenchOptions, bench_server
+from sdrpc_build.bench.failures import BenchError
+from sdrpc_build.bench.link import bench_server
 from sdrpc_build.bench.maths import (
     DEFAULT_SIZES,
     ServerResult,
@@ -43,9 +45,10 @@ from sdrpc_build.bench.maths import (
     parse_sizes,
     to_json,
 )
+from sdrpc_build.bench.options import DEADLINE_FACTOR, BenchOptions
 from sdrpc_build.cli._common import Parser, err_console, out_console, report_error, run_parsed
 from sdrpc_build.errors import UsageError
-from sdrpc_build.protocol.compat import Endpoint, parse_endpoints, parse_timeout, shown
+from sdrpc_build.protocol.endpoint import Endpoint, parse_endpoints, parse_timeout, shown
 
 __all__ = ["main"]
 
@@ -131,8 +134,6 @@ def _options(args: argparse.Namespace) -> BenchOptions:
 
 
 def _run(eps: list[Endpoint], opts: BenchOptions) -> list[ServerResult | BenchError]:
-    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-
     out: list[ServerResult | BenchError] = []
     con = err_console()
     with Progress(

@@ -53,20 +53,18 @@ from rich.text import Text
 from sdrpc_build.build import pins
 from sdrpc_build.cli._common import Parser, out_console, run_parsed
 from sdrpc_build.errors import PinsError, ProtocolError, UsageError
-from sdrpc_build.protocol.codec import format_version, parse_version
 from sdrpc_build.protocol.compat import (
     ClientSpec,
-    Endpoint,
     MappedDevice,
     Verdict,
     VerdictKind,
     device_map,
     judge,
-    parse_endpoints,
-    parse_timeout,
-    shown,
 )
+from sdrpc_build.protocol.endpoint import Endpoint, parse_endpoints, parse_timeout, shown
+from sdrpc_build.protocol.layouts import format_version, parse_version
 from sdrpc_build.protocol.probe import DEADLINE_FACTOR, MAX_DEVICES, ProbeResult, probe
+from sdrpc_build.protocol.tensor import usable_max_name
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -164,7 +162,7 @@ def _client_spec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> C
     if args.expect_max_name:
         text = args.expect_max_name.strip()
         valid = text.isascii() and text.isdigit() and len(text) <= 5
-        if not valid or not 8 <= int(text) <= 65536 or int(text) % 8:
+        if not valid or not usable_max_name(int(text)):
             raise UsageError(
                 f"--expect-max-name: not a valid GGML_MAX_NAME: {shown(text)}",
                 hint="a multiple of 8, e.g. 64, 128 or 160",

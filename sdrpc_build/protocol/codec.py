@@ -1,36 +1,38 @@
 """Sans-I/O codec for the ggml RPC wire protocol, versions 1.x to 7.x.
 
-Bytes in, typed values out; no sockets here (see :mod:`sdrpc_build.protocol.probe`).
+Bytes in, typed values out; no sockets here (the socket side is
+:mod:`.transport`, used by :class:`~sdrpc_build.protocol.client.RpcClient`).
 
 * Request: ``u8 cmd | u64 size | payload``; reply (when the command has one):
   ``u64 size | data``. Little-endian, packed structs.
 * :class:`Dialect` (negotiated version + GGML_MAX_NAME) builds each request as a
   :class:`Request` that also says how many reply bytes to expect, or ``None``
-  when that command has no reply in that version.
-* :class:`ReceiveBuffer` accumulates bytes and hands out whole frames; an
-  incomplete frame is left untouched (roll back), and a declared size is checked
-  against what is expected or allowed *before* anything is allocated.
-
-Per-version facts (llama.cpp ``ggml-rpc.cpp``; v6 inferred from v7 source):
-
-=====================  ==========================================================
-HELLO                  v1-v3 empty request -> 3-byte reply; v4+ 24-byte caps -> 28
-device argument        ``u32 dev`` in front of device commands since v3.0
-GET_ALLOC_SIZE         v1-2 ``tensor``; v3.0-3.5 ``dev, tensor``; v3.6+ ``dev, tensor, srcs[10]``
-SET_TENSOR             ``tensor, u64 offset, data``; v7+ ``tensor, u8 cache_flag, u64 offset, data``
-no reply at all        SET_TENSOR (v2+); GRAPH_COMPUTE/RECOMPUTE (v3.5+);
-                       FREE_BUFFER, BUFFER_CLEAR, INIT_TENSOR, MEMSET_TENSOR (v6+)
-=====================  ==========================================================
+  when that command has no reply in that version. Every per-version decision
+  is a lookup in the version table, :data:`~sdrpc_build.protocol.layouts.LAYOUTS`.
+* :class:`ReceiveBuffer` accumulates bytes and hands out whole reply frames (or,
+  for a streamed reply, its checked header, then its body); an incomplete frame
+  is left untouched (roll back), and a declared size is checked against the one
+  expected *before* anything is allocated.
 
 Every error raised here is a :class:`CodecError` (a :class:`ProtocolError`).
+Standard library only (and the package's error root).
 """
 
 from __future__ import annotations
 
-import enum
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from sdrpc_build.protocol.layouts import (
+    HELLO_CAPS,
+    HELLO_SHAPES,
+    Cmd,
+    HelloShapeName,
+    Layout,
+    Version,
+    format_version,
+    layout_for,
+)
 from sdrpc_build.protocol.tensor import (
     GGML_MAX_SRC,
     CodecError,
@@ -40,35 +42,22 @@ from sdrpc_build.protocol.tensor import (
 )
 
 __all__ = [
-    "CAPS_SIZE",
-    "DEFAULT_REQUEST_LIMIT",
     "HEADER",
-    "Cmd",
     "CodecError",
     "Dialect",
-    "FrameTooLarge",
     "Hello",
     "ReceiveBuffer",
     "Request",
     "SizeMismatch",
-    "Version",
     "decode_hello",
     "decode_u32",
     "decode_u64",
     "decode_u64_pair",
-    "encode_frame",
-    "encode_reply",
     "encode_request",
-    "format_version",
     "hello_request",
-    "parse_version",
 ]
 
-Version = tuple[int, int, int]
-
 HEADER = 8  # u64 size prefix of a reply
-CAPS_SIZE = 24  # RPC_CONN_CAPS_SIZE
-DEFAULT_REQUEST_LIMIT = 64 << 20  # server side (fakes): biggest request payload accepted
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -88,52 +77,6 @@ class SizeMismatch(CodecError):
         self.head = head
 
 
-class FrameTooLarge(CodecError):
-    """A peer declared a frame larger than we are willing to buffer."""
-
-
-class Cmd(enum.IntEnum):
-    """Command numbers (stable since 2025-03-28, i.e. for every HELLO-era server)."""
-
-    ALLOC_BUFFER = 0
-    GET_ALIGNMENT = 1
-    GET_MAX_SIZE = 2
-    BUFFER_GET_BASE = 3
-    FREE_BUFFER = 4
-    BUFFER_CLEAR = 5
-    SET_TENSOR = 6
-    SET_TENSOR_HASH = 7
-    GET_TENSOR = 8
-    COPY_TENSOR = 9
-    GRAPH_COMPUTE = 10
-    GET_DEVICE_MEMORY = 11
-    INIT_TENSOR = 12
-    GET_ALLOC_SIZE = 13
-    HELLO = 14
-    DEVICE_COUNT = 15
-    GRAPH_RECOMPUTE = 16
-    MEMSET_TENSOR = 17
-
-
-def format_version(v: Version) -> str:
-    return f"{v[0]}.{v[1]}.{v[2]}"
-
-
-def parse_version(text: str) -> Version:
-    """``"5.0.1"`` (or ``"5.0"``) -> ``(5, 0, 1)``; raises :class:`CodecError`."""
-    parts = text.strip().split(".")
-    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
-    if not 2 <= len(parts) <= 3 or not all(
-        p.isascii() and p.isdigit() and len(p) <= 3 for p in parts
-    ):
-        shown = text if len(text) <= 40 else text[:37] + "..."
-        raise CodecError(f"not a protocol version (want MAJOR.MINOR[.PATCH]): {shown!r}")
-    nums = [int(p) for p in parts] + [0] * (3 - len(parts))
-    if any(n > 255 for n in nums):
-        raise CodecError(f"protocol version parts are single bytes (0-255): {text.strip()!r}")
-    return nums[0], nums[1], nums[2]
-
-
 # ---------------------------------------------------------------- framing
 
 
@@ -149,21 +92,19 @@ def encode_request(cmd: int, payload: bytes = b"") -> bytes:
     return _pack(_REQ, cmd, len(payload)) + payload
 
 
-def encode_frame(payload: bytes) -> bytes:
-    """``u64 len(payload) | payload`` (a reply frame)."""
-    return _U64.pack(len(payload)) + payload
-
-
-encode_reply = encode_frame
-
-
 class ReceiveBuffer:
-    """Accumulates received bytes and returns complete frames (h11-style).
+    """Accumulates received reply bytes and returns complete frames (h11-style).
 
-    ``next_reply`` / ``next_request`` return ``None`` while the frame is
-    incomplete and consume nothing in that case. A declared size is validated
+    ``next_reply`` returns ``None`` while the frame is incomplete and consumes
+    nothing in that case; ``missing`` says how many more bytes would complete it
+    (a transport reads no more than that, so it never reads past the reply it
+    waits for). A declared size is validated as soon as its 8 bytes are in,
     before the body is awaited, so a peer can never make us buffer more than
-    the caller allows.
+    the caller expects.
+
+    A big reply can be streamed instead: ``next_header`` consumes its (checked)
+    size, then ``take_into`` hands out the body bytes already received; the rest
+    of the body is the caller's to read, straight into its own memory.
     """
 
     def __init__(self) -> None:
@@ -180,33 +121,43 @@ class ReceiveBuffer:
         """Bytes received but not consumed yet (a copy)."""
         return bytes(self._buf)
 
-    def next_reply(self, expected: int, what: str = "reply") -> bytes | None:
-        """The next reply payload, which must declare exactly ``expected`` bytes."""
+    def missing(self, body: int = 0) -> int:
+        """Bytes still to receive for a reply header plus ``body`` bytes (0: complete)."""
+        return max(HEADER + body - len(self._buf), 0)
+
+    def _check(self, expected: int, what: str) -> bool:
+        """Whether the header is in; raises :class:`SizeMismatch` when it declares
+        another size than ``expected``."""
         if len(self._buf) < HEADER:
-            return None
+            return False
         (declared,) = _U64.unpack_from(self._buf, 0)
         if declared != expected:
             raise SizeMismatch(what, expected, declared, bytes(self._buf[:16]))
-        end = HEADER + expected
-        if len(self._buf) < end:
+        return True
+
+    def next_reply(self, expected: int, what: str = "reply") -> bytes | None:
+        """The next reply payload, which must declare exactly ``expected`` bytes."""
+        if not self._check(expected, what) or self.missing(expected):
             return None
+        end = HEADER + expected
         out = bytes(self._buf[HEADER:end])
         del self._buf[:end]
         return out
 
-    def next_request(self, limit: int = DEFAULT_REQUEST_LIMIT) -> tuple[int, bytes] | None:
-        """Server side: the next ``(cmd, payload)``; payloads over ``limit`` are refused."""
-        if len(self._buf) < _REQ.size:
-            return None
-        cmd, declared = _REQ.unpack_from(self._buf, 0)
-        if declared > limit:
-            raise FrameTooLarge(f"request declares {declared} bytes (limit {limit})")
-        end = _REQ.size + declared
-        if len(self._buf) < end:
-            return None
-        out = bytes(self._buf[_REQ.size : end])
-        del self._buf[:end]
-        return cmd, out
+    def next_header(self, expected: int, what: str = "reply") -> bool:
+        """Streaming: consume the header of a reply that must declare ``expected``
+        bytes; ``False`` (nothing consumed) while it is incomplete."""
+        if not self._check(expected, what):
+            return False
+        del self._buf[:HEADER]
+        return True
+
+    def take_into(self, view: memoryview) -> int:
+        """Streaming: move up to ``len(view)`` received body bytes into ``view``."""
+        n = min(len(view), len(self._buf))
+        view[:n] = self._buf[:n]
+        del self._buf[:n]
+        return n
 
 
 # ---------------------------------------------------------------- decoders
@@ -235,19 +186,20 @@ def decode_u64_pair(data: bytes, what: str = "reply") -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Hello:
-    """A decoded HELLO reply. ``caps`` is ``None`` for the 3-byte (v1-v3) shape."""
+    """A decoded HELLO reply. ``caps`` is ``None`` for the empty-request (v1-v3) shape."""
 
     version: Version
     caps: bytes | None = None
 
 
 def decode_hello(data: bytes) -> Hello:
-    """Decode a 3-byte (empty-request) or 28-byte (caps-request) HELLO reply."""
-    if len(data) == 3:
-        return Hello((data[0], data[1], data[2]))
-    if len(data) == 4 + CAPS_SIZE:
-        return Hello((data[0], data[1], data[2]), bytes(data[4:]))
-    raise CodecError(f"HELLO reply must be 3 or {4 + CAPS_SIZE} bytes, got {len(data)}")
+    """Decode a HELLO reply of any shape in :data:`HELLO_SHAPES`."""
+    for shape in HELLO_SHAPES.values():
+        if len(data) == shape.reply:
+            caps = bytes(data[4:]) if shape.request else None
+            return Hello((data[0], data[1], data[2]), caps)
+    sizes = " or ".join(str(s.reply) for s in sorted(HELLO_SHAPES.values(), key=lambda s: s.reply))
+    raise CodecError(f"HELLO reply must be {sizes} bytes, got {len(data)}")
 
 
 # ---------------------------------------------------------------- requests
@@ -261,12 +213,16 @@ class Request:
     wire: bytes
     reply_size: int | None
 
+    @property
+    def reply_bytes(self) -> int:
+        """Bytes of the reply frame on the wire (0 when there is none)."""
+        return 0 if self.reply_size is None else HEADER + self.reply_size
 
-def hello_request(caps: bool) -> Request:
-    """HELLO: 24 zero caps bytes (v4+, reply 28) or empty (v1-v3, reply 3)."""
-    if caps:
-        return Request(Cmd.HELLO, encode_request(Cmd.HELLO, bytes(CAPS_SIZE)), 4 + CAPS_SIZE)
-    return Request(Cmd.HELLO, encode_request(Cmd.HELLO), 3)
+
+def hello_request(shape: HelloShapeName) -> Request:
+    """HELLO in one of the :data:`HELLO_SHAPES`."""
+    s = HELLO_SHAPES[shape]
+    return Request(Cmd.HELLO, encode_request(Cmd.HELLO, bytes(s.request)), s.reply)
 
 
 @dataclass(frozen=True)
@@ -275,11 +231,13 @@ class Dialect:
 
     version: Version
     max_name: int = 64
+    layout: Layout = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         tensor_size(self.max_name)  # validates
         if not 1 <= self.version[0] <= 255:
             raise CodecError(f"unsupported protocol version {format_version(self.version)}")
+        object.__setattr__(self, "layout", layout_for(self.version))
 
     @property
     def tensor_size(self) -> int:
@@ -287,40 +245,34 @@ class Dialect:
 
     @property
     def has_devices(self) -> bool:
-        """Device-indexed commands and DEVICE_COUNT exist (v3.0+)."""
-        return self.version >= (3, 0, 0)
+        """The server lists its devices (DEVICE_COUNT exists)."""
+        return self.layout.knows(Cmd.DEVICE_COUNT)
 
     @property
     def caps_hello(self) -> bool:
-        """HELLO carries 24 caps bytes (v4+)."""
-        return self.version >= (4, 0, 0)
+        """HELLO carries the caps bytes."""
+        return self.layout.hello == HELLO_CAPS
 
     def has_reply(self, cmd: Cmd) -> bool:
-        v = self.version
-        if cmd == Cmd.SET_TENSOR:
-            return v < (2, 0, 0)
-        if cmd in (Cmd.GRAPH_COMPUTE, Cmd.GRAPH_RECOMPUTE):
-            return v < (3, 5, 0)
-        if cmd in (Cmd.FREE_BUFFER, Cmd.BUFFER_CLEAR, Cmd.INIT_TENSOR, Cmd.MEMSET_TENSOR):
-            return v < (6, 0, 0)
-        return True
+        return self.layout.replies(cmd)
 
     def _req(self, cmd: Cmd, payload: bytes, reply: int) -> Request:
+        if not self.layout.knows(cmd):
+            v = format_version(self.version)
+            raise CodecError(f"{cmd.name} does not exist in protocol {v}")
         return Request(cmd, encode_request(cmd, payload), reply if self.has_reply(cmd) else None)
 
     def _dev(self, device: int) -> bytes:
-        if not self.has_devices:
+        if not self.layout.device_arg:
             if device != 0:
                 raise CodecError(f"protocol {format_version(self.version)} has only device 0")
             return b""
         return _pack(_DEV, device)
 
     def hello(self) -> Request:
-        return hello_request(self.caps_hello)
+        return hello_request(self.layout.hello.name)
 
     def device_count(self) -> Request:
-        if not self.has_devices:
-            raise CodecError("DEVICE_COUNT needs protocol 3.0 or newer")
         return self._req(Cmd.DEVICE_COUNT, b"", 4)
 
     def get_alignment(self, device: int = 0) -> Request:
@@ -338,7 +290,7 @@ class Dialect:
         if len(srcs) > GGML_MAX_SRC:
             raise CodecError(f"at most {GGML_MAX_SRC} src tensors")
         body = self._dev(device) + pack_tensor(tensor, self.max_name)
-        if self.version >= (3, 6, 0):
+        if self.layout.alloc_srcs:
             empty = bytes(self.tensor_size)  # id 0: "no tensor"
             packed = [pack_tensor(s, self.max_name) if s is not None else empty for s in srcs]
             body += b"".join(packed) + empty * (GGML_MAX_SRC - len(srcs))
@@ -362,11 +314,10 @@ class Dialect:
     ) -> Request:
         """SET_TENSOR without its data: send ``wire`` then the ``nbytes`` of data.
 
-        v7 added a ``u8 cache_flag`` between the tensor and the offset
-        (llama.cpp #28789); ``cache`` sets it (ignored before v7).
+        ``cache`` sets the cache flag where the layout has one (v7+, llama.cpp #28789).
         """
         head = pack_tensor(tensor, self.max_name)
-        if self.version >= (7, 0, 0):
+        if self.layout.cache_flag:
             head += b"\x01" if cache else b"\x00"
         head += _pack(_U64, offset)
         wire = _pack(_REQ, Cmd.SET_TENSOR, len(head) + nbytes) + head

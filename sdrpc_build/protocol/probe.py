@@ -1,17 +1,17 @@
 """ggml RPC health check: :func:`probe` (HELLO, device inventory, GGML_MAX_NAME).
 
 :func:`probe` never raises for network or protocol faults: it reports them in
-:attr:`ProbeResult.status` and :attr:`ProbeResult.problems`. The socket work is
-done by :class:`~sdrpc_build.protocol.client.RpcClient`, re-exported here.
+:attr:`ProbeResult.status` and :attr:`ProbeResult.problems`. It talks through
+:class:`~sdrpc_build.protocol.client.RpcClient`.
 
-Time: every exchange gets ``timeout`` (see the session module), and the whole
+Time: every exchange gets ``timeout`` (see :mod:`.transport`), and the whole
 probe of one server ends by ``deadline``: by default ``DEADLINE_FACTOR x
 timeout`` after it starts. A server still answering then is reported as
 ``"slow"`` with what was learned so far (version, the devices listed so far).
 
 Silence vs. a foreign service: a peer that accepts but does not answer HELLO
 within ``timeout`` is asked again on a second connection with a plain-text
-request (:func:`~sdrpc_build.protocol.client.sniff`). Any reply to that proves
+request (:func:`~sdrpc_build.protocol.transport.sniff`). Any reply to that proves
 it is not rpc-server (``"not-rpc"``, e.g. an HTTP server waiting for a request
 line); no reply at all is ``"busy"`` (rpc-server serving another client queues
 new connections unanswered).
@@ -31,36 +31,18 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sdrpc_build.errors import ProtocolError
-from sdrpc_build.protocol.client import (
-    Closed,
-    DeviceInfo,
-    NotRpcServer,
-    RpcClient,
-    Timeout,
-    TooSlow,
-    TransportError,
-    Unreachable,
-    format_endpoint,
-    sniff,
-)
-from sdrpc_build.protocol.codec import Version, format_version
-from sdrpc_build.protocol.tensor import RpcTensor
+from sdrpc_build.protocol.client import DeviceInfo, NotRpcServer, RpcClient
+from sdrpc_build.protocol.endpoint import format_endpoint
+from sdrpc_build.protocol.layouts import HelloShapeName, Version, format_version
+from sdrpc_build.protocol.tensor import RpcTensor, usable_max_name
+from sdrpc_build.protocol.transport import Closed, Timeout, TooSlow, Unreachable, sniff
 
 __all__ = [
     "DEADLINE_FACTOR",
     "MAX_DEVICES",
     "NAME_CANDIDATES",
-    "Closed",
-    "DeviceInfo",
-    "NotRpcServer",
     "ProbeResult",
     "ProbeStatus",
-    "RpcClient",
-    "Timeout",
-    "TooSlow",
-    "TransportError",
-    "Unreachable",
-    "format_endpoint",
     "probe",
 ]
 
@@ -80,7 +62,7 @@ class ProbeResult:
     max_name: int | None = None
     devices: tuple[DeviceInfo, ...] = ()
     problems: tuple[str, ...] = ()
-    hello_shape: Literal["caps", "empty"] | None = None
+    hello_shape: HelloShapeName | None = None
     elapsed_s: float = 0.0
     device_count: int | None = None  # what DEVICE_COUNT claimed (``devices`` may be fewer)
 
@@ -97,7 +79,7 @@ def _probe_tensor() -> RpcTensor:
 
 def _name_candidates(expect: int | None) -> list[int]:
     order = ([expect] if expect else []) + [n for n in NAME_CANDIDATES if n != expect]
-    return [n for n in order if n % 8 == 0 and 8 <= n <= 1 << 16]
+    return [n for n in order if usable_max_name(n)]
 
 
 def _detect_max_name(
@@ -157,7 +139,7 @@ def probe(
         protocol: Version | None = None,
         max_name: int | None = None,
         devices: tuple[DeviceInfo, ...] = (),
-        shape: Literal["caps", "empty"] | None = None,
+        shape: HelloShapeName | None = None,
         count: int | None = None,
     ) -> ProbeResult:
         return ProbeResult(

@@ -31,6 +31,7 @@ __all__ = [
     "pack_tensor",
     "tensor_size",
     "unpack_tensor",
+    "usable_max_name",
 ]
 
 GGML_MAX_DIMS = 4
@@ -57,9 +58,15 @@ def tensor_size(max_name: int) -> int:
     return _HEAD.size + max_name + 4
 
 
+def usable_max_name(max_name: int) -> bool:
+    """Whether an ``rpc_tensor`` can have ``GGML_MAX_NAME = max_name`` on the wire:
+    ggml requires ``sizeof(rpc_tensor) % 8 == 0``, i.e. a multiple of 8 (bounded by
+    :data:`MAX_NAME_LIMIT`). Which values ggml *builds* with is stricter (build.pins)."""
+    return 8 <= max_name <= MAX_NAME_LIMIT and max_name % 8 == 0
+
+
 def _check_max_name(max_name: int) -> None:
-    # ggml requires sizeof(rpc_tensor) % 8 == 0, i.e. max_name % 8 == 0.
-    if not 8 <= max_name <= MAX_NAME_LIMIT or max_name % 8:
+    if not usable_max_name(max_name):
         raise TensorLayoutError(
             f"GGML_MAX_NAME={max_name} is not usable: it must be a multiple of 8 "
             f"between 8 and {MAX_NAME_LIMIT}"

@@ -6,8 +6,8 @@ Each fake is a context manager running one accept loop in a daemon thread:
         probe("127.0.0.1", port)
 
 Handlers get the accepted socket and the server's stop event. Everything a fake
-does is independent of sdrpc's codec (raw ``struct``), so tests do not check the
-codec against itself.
+does is independent of sdrpc's codec (raw ``struct``; the server half of the
+framing is :mod:`fakes.wire`), so tests do not check the codec against itself.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
+
+from fakes.wire import RequestReader, encode_reply
 
 __all__ = [
     "FakeRpc",
@@ -37,18 +39,8 @@ __all__ = [
 
 Handler = Callable[[socket.socket, threading.Event], None]
 
-V7_HELLO = struct.pack("<Q", 28) + bytes([7, 0, 0, 0]) + bytes(24)
+V7_HELLO = encode_reply(bytes([7, 0, 0, 0]) + bytes(24))
 _NO_REPLY = b"no reply"  # a sentinel (compared by identity)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
 
 
 class FakeServer:
@@ -168,7 +160,8 @@ def real_http_server() -> Iterator[int]:
 class FakeRpc:
     """A well-behaved fake ggml RPC server: any version, devices, GGML_MAX_NAME.
 
-    Checks request sizes like rpc-server does and hangs up on a mismatch.
+    Reads whole requests (:mod:`fakes.wire`), checks their sizes like rpc-server
+    does and hangs up on a mismatch.
     ``trailing`` bytes are appended after the HELLO reply (protocol abuse).
     Tensor commands (ALLOC_BUFFER, BUFFER_GET_BASE, FREE_BUFFER, SET_TENSOR,
     GET_TENSOR) work on one flat memory; ``drip`` sends GET_TENSOR data one
@@ -188,49 +181,45 @@ class FakeRpc:
 
     def __call__(self, conn: socket.socket, stop: threading.Event) -> None:
         caps = self.version >= (4, 0, 0)
-        head = _recv_exact(conn, 9)
-        if head is None or head[0] != 14:
-            return
-        (size,) = struct.unpack("<Q", head[1:])
-        if size != (24 if caps else 0) or (size and _recv_exact(conn, size) is None):
+        requests = RequestReader(conn)
+        hello = requests.next()
+        if hello is None or hello[0] != 14 or len(hello[1]) != (24 if caps else 0):
             return
         major, minor, patch = self.version
         body = bytes([major, minor, patch]) + (bytes(25) if caps else b"")
         time.sleep(self.delay)
-        conn.sendall(struct.pack("<Q", len(body)) + body + self.trailing)
+        conn.sendall(encode_reply(body) + self.trailing)
         while not stop.is_set():
-            head = _recv_exact(conn, 9)
-            if head is None:
+            request = requests.next()
+            if request is None:
                 return
-            cmd, size = head[0], struct.unpack("<Q", head[1:])[0]
+            cmd, payload = request
             self.log.append(cmd)
             if cmd in (0, 3, 4, 6, 8):
-                reply = self._tensor_cmd(cmd, size, conn)
+                reply = self._tensor_cmd(cmd, payload)
             else:
-                reply = self._answer(cmd, size, conn)
+                reply = self._answer(cmd, payload)
             if reply is None:
                 return
             if reply is _NO_REPLY:
                 continue
             time.sleep(self.delay)
+            frame = encode_reply(reply)
             if cmd == 8 and self.drip:
-                conn.sendall(struct.pack("<Q", len(reply)))
-                for b in reply:
+                conn.sendall(frame[:8])
+                for b in frame[8:]:
                     if stop.wait(self.drip):
                         return
                     conn.sendall(bytes([b]))
                 continue
-            conn.sendall(struct.pack("<Q", len(reply)) + reply)
+            conn.sendall(frame)
 
     _BASE = 0x7F0000000000
 
-    def _tensor_cmd(self, cmd: int, size: int, conn: socket.socket) -> bytes | None:
+    def _tensor_cmd(self, cmd: int, payload: bytes) -> bytes | None:
         """ALLOC_BUFFER, BUFFER_GET_BASE, FREE_BUFFER, SET_TENSOR, GET_TENSOR."""
         t = 232 + self.max_name
         v7 = self.version >= (7, 0, 0)
-        payload = _recv_exact(conn, size) if size else b""
-        if payload is None:
-            return None
         if cmd == 0:  # u32 dev, u64 size
             (n,) = struct.unpack_from("<Q", payload, 4 if self.version >= (3, 0, 0) else 0)
             return struct.pack("<QQ", 0x1000, n)
@@ -252,16 +241,13 @@ class FakeRpc:
         start = data_ptr - self._BASE + offset
         return bytes(self.memory[start : start + n]).ljust(n, b"\0")
 
-    def _answer(self, cmd: int, size: int, conn: socket.socket) -> bytes | None:
+    def _answer(self, cmd: int, payload: bytes) -> bytes | None:
         dev = 4 if self.version >= (3, 0, 0) else 0
         t = 232 + self.max_name
         n_tensors = 11 if self.version >= (3, 6, 0) else 1
         want = {15: 0, 11: dev, 1: dev, 2: dev, 13: dev + n_tensors * t}.get(cmd)
-        if want is None or size != want:
+        if want is None or len(payload) != want:
             return None  # unknown here, or a size mismatch: hang up like rpc-server
-        payload = _recv_exact(conn, size) if size else b""
-        if payload is None:
-            return None
         index = struct.unpack("<I", payload[:4])[0] if dev and cmd != 15 else 0
         if cmd == 15:
             count = len(self.devices) if self.device_count is None else self.device_count

@@ -4,6 +4,9 @@
 
 Each step records the exact request bytes sent and the exact reply frame received
 (``u64 size | data``), or ``null`` for commands without a reply in that version.
+The file is named after the protocol version the server reports (``v7-n64.json``).
+The layouts here are written out independently of sdrpc's codec (the test oracle):
+a new protocol version that changes one of these messages changes it here too.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ from typing import Any
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
-
-PROTO = {"0.3.35": (5, 0, 0), "0.3.36": (7, 0, 0)}
 
 
 def tensor(max_name: int, *, n: int, buffer: int = 0, data: int = 0, name: bytes = b"") -> bytes:
@@ -62,7 +63,7 @@ def recv_exact(s: socket.socket, n: int) -> bytes:
     return out
 
 
-def capture(port: int, version: tuple[int, int, int], max_name: int) -> list[dict[str, Any]]:
+def capture(port: int, max_name: int) -> tuple[tuple[int, int, int], list[dict[str, Any]]]:
     steps: list[dict[str, Any]] = []
     s = socket.create_connection(("127.0.0.1", port), 5)
     s.settimeout(5)
@@ -82,8 +83,11 @@ def capture(port: int, version: tuple[int, int, int], max_name: int) -> list[dic
         )
         return frame[8:] if frame is not None else None
 
-    v7 = version >= (7, 0, 0)
-    step("hello_caps", req(14, bytes(24)))
+    hello = step("hello_caps", req(14, bytes(24)))
+    assert hello is not None and len(hello) == 28, "a HELLO-v4+ (caps) server is needed"
+    version = (hello[0], hello[1], hello[2])
+    v6 = version >= (6, 0, 0)  # FREE_BUFFER, BUFFER_CLEAR: no reply
+    v7 = version >= (7, 0, 0)  # SET_TENSOR: u8 cache flag after the tensor
     step("device_count", req(15))
     step("get_device_memory", req(11, struct.pack("<I", 0)))
     step("get_alignment", req(1, struct.pack("<I", 0)))
@@ -100,12 +104,12 @@ def capture(port: int, version: tuple[int, int, int], max_name: int) -> list[dic
     data = bytes(range(16))
     step("set_tensor", req(6, t + (b"\0" if v7 else b"") + struct.pack("<Q", 0) + data), False)
     step("get_tensor", req(8, t + struct.pack("<QQ", 0, 16)))
-    step("buffer_clear", req(5, struct.pack("<QB", ptr, 0)), not v7)
+    step("buffer_clear", req(5, struct.pack("<QB", ptr, 0)), not v6)
     step("get_tensor_cleared", req(8, t + struct.pack("<QQ", 0, 16)))
-    step("free_buffer", req(4, struct.pack("<Q", ptr)), not v7)
+    step("free_buffer", req(4, struct.pack("<Q", ptr)), not v6)
     step("device_count_again", req(15))
     s.close()
-    return steps
+    return version, steps
 
 
 def main(version: str, max_name: int) -> Path:
@@ -123,11 +127,10 @@ def main(version: str, max_name: int) -> Path:
     try:
         wait_accepting(port, proc)
         time.sleep(0.1)
-        steps = capture(port, PROTO[version], max_name)
+        v, steps = capture(port, max_name)
     finally:
         proc.kill()
         proc.wait(10)
-    v = PROTO[version]
     out = HERE / f"v{v[0]}-n{max_name}.json"
     doc = {
         "sdist": f"llama-cpp-python {version}",

@@ -17,9 +17,12 @@ from typing import Any
 import pytest
 from fakes import FakeRpc, FakeServer
 
-from sdrpc_build.bench.link import BenchError, BenchOptions, bench_server, bench_with_client
+from sdrpc_build.bench.failures import BenchError
+from sdrpc_build.bench.link import bench_server, bench_with_client
+from sdrpc_build.bench.options import BenchOptions
+from sdrpc_build.bench.pattern import payload
 from sdrpc_build.cli.bench import main
-from sdrpc_build.protocol.probe import RpcClient
+from sdrpc_build.protocol.client import RpcClient
 from sdrpc_build.protocol.tensor import RpcTensor
 
 pytestmark = pytest.mark.integration
@@ -70,8 +73,6 @@ def test_data_left_on_the_server_is_exactly_what_was_sent(
 
         c.free_buffer = spy  # type: ignore[method-assign]  # spy on the real client
         bench_with_client(c, BenchOptions(sizes=SIZES, timeout=5, verify=False))
-    from sdrpc_build.bench.link import payload
-
     assert seen["data"] == bytes(payload(SIZES[-1]))
 
 

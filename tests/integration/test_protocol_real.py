@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from sdrpc_build.cli.check import main
+from sdrpc_build.protocol.client import RpcClient
 from sdrpc_build.protocol.compat import ClientSpec, judge
-from sdrpc_build.protocol.probe import RpcClient, probe
+from sdrpc_build.protocol.probe import probe
 from sdrpc_build.protocol.tensor import RpcTensor
 
 pytestmark = pytest.mark.integration
@@ -97,8 +98,8 @@ def test_golden_bytes_still_match_the_real_server(
     import capture  # tests/golden/capture.py: raw struct, independent of the codec
 
     port, _ = rpc_server(version, max_name)
-    fresh = capture.capture(port, PROTO[version], max_name)
-    v = PROTO[version]
+    v, fresh = capture.capture(port, max_name)
+    assert v == PROTO[version]
     stored = json.loads((GOLDEN / f"v{v[0]}-n{max_name}.json").read_text())["steps"]
     assert [s["name"] for s in fresh] == [s["name"] for s in stored]
     for a, b in zip(fresh, stored, strict=True):

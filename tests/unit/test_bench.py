@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from sdrpc_build.bench.link import BenchError, BenchOptions, Pattern, bench_with_client, payload
+from sdrpc_build.bench.failures import BenchError
+from sdrpc_build.bench.link import bench_with_client
 from sdrpc_build.bench.maths import (
     DEFAULT_SIZES,
     DeviceResult,
@@ -28,9 +29,12 @@ from sdrpc_build.bench.maths import (
     schedule,
     to_json,
 )
+from sdrpc_build.bench.options import BenchOptions
+from sdrpc_build.bench.pattern import Pattern, payload
 from sdrpc_build.cli.bench import _parser, main
 from sdrpc_build.errors import UsageError
-from sdrpc_build.protocol.probe import Closed, DeviceInfo
+from sdrpc_build.protocol.client import DeviceInfo
+from sdrpc_build.protocol.transport import Closed
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 

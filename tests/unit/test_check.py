@@ -13,14 +13,17 @@ import pytest
 
 import sdrpc_build.cli.check as cli
 from sdrpc_build.errors import UsageError
+from sdrpc_build.protocol.client import DeviceInfo
 from sdrpc_build.protocol.compat import (
     ClientSpec,
-    Endpoint,
     device_map,
     judge,
-    parse_endpoints,
+    name_length_problem,
+    sd_cli_devices,
+    version_problem,
 )
-from sdrpc_build.protocol.probe import DeviceInfo, ProbeResult, format_endpoint
+from sdrpc_build.protocol.endpoint import Endpoint, format_endpoint, parse_endpoints
+from sdrpc_build.protocol.probe import ProbeResult
 
 
 def ok(
@@ -219,6 +222,42 @@ def test_device_map_pre_v3_is_one_device_per_server() -> None:
     m = device_map([ok(1, (2, 0, 0), devices=2), ok(2, (3, 0, 0), devices=2)])
     assert [d.name for d in m] == ["RPC0", "RPC1", "RPC2"]
     assert m[0].server == 0 and m[1].server == 1
+
+
+# ------------------------------------------------------------------ the rules, on plain values
+
+
+def test_version_rule_same_major_minor_not_newer_patch_ignored() -> None:
+    assert version_problem((5, 0, 9), (5, 0, 1)) is None
+    assert version_problem((5, 0, 0), (5, 1, 0)) is None
+    assert version_problem((5, 1, 0), (5, 0, 1)) == (
+        "server minor is newer than the client's: server 5.1.0, client 5.0.1"
+    )
+    assert version_problem((4, 0, 0), (5, 0, 0)) == (
+        "protocol major differs: server 4.0.0, client 5.0.0"
+    )
+
+
+def test_name_length_rule_equal_or_why_not() -> None:
+    assert name_length_problem(160, 160) is None
+    mismatch = name_length_problem(64, 160)
+    assert mismatch is not None and mismatch.startswith("name length 64 vs 160")
+    unknown = name_length_problem(None, 160)
+    assert unknown is not None and "unknown (client uses 160)" in unknown
+
+
+def test_sd_cli_numbering_on_any_device_values() -> None:
+    # what launch and verify pass: their own device records, per server with its protocol
+    numbered = sd_cli_devices(
+        [((5, 0, 0), ["a0", "a1"]), (None, ["b0"]), ((2, 0, 0), ["c0", "c1"])]
+    )
+    assert [(n.name, n.server, n.device) for n in numbered] == [
+        ("RPC0", 0, "a0"),
+        ("RPC1", 0, "a1"),
+        ("RPC2", 1, "b0"),  # protocol not known: every device listed counts
+        ("RPC3", 2, "c0"),  # before v3 (no DEVICE_COUNT): one device per server
+    ]
+    assert [n.name for n in sd_cli_devices([((0, 9, 0), ["x", "y"]), ((7, 0, 0), [])])] == ["RPC0"]
 
 
 # ------------------------------------------------------------------ CLI

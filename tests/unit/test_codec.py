@@ -1,4 +1,5 @@
-"""The sans-I/O codec: golden bytes from real v5/v7 servers, framing, layouts, fuzzing."""
+"""The sans-I/O codec and its version table: golden bytes from real v5/v7 servers,
+framing, layouts, fuzzing."""
 
 from __future__ import annotations
 
@@ -10,24 +11,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.wire import FrameTooLarge, RequestBuffer, encode_reply
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sdrpc_build.errors import ProtocolError
 from sdrpc_build.protocol.codec import (
-    Cmd,
     CodecError,
     Dialect,
-    FrameTooLarge,
     ReceiveBuffer,
     SizeMismatch,
     decode_hello,
     decode_u32,
     decode_u64,
     decode_u64_pair,
-    encode_frame,
     encode_request,
     hello_request,
+)
+from sdrpc_build.protocol.layouts import (
+    HELLO_ORDER,
+    LAYOUTS,
+    Cmd,
+    format_version,
+    layout_for,
     parse_version,
 )
 from sdrpc_build.protocol.tensor import RpcTensor, pack_tensor, tensor_size, unpack_tensor
@@ -70,6 +76,43 @@ def _replies(frames: bytes, sizes: list[int]) -> list[bytes]:
 def test_golden_files_cover_v5_and_v7_with_two_name_lengths() -> None:
     names = {p.stem for p in GOLDEN_FILES}
     assert {"v5-n64", "v5-n160", "v7-n64", "v7-n160"} <= names
+
+
+def test_the_newest_layout_row_has_golden_bytes() -> None:
+    # a new protocol version is a new LAYOUTS row plus a golden file from a real server
+    newest = LAYOUTS[-1].since
+    covered = {tuple(_load(p)["protocol"]) for p in GOLDEN_FILES}
+    assert any(v[:2] == newest[:2] for v in covered), format_version(newest)
+
+
+def test_layout_rows_are_in_version_order_and_lookups_take_the_last_row_not_newer() -> None:
+    since = [row.since for row in LAYOUTS]
+    assert since == sorted(set(since)) and since[0] == (1, 0, 0)
+    assert layout_for((3, 6, 1)).since == (3, 6, 0)
+    assert layout_for((4, 0, 3)).since == (4, 0, 0)
+    assert layout_for((5, 1, 0)).since == (5, 0, 0)
+    assert layout_for((9, 0, 0)) is LAYOUTS[-1]  # newer: spoken like the newest known
+    with pytest.raises(CodecError, match="unsupported protocol version 0.9.0"):
+        layout_for((0, 9, 0))
+
+
+def test_command_counts_follow_rpc_cmd_count() -> None:
+    counts = {(1, 0, 0): 15, (3, 0, 0): 16, (3, 5, 0): 17, (4, 0, 3): 17, (5, 1, 0): 18}
+    for version, count in counts.items():
+        layout = layout_for(version)
+        assert [c for c in Cmd if layout.knows(c)] == list(Cmd)[:count], version
+    d = Dialect((3, 0, 0))
+    assert d.device_count().cmd == Cmd.DEVICE_COUNT
+    with pytest.raises(CodecError, match="DEVICE_COUNT does not exist in protocol 2.0.0"):
+        Dialect((2, 0, 0)).device_count()
+
+
+def test_hello_shape_comes_from_the_table_newest_first() -> None:
+    assert HELLO_ORDER == ("caps", "empty")
+    for row in LAYOUTS:
+        d = Dialect(row.since)
+        assert d.hello() == hello_request(row.hello.name)
+        assert d.hello().reply_size == row.hello.reply
 
 
 @pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: p.stem)
@@ -168,8 +211,9 @@ def test_pre_v3_has_no_device_count_and_one_device() -> None:
 
 
 def test_hello_shapes() -> None:
-    assert hello_request(False).wire == b"\x0e" + bytes(8) and hello_request(False).reply_size == 3
-    caps = hello_request(True)
+    empty = hello_request("empty")
+    assert empty.wire == b"\x0e" + bytes(8) and empty.reply_size == 3
+    caps = hello_request("caps")
     assert caps.wire == b"\x0e" + struct.pack("<Q", 24) + bytes(24) and caps.reply_size == 28
     assert decode_hello(b"\x03\x06\x01").version == (3, 6, 1)
     with pytest.raises(CodecError):
@@ -205,20 +249,69 @@ def test_size_mismatch_is_detected_before_the_body() -> None:
     assert info.value.declared == 1 << 63 and info.value.expected == 28
 
 
+def _stream(frames: bytes, chunking: str, size: int) -> tuple[bytes, int]:
+    """Read a streamed reply of ``size`` bytes out of ``frames`` fed whole / byte by byte:
+    the header through next_header, the body with take_into (as the transport does).
+    Returns the body and the bytes left in the buffer."""
+    rb = ReceiveBuffer()
+    step = 1 if chunking == "bytes" else len(frames)
+    chunks = iter(frames[i : i + step] for i in range(0, len(frames), step))
+    while not rb.next_header(size, "GET_TENSOR reply"):
+        assert rb.missing() == 8 - len(rb)
+        rb.feed(next(chunks))
+    body = bytearray(size)
+    got = 0
+    while got < size:
+        got += rb.take_into(memoryview(body)[got:])
+        if got < size:
+            rb.feed(next(chunks))
+    for rest in chunks:
+        rb.feed(rest)
+    return bytes(body), len(rb)
+
+
+@pytest.mark.parametrize("chunking", ["whole", "bytes", "trailing"])
+def test_streamed_reply_header_then_body(chunking: str) -> None:
+    trailing = b"\x99" * 5 if chunking == "trailing" else b""
+    body, left = _stream(encode_reply(b"0123456789") + trailing, chunking, 10)
+    assert body == b"0123456789" and left == len(trailing)
+
+
+def test_streamed_reply_checks_the_declared_size_before_the_body() -> None:
+    rb = ReceiveBuffer()
+    absurd = struct.pack("<Q", 1 << 63)
+    rb.feed(absurd[:7])
+    assert not rb.next_header(16) and len(rb) == 7 and rb.missing() == 1
+    rb.feed(absurd[7:])
+    with pytest.raises(SizeMismatch) as info:
+        rb.next_header(16, "GET_TENSOR reply")
+    assert info.value.declared == 1 << 63 and "GET_TENSOR reply" in str(info.value)
+
+
+def test_missing_counts_what_a_reply_still_lacks() -> None:
+    rb = ReceiveBuffer()
+    assert rb.missing(28) == 36 and rb.missing() == 8
+    rb.feed(encode_reply(bytes(28))[:20])
+    assert rb.missing(28) == 16 and rb.missing() == 0
+    rb.feed(bytes(16) + b"extra")
+    assert rb.missing(28) == 0 and rb.next_reply(28) == bytes(28) and rb.pending == b"extra"
+
+
 def test_incomplete_frames_roll_back() -> None:
     rb = ReceiveBuffer()
-    rb.feed(encode_frame(b"abcdef")[:10])
+    rb.feed(encode_reply(b"abcdef")[:10])
     assert rb.next_reply(6) is None and len(rb) == 10
     rb.feed(b"cdef")
     assert rb.next_reply(6) == b"abcdef" and len(rb) == 0
 
 
 def test_request_reader_caps_declared_size() -> None:
-    rb = ReceiveBuffer()
+    # the fakes' server-side reader (tests/fakes/wire.py) against requests the codec builds
+    rb = RequestBuffer()
     rb.feed(b"\x06" + struct.pack("<Q", 2**63))
     with pytest.raises(FrameTooLarge):
         rb.next_request()
-    rb2 = ReceiveBuffer()
+    rb2 = RequestBuffer()
     wire = Dialect((5, 0, 0)).get_alignment(2).wire
     for b in wire:
         assert rb2.next_request() is None
@@ -277,7 +370,7 @@ def test_tensor_round_trip(t: RpcTensor, n: int) -> None:
 
 @given(st.binary(max_size=300), st.lists(st.integers(1, 40), max_size=20))
 def test_frames_round_trip_in_any_chunking(payload: bytes, cuts: list[int]) -> None:
-    data = encode_frame(payload) + encode_frame(payload[::-1])
+    data = encode_reply(payload) + encode_reply(payload[::-1])
     rb = ReceiveBuffer()
     out: list[bytes] = []
     pos = 0
@@ -304,12 +397,12 @@ def test_random_bytes_raise_only_codec_errors(data: bytes, decoder: Any, expecte
             pass
     except CodecError:
         pass
-    rb2 = ReceiveBuffer()
+    rb2 = RequestBuffer()
     rb2.feed(data)
     try:
         while rb2.next_request(limit=1024) is not None:
             pass
-    except CodecError:
+    except FrameTooLarge:
         pass
 
 

@@ -1,4 +1,4 @@
-"""RpcClient time limits that need no server: the exchange limit, a slow resolver."""
+"""Connection (RpcClient) time limits that need no server: the exchange limit, a slow resolver."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from sdrpc_build.protocol.client import RpcClient, TooSlow, Unreachable
+from sdrpc_build.protocol.client import RpcClient
 from sdrpc_build.protocol.probe import probe
+from sdrpc_build.protocol.transport import TooSlow, Unreachable
 
 
 def test_exchange_limit_is_timeout_per_request_plus_per_mib() -> None:
