@@ -294,7 +294,12 @@ def build(
     rep.phase("toolchain")
     # the preflight sdrpc doctor shows: exit 6 with what to install, before any fetch or configure
     doctor.require_buildable(
-        recipe, env, opts.cache_root, opts.defines, need_git=not opts.llama_sdist
+        recipe,
+        env,
+        opts.cache_root,
+        opts.defines,
+        need_git=not opts.llama_sdist,
+        need_disk=cache_problem is None,  # an unusable cache is exit 9, not "no disk"
     )
     tools = discover_toolchain(recipe, env)
     state = "clean"

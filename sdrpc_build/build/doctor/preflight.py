@@ -106,17 +106,20 @@ def require_buildable(
     defines: Sequence[tuple[str, str]] = (),
     *,
     need_git: bool = True,
+    need_disk: bool = True,
     platform: Optional[str] = None,
     probes: Optional[Probes] = None,
 ) -> None:
     """Raise :func:`blocked_error` unless ``recipe`` builds here (sdrpc-build, before configure).
 
     ``defines`` are the user's ``-D`` values (e.g. ``Vulkan_INCLUDE_DIR``);
-    ``need_git`` is False when the source comes from an sdist.
+    ``need_git`` is False when the source comes from an sdist; ``need_disk`` is
+    False when the cache cannot be written anyway (only a cache hit can be served).
     """
     if probes is None:
         probes = system_probes(env, platform or current_platform())
-    required = REQUIRED if need_git else tuple(n for n in REQUIRED if n != "git")
+    skip = {n for n, needed in (("git", need_git), ("disk", need_disk)) if not needed}
+    required = tuple(n for n in REQUIRED if n not in skip)
     report = verdict(Doctor(probes, cache_root), recipe, dict(defines), required, runtime=False)
     if not report.buildable:
         raise blocked_error(report)

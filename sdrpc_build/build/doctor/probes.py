@@ -51,11 +51,11 @@ def _read_text(path: Path) -> Optional[str]:
 
 def _disk_free(path: Path) -> Optional[int]:
     for p in (path, *path.parents):
-        if p.exists():
-            try:
+        try:
+            if p.exists():
                 return shutil.disk_usage(p).free
-            except OSError:
-                return None
+        except OSError:  # a name too long, a permission: no answer, not a crash
+            return None
     return None
 
 
