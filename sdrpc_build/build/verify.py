@@ -1,17 +1,14 @@
 """Verify a built server with a real handshake before it enters the store.
 
-Start the binary on 127.0.0.1 on a free port, wait (bounded) until it answers
-a ggml RPC HELLO and the GGML_MAX_NAME probe, compare what it reports with
-what the tree and the client expect, read its device list from the banner,
-and stop it (SIGTERM, then SIGKILL), always.
+Start the binary on 127.0.0.1 on a free port the way ``sdrpc-launch`` starts servers
+(launch's trial run: own process group, parent-death signal, line-buffered output), wait
+(bounded) until it answers a ggml RPC HELLO and the GGML_MAX_NAME probe, judge what it reports
+with protocol.compat's rules (protocol version, name length) and against the tree's header,
+read its device list from the banner, and stop it (SIGTERM, then SIGKILL), always.
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,8 +16,19 @@ from pathlib import Path
 from typing import Optional
 
 from sdrpc_build.errors import VerifyError
+from sdrpc_build.launch.banner import parse_device_list
+from sdrpc_build.launch.ports import pick_free_port
+from sdrpc_build.launch.procs import line_buffer_prefix
+from sdrpc_build.launch.readiness import Readiness, trial_run
+from sdrpc_build.protocol.compat import device_problems, name_length_problem, version_problem
+from sdrpc_build.protocol.layouts import Version, format_version
+from sdrpc_build.protocol.probe import DEADLINE_FACTOR, ProbeResult, probe
 
-__all__ = ["VerifyResult", "judge_verification", "verify_binary"]
+__all__ = ["PROBE_TIMEOUT", "VerifyResult", "judge_verification", "verify_binary"]
+
+HOST = "127.0.0.1"
+PROBE_TIMEOUT = 2.0  # seconds per exchange of one probe
+TAIL = 15  # lines of the server's output shown when it never answered
 
 
 @dataclass(frozen=True)
@@ -47,46 +55,38 @@ class VerifyResult:
         }
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def judge_verification(
+    result: ProbeResult,
     *,
-    reported: Optional[tuple[int, int, int]],
-    tree_protocol: Optional[tuple[int, int, int]],
-    client_protocol: Optional[tuple[int, int, int]],
-    detected_max_name: Optional[int],
+    tree_protocol: Optional[Version],
+    client_protocol: Optional[Version],
     max_name: int,
     devices: tuple[str, ...],
     device_prefix: str,
 ) -> tuple[list[str], list[str]]:
-    """Pure: (problems, warnings) for what a server reported against what was expected."""
+    """Pure: (problems, warnings) for what a server reported against what was expected.
+
+    The client rules are protocol.compat's (``version_problem``,
+    ``name_length_problem``, ``device_problems``); the tree's header must match exactly.
+    """
     problems: list[str] = []
     warnings: list[str] = []
+    reported = result.protocol
     if reported is None:
         problems.append("the server did not answer a ggml RPC HELLO")
         return problems, warnings
-    rv = ".".join(map(str, reported))
     if tree_protocol is not None and reported != tree_protocol:
         problems.append(
-            f"server reports protocol {rv}, the tree's ggml-rpc.h says "
-            f"{'.'.join(map(str, tree_protocol))}"
+            f"server reports protocol {format_version(reported)}, the tree's ggml-rpc.h says "
+            f"{format_version(tree_protocol)}"
         )
-    if client_protocol is not None:
-        cv = ".".join(map(str, client_protocol))
-        if reported[0] != client_protocol[0]:
-            problems.append(f"protocol major {reported[0]} differs from the sd.cpp client's {cv}")
-        elif reported[1] > client_protocol[1]:
-            problems.append(f"server protocol {rv} is newer than the sd.cpp client's {cv}")
-    if detected_max_name is None:
+    if result.max_name is None:
         warnings.append("GGML_MAX_NAME could not be confirmed over the wire")
-    elif detected_max_name != max_name:
-        problems.append(
-            f"server answers with GGML_MAX_NAME {detected_max_name}, expected {max_name}"
-        )
+    if client_protocol is not None:
+        problems.extend(filter(None, [version_problem(reported, client_protocol)]))
+    if result.max_name is not None:
+        problems.extend(filter(None, [name_length_problem(result.max_name, max_name)]))
+    problems.extend(device_problems(result))
     if devices and not any(d.startswith(device_prefix) for d in devices):
         warnings.append(
             f"no {device_prefix} device listed (only {', '.join(devices)}): the "
@@ -101,54 +101,37 @@ def verify_binary(
     binary: Path,
     *,
     max_name: int,
-    tree_protocol: Optional[tuple[int, int, int]],
-    client_protocol: Optional[tuple[int, int, int]],
+    tree_protocol: Optional[Version],
+    client_protocol: Optional[Version],
     device_prefix: str,
     env: Mapping[str, str],
     timeout: float = 60.0,
 ) -> VerifyResult:
     """Run the server briefly on loopback and check it answers like the build promised."""
-    from sdrpc_build.launch.banner import parse_device_list
-    from sdrpc_build.launch.procs import stop_process
-    from sdrpc_build.protocol.probe import probe
+    port = pick_free_port(HOST)
+    argv = [*(line_buffer_prefix() or []), str(binary), "-H", HOST, "-p", str(port)]
+    answered: list[ProbeResult] = []
 
-    port = _free_port()
-    argv = [str(binary), "-H", "127.0.0.1", "-p", str(port)]
-    stdbuf = shutil.which("stdbuf")
-    if stdbuf:
-        argv = [stdbuf, "-oL", "-eL", *argv]
-    start = time.monotonic()
-    with tempfile.TemporaryFile(mode="w+") as out:
-        try:
-            proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env=dict(env), start_new_session=True
-            )
-        except OSError as exc:
-            raise VerifyError(
-                f"cannot start {binary}: {exc.strerror}",
-                hint="the binary may be for another platform",
-            ) from None
-        result = None
-        try:
-            deadline = start + timeout
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    break
-                r = probe("127.0.0.1", port, timeout=2.0, expect_max_name=max_name)
-                if r.status == "ok":
-                    result = r
-                    break
-                time.sleep(0.1)
-        finally:
-            stop_process(proc)
-        out.seek(0)
-        output = out.read()
-    elapsed = time.monotonic() - start
-    if result is None:
-        tail = "\n".join("  | " + ln for ln in output.strip().splitlines()[-15:])
+    def check(deadline: float) -> Readiness:
+        limit = min(deadline, time.monotonic() + DEADLINE_FACTOR * PROBE_TIMEOUT)
+        r = probe(HOST, port, timeout=PROBE_TIMEOUT, expect_max_name=max_name, deadline=limit)
+        if r.status != "ok":
+            return Readiness("retry", "; ".join(r.problems) or r.status)
+        answered.append(r)
+        return Readiness("ready")
+
+    try:
+        run = trial_run(argv, env, check, timeout)
+    except (OSError, ValueError) as exc:
+        why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        raise VerifyError(
+            f"cannot start {binary}: {why}", hint="the binary may be for another platform"
+        ) from None
+    if not answered:
+        tail = "\n".join("  | " + ln for ln in run.output.strip().splitlines()[-TAIL:])
         why = (
-            f"exited with status {proc.returncode} before answering"
-            if proc.returncode is not None
+            f"exited with status {run.returncode} before answering"
+            if run.returncode is not None
             else f"did not answer within {timeout:.0f}s"
         )
         raise VerifyError(
@@ -156,23 +139,23 @@ def verify_binary(
             details=tail or None,
             hint="run the binary by hand to see why; rebuild with --force",
         )
-    devices = tuple(d.name for d in parse_device_list(output))
+    result = answered[-1]
+    devices = tuple(d.name for d in parse_device_list(run.output))
     problems, warnings = judge_verification(
-        reported=result.protocol,
+        result,
         tree_protocol=tree_protocol,
         client_protocol=client_protocol,
-        detected_max_name=result.max_name,
         max_name=max_name,
         devices=devices,
         device_prefix=device_prefix,
     )
     return VerifyResult(
         ok=not problems,
-        protocol=".".join(map(str, result.protocol)) if result.protocol else None,
+        protocol=format_version(result.protocol) if result.protocol else None,
         max_name=result.max_name,
         devices=devices,
         problems=tuple(problems),
         warnings=tuple(warnings),
-        seconds=elapsed,
-        endpoint=f"127.0.0.1:{port}",
+        seconds=run.seconds,
+        endpoint=f"{HOST}:{port}",
     )

@@ -13,26 +13,15 @@ Usage::
 
 Stop with Ctrl-C (or SIGTERM): every server gets SIGTERM, then SIGKILL after --stop-timeout;
 a second Ctrl-C SIGKILLs them at once (still exit 0). servers.toml may hold a [supervise] table
-(ready-timeout, stop-timeout, max-failures, failure-window); the flags win over it.
+(the supervision flags' names without "--"; launch/settings.py declares them); the flags win.
 
-Exit codes:
+This module parses and renders; launch/ does the work, with two things injected from here
+(``launch_wiring``): the build locator (build/'s store and wheels) and the readiness check
+(protocol's probe and compat rules).
 
-==  ===============================================================
-0   stopped on request (or every server exited cleanly); --detach: all ready
-1   internal error (run again with --debug)
-2   usage error
-20  a server could not be started or supervised; a log/state/cache dir cannot be written
-21  invalid servers.toml
-22  a port is already in use (the holder or a TIME_WAIT is named), or the host is not here
-23  unknown -d device (the binary's devices are listed)
-24  host is not an IPv4 address
-25  no server binary or matching build
-26  one or more servers ended FATAL
-27  status/stop: the instance is not running (none, or a stale state file)
-28  --detach: an instance of that name is already running
-29  stop: a process could not be stopped
-130 interrupted before the servers were started
-==  ===============================================================
+Exit codes: 0 stopped on request (or every server exited cleanly; --detach: all ready),
+2 usage, 20-29 launch failures, 130 interrupted: the table is ``sdrpc_build.errors.EXIT_CODES``
+(the README's "Exit codes" shows it).
 """
 
 from __future__ import annotations
@@ -41,33 +30,36 @@ import argparse
 import os
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, TypeVar
+from typing import Optional
 
 from sdrpc_build.cli._common import Parser, run_parsed
-from sdrpc_build.cli.launch_report import PROG, Reporter, security_warning
+from sdrpc_build.cli.launch_ctl import main as control_main
+from sdrpc_build.cli.launch_detach import detach
+from sdrpc_build.cli.launch_report import PROG, ChildReporter, Reporter, security_warning
+from sdrpc_build.cli.launch_wiring import BUILDS, readiness_check
 from sdrpc_build.errors import UsageError
 from sdrpc_build.launch import settings
-from sdrpc_build.launch.config import ServerOptions, Supervision, load_config
+from sdrpc_build.launch.child import DetachedChild
+from sdrpc_build.launch.config import (
+    ServerOptions,
+    Supervision,
+    load_config,
+    supervision_policy,
+)
 from sdrpc_build.launch.errors import ServerFatalError
 from sdrpc_build.launch.instance import DEFAULT_INSTANCE
 from sdrpc_build.launch.ports import ensure_port_free, pick_free_port
 from sdrpc_build.launch.procs import line_buffer_prefix, list_devices
 from sdrpc_build.launch.resolve import Environment, resolve_servers
 from sdrpc_build.launch.runner import Runner
-from sdrpc_build.launch.spec import RESTART_POLICIES
-from sdrpc_build.launch.state import Policy
+from sdrpc_build.launch.settings import Policy
 from sdrpc_build.launch.supervisor import Supervisor
 from sdrpc_build.paths import artifacts_dir, cache_dir, run_dir
 
-if TYPE_CHECKING:
-    from sdrpc_build.cli.launch_child import DetachedChild
-
 __all__ = ["CONTROL_COMMANDS", "main"]
-
-T = TypeVar("T")
 
 #: ``sdrpc-launch status ...`` / ``sdrpc-launch stop ...`` (first word only)
 CONTROL_COMMANDS = ("status", "stop")
@@ -104,8 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--cache-dir", help="sdrpc's cache (artifact store; default: user cache)")
     srv = p.add_argument_group("server options (one server; see --config for several)")
     srv.add_argument("--name", help="server name (log file, cache dir); default rpc-PORT")
-    srv.add_argument("--host", help="IPv4 address to bind (default 127.0.0.1)")
-    srv.add_argument("-p", "--port", help="port (default 50052; 0 = a free port)")
+    srv.add_argument("--host", help=f"IPv4 address to bind (default {settings.DEFAULT_HOST})")
+    srv.add_argument(
+        "-p", "--port", help=f"port (default {settings.DEFAULT_PORT}; 0 = a free port)"
+    )
     srv.add_argument("-d", "--device", help="devices to serve, e.g. Vulkan1,Vulkan2")
     srv.add_argument("-t", "--threads", metavar="N", help="CPU threads")
     srv.add_argument(
@@ -130,8 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     srv.add_argument(
         "--restart",
-        choices=RESTART_POLICIES,
-        help="restart policy (default on-failure; a kill by signal is a failure)",
+        choices=settings.RESTART_POLICIES,
+        help=f"restart policy (default {settings.DEFAULT_RESTART}; a kill by signal is a failure)",
     )
     srv.add_argument(
         "--per-device",
@@ -143,26 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     sup.add_argument(
         "--log-dir", type=Path, help="per-server log files (default: <sdrpc cache>/logs)"
     )
-    sup.add_argument(
-        "--ready-timeout",
-        metavar="S",
-        help="seconds a start may take before it counts as failed (default 60, at most 86400)",
-    )
-    sup.add_argument(
-        "--stop-timeout",
-        metavar="S",
-        help="seconds between SIGTERM and SIGKILL on stop (default 5; 0 = SIGKILL at once)",
-    )
-    sup.add_argument(
-        "--max-failures",
-        metavar="N",
-        help="failures within --failure-window that make a server FATAL (5; 1-1000)",
-    )
-    sup.add_argument(
-        "--failure-window",
-        metavar="S",
-        help="window for --max-failures in seconds (60; above 0, at most 86400)",
-    )
+    for setting in settings.SUPERVISE:
+        sup.add_argument(setting.flag, metavar=setting.metavar, help=setting.flag_help)
     sup.add_argument(
         "--detach",
         action="store_true",
@@ -198,38 +174,7 @@ def _env_pairs(items: Optional[list[str]]) -> tuple[tuple[str, str], ...]:
 
 def _policy(args: argparse.Namespace, file: Supervision) -> Policy:
     """Supervision settings: the command line > servers.toml's [supervise] > the defaults."""
-    d = Policy()
-
-    def pick(flag: str, given: object, check: Callable[[object, str], T], fallback: T) -> T:
-        return check(given, flag) if given is not None else fallback
-
-    return replace(
-        d,
-        ready_timeout=pick(
-            "--ready-timeout",
-            args.ready_timeout,
-            settings.ready_timeout,
-            d.ready_timeout if file.ready_timeout is None else file.ready_timeout,
-        ),
-        stop_timeout=pick(
-            "--stop-timeout",
-            args.stop_timeout,
-            settings.stop_timeout,
-            d.stop_timeout if file.stop_timeout is None else file.stop_timeout,
-        ),
-        max_failures=pick(
-            "--max-failures",
-            args.max_failures,
-            settings.max_failures,
-            d.max_failures if file.max_failures is None else file.max_failures,
-        ),
-        failure_window=pick(
-            "--failure-window",
-            args.failure_window,
-            settings.failure_window,
-            d.failure_window if file.failure_window is None else file.failure_window,
-        ),
-    )
+    return supervision_policy(file, {s.field: getattr(args, s.field) for s in settings.SUPERVISE})
 
 
 def _settings(args: argparse.Namespace) -> tuple[list[ServerOptions], Policy]:
@@ -255,13 +200,13 @@ def _options(args: argparse.Namespace) -> list[ServerOptions]:
         binary=args.binary,
         backend=args.backend and args.backend.lower(),
         build=args.build,
-        host=args.host or "127.0.0.1",
-        port=50052 if args.port is None else settings.port(args.port, "--port"),
+        host=args.host or settings.DEFAULT_HOST,
+        port=settings.DEFAULT_PORT if args.port is None else settings.port(args.port, "--port"),
         devices=tuple(d.strip() for d in (args.device or "").split(",") if d.strip()),
         threads=None if args.threads is None else settings.threads(args.threads, "--threads"),
         env=_env_pairs(args.env),
         visible_devices=args.visible_devices,
-        restart=args.restart or "on-failure",
+        restart=args.restart or settings.DEFAULT_RESTART,
     )
     if args.cache is not None or args.cache_max_size is not None:
         path = Path(args.cache).expanduser().resolve() if args.cache else None
@@ -272,6 +217,11 @@ def _options(args: argparse.Namespace) -> list[ServerOptions]:
         )
         o = replace(o, cache=True, cache_path=path, cache_max_size=size)
     return [o]
+
+
+def _warn_stderr(text: str) -> None:
+    """The detached supervisor's own warnings: its log."""
+    print(f"{PROG}: warning: {text}", file=sys.stderr)
 
 
 def _resolve_host(host: str) -> Optional[str]:
@@ -290,16 +240,12 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     # checked here, before anything starts (the --detach parent checks what its child will run)
     options, policy = _settings(args)
     if args.ready_fd is not None:  # we are the supervisor that --detach started
-        from sdrpc_build.cli.launch_child import DetachedChild
-
         child = DetachedChild.begin(
-            args.ready_fd, run_dir(root), instance, log_dir, policy.stop_timeout
+            args.ready_fd, run_dir(root), instance, log_dir, policy.stop_timeout, _warn_stderr
         )
         return child.run(lambda: _supervise(args, options, policy, env, root, log_dir, child))
     if args.detach:
-        from sdrpc_build.cli.launch_detach import start_detached
-
-        return start_detached(args, argv, env, root, log_dir, policy)
+        return detach(argv, instance, env, run_dir(root), log_dir, policy, args.json)
     if args.instance is not None:
         raise UsageError(
             "--instance needs --detach",
@@ -320,6 +266,7 @@ def _supervise(
     early_warnings: list[str] = []
     world = Environment(
         env=env,
+        builds=BUILDS,
         artifacts_root=artifacts_dir(root),
         cache_root=root / "rpc-cache",
         resolve_host=_resolve_host,
@@ -332,7 +279,7 @@ def _supervise(
     reporter = (
         Reporter(args.json, args.quiet, specs)
         if child is None
-        else child.reporter(args.json, specs)
+        else ChildReporter(child, args.json, specs)
     )
     for w in early_warnings:
         reporter.warn(w)
@@ -344,6 +291,7 @@ def _supervise(
         base_env=env,
         on_event=reporter.event,
         on_output=reporter.output,
+        readiness=readiness_check,
         log_dir=log_dir,
         line_buffer=line_buffer_prefix(),
     )
@@ -367,8 +315,6 @@ def _supervise(
 def main(argv: Optional[list[str]] = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words and words[0] in CONTROL_COMMANDS:
-        from sdrpc_build.cli.launch_ctl import main as control_main
-
         return control_main(words)
     return run_parsed(PROG, _parser(), words, lambda args: _run(args, words))
 

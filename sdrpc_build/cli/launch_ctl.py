@@ -1,9 +1,7 @@
 """``sdrpc-launch status`` and ``sdrpc-launch stop``: a ``--detach`` instance, by name.
 
-Both read ``<sdrpc cache>/run/<name>.json`` and check every recorded process's identity (PID +
-start time) first: a stale file whose PID now names another process reads as "not running",
-and such a process is never signalled. ``status`` never touches a server's port (a probe
-during a client session would hang): busy/idle comes from the server's log.
+Parsing and output only: the use cases are ``launch.status.instance_status`` (identities
+checked, busy/idle from the logs, never from the port) and ``launch.control.stop_named``.
 
 Exit codes: 0 running (``status``) / stopped (``stop``); 27 not running (no state file, or a
 stale one: ``stop`` removes it); 29 a process would not go away; 2 usage.
@@ -12,62 +10,31 @@ stale one: ``stop`` removes it); 29 a process would not go away; 2 usage.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any
 
 from rich.markup import escape
 
 from sdrpc_build.cli._common import Parser, err_console, out_console, run_parsed
-from sdrpc_build.cli.launch_detach import instance_flag
 from sdrpc_build.cli.launch_report import PROG, print_device_map, row_json
 from sdrpc_build.launch import settings
-from sdrpc_build.launch.activity import Activity, read_activity
-from sdrpc_build.launch.control import stop_instance
-from sdrpc_build.launch.errors import NotRunningError, StopError
-from sdrpc_build.launch.identity import (
-    LIVE,
-    ProcessTable,
-    Verdict,
-    signal_verified,
-    system_table,
-)
+from sdrpc_build.launch.activity import Activity
+from sdrpc_build.launch.control import stop_named
+from sdrpc_build.launch.errors import NotRunningError
+from sdrpc_build.launch.identity import LIVE, Verdict, system_table
 from sdrpc_build.launch.instance import (
     DEFAULT_INSTANCE,
     InstanceState,
     ServerRecord,
-    StateFileError,
     check_instance_name,
-    list_instances,
-    read_state,
-    remove_state,
-    state_path,
 )
+from sdrpc_build.launch.status import InstanceStatus, instance_status
 from sdrpc_build.paths import cache_dir, run_dir
 
-__all__ = ["ServerState", "ServerStatus", "format_duration", "main", "server_status"]
-
-
-ServerState = Literal["running", "starting", "exited"]
-
-
-@dataclass(frozen=True)
-class ServerStatus:
-    record: ServerRecord
-    state: ServerState
-    activity: Activity
-    uptime: Optional[float]  # seconds since it became ready (while running)
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
+__all__ = ["format_duration", "main"]
 
 
 def format_duration(seconds: float) -> str:
@@ -81,25 +48,6 @@ def format_duration(seconds: float) -> str:
     if h:
         return f"{h}h {m}m"
     return f"{m}m {s}s" if m else f"{s}s"
-
-
-def server_status(
-    rec: ServerRecord,
-    verdict: Optional[Verdict],
-    supervised: bool,
-    now: float,
-    activity: Callable[[Path, int], Activity] = read_activity,
-) -> ServerStatus:
-    """One server: running iff its recorded process is still the same process; starting
-    while a live supervisor (re)starts it; else exited."""
-    if verdict in LIVE:
-        act = activity(rec.log, rec.log_offset)
-        uptime = now - rec.ready_at if rec.ready_at is not None else None
-        return ServerStatus(rec, "running", act, uptime)
-    state: ServerState = (
-        "starting" if supervised and rec.phase in ("starting", "restarting") else "exited"
-    )
-    return ServerStatus(rec, state, Activity("unknown"), None)
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -126,29 +74,6 @@ def _parser(command: str) -> argparse.ArgumentParser:
     return p
 
 
-def _load(path: Path) -> tuple[Optional[InstanceState], Optional[str]]:
-    try:
-        return read_state(path), None
-    except StateFileError as exc:
-        return None, str(exc)
-
-
-def _not_running_hint(rdir: Path, table: ProcessTable, instance: str) -> Optional[str]:
-    live = []
-    for name in list_instances(rdir):
-        if name == instance:
-            continue
-        try:
-            other = read_state(state_path(rdir, name))
-        except StateFileError:
-            continue
-        if other is not None and table.verify(other.supervisor) in LIVE:
-            live.append(name)
-    if live:
-        return "running instances: " + ", ".join(live) + " (use --instance NAME)"
-    return "start one with: sdrpc-launch ... --detach"
-
-
 def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
     sys.stdout.flush()
@@ -163,53 +88,32 @@ def _since(a: Activity, rec: ServerRecord, now: float) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    instance = check_instance_name(args.instance)
     rdir = run_dir(cache_dir(os.environ, args.cache_dir))
-    path = state_path(rdir, instance)
-    table = system_table()
-    state, problem = _load(path)
-    now = time.time()
-    if state is None:
-        reason = problem or "no state file"
+    st = instance_status(rdir, args.instance, system_table())
+    if st.state is None:
         if args.json:
-            _emit({"instance": instance, "running": False, "reason": reason, "state_file": path})
-        raise NotRunningError(
-            f"instance {instance!r} is not running ({reason})",
-            hint=_not_running_hint(rdir, table, instance)
-            if problem is None
-            else f"'sdrpc-launch stop{instance_flag(instance)}' removes the file"
-            if os.path.isfile(path)
-            else "check --cache-dir: the state files are in its run/ directory",
-        )
-    verdict = table.verify(state.supervisor)
-    running = verdict in LIVE
-    servers = [
-        server_status(s, table.verify(s.process) if s.process else None, running, now)
-        for s in state.servers
-    ]
-    why = {"dead": "its supervisor is gone", "reused": "its PID now names another process"}
-    if args.json:
-        _emit(_status_json(state, path, verdict, servers, now))
+            reason = st.problem or "no state file"
+            _emit(
+                {"instance": st.instance, "running": False, "reason": reason, "state_file": st.path}
+            )
+    elif args.json:
+        _emit(_status_json(st))
     else:
-        _print_status(state, verdict, servers, now)
-    if running:
-        return 0
-    raise NotRunningError(
-        f"instance {instance!r} is not running: {why.get(verdict, verdict)} "
-        f"(pid {state.supervisor.pid}; the state file is stale)",
-        hint=f"'sdrpc-launch stop{instance_flag(instance)}' removes it",
-    )
+        _print_status(st)
+    err = st.not_running()
+    if err is not None:
+        raise err
+    return 0
 
 
-def _status_json(
-    state: InstanceState, path: Path, verdict: Verdict, servers: list[ServerStatus], now: float
-) -> dict[str, Any]:
-    running = verdict in LIVE
+def _status_json(st: InstanceStatus) -> dict[str, Any]:
+    assert st.state is not None
+    state, verdict, now, running = st.state, st.verdict, st.now, st.running
     return {
         "instance": state.instance,
         "running": running,
         "phase": state.phase if running else "stale",
-        "state_file": str(path),
+        "state_file": str(st.path),
         "supervisor": {
             "pid": state.supervisor.pid,
             "identity": verdict,
@@ -230,16 +134,16 @@ def _status_json(
                 "restarts": s.record.restarts,
                 "log": str(s.record.log),
             }
-            for s in servers
+            for s in st.servers
         ],
         "log_dir": str(state.log_dir),
         "supervisor_log": str(state.supervisor_log),
     }
 
 
-def _print_status(
-    state: InstanceState, verdict: Verdict, servers: list[ServerStatus], now: float
-) -> None:
+def _print_status(st: InstanceStatus) -> None:
+    assert st.state is not None
+    state, verdict, servers, now = st.state, st.verdict, st.servers, st.now
     out = out_console()
     pid = state.supervisor.pid
     if verdict in LIVE:
@@ -260,7 +164,6 @@ def _print_status(
     )
     for s in servers:
         r = s.record
-        st = s.state
         note = f"  ({r.phase})" if r.phase in ("fatal", "restarting") and not s.running else ""
         if r.restarts:
             note += f"  (restarts: {r.restarts})"
@@ -270,7 +173,7 @@ def _print_status(
         up = format_duration(s.uptime) if s.uptime is not None else "-"
         color = {"running": "green", "starting": "yellow"}.get(s.state, "red")
         out.print(
-            f"    {escape(r.name):<{width}}  [{color}]{st:<8}[/{color}] {pid_s:>7}  "
+            f"    {escape(r.name):<{width}}  [{color}]{s.state:<8}[/{color}] {pid_s:>7}  "
             f"{r.endpoint:<21} {act:<12} {up}{note}",
             highlight=False,
         )
@@ -282,47 +185,33 @@ def _print_status(
 
 
 def _stop(args: argparse.Namespace) -> int:
-    instance = check_instance_name(args.instance)
+    check_instance_name(args.instance)  # before the other options, like status
     given = None if args.timeout is None else settings.stop_timeout(args.timeout, "--timeout")
     rdir = run_dir(cache_dir(os.environ, args.cache_dir))
-    path = state_path(rdir, instance)
     table = system_table()
     err = err_console()
-    state, problem = _load(path)
-    if state is None:
-        if problem is not None and os.path.isfile(path):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            err.print(f"{PROG}: removed an unreadable state file ({escape(problem)})")
-        elif problem is not None:
-            err.print(f"{PROG}: no state file to read ({escape(problem)})")
+
+    def announce(state: InstanceState, verdict: Verdict) -> None:
+        if table.method == "pid":
+            err.print(
+                f"[yellow]{PROG}: warning: processes are identified by PID only here[/yellow]"
+            )
+        if verdict in LIVE and not args.json:
+            out_console().print(
+                f"[bold]{PROG}:[/bold] stopping instance {state.instance!r} "
+                f"(supervisor pid {state.supervisor.pid})"
+            )
+
+    report = stop_named(rdir, args.instance, table, given, announce)
+    instance, state, outcome = report.instance, report.state, report.outcome
+    if state is None or outcome is None:
+        if report.removed_unreadable:
+            err.print(f"{PROG}: removed an unreadable state file ({escape(str(report.problem))})")
+        elif report.problem is not None:
+            err.print(f"{PROG}: no state file to read ({escape(report.problem)})")
         if args.json:
             _emit({"instance": instance, "stopped": False, "running": False})
-        raise NotRunningError(
-            f"instance {instance!r} is not running",
-            hint=_not_running_hint(rdir, table, instance),
-        )
-    if table.method == "pid":
-        err.print(f"[yellow]{PROG}: warning: processes are identified by PID only here[/yellow]")
-    timeout = given if given is not None else state.stop_timeout + 5.0
-    if table.verify(state.supervisor) in LIVE and not args.json:
-        out_console().print(
-            f"[bold]{PROG}:[/bold] stopping instance {instance!r} "
-            f"(supervisor pid {state.supervisor.pid})"
-        )
-    outcome = stop_instance(
-        state,
-        check=table.verify,
-        send=lambda ident, sig: signal_verified(table, ident, sig),
-        timeout=timeout,
-    )
-    if outcome.survivors:
-        pids = ", ".join(map(str, outcome.survivors))
-        raise StopError(
-            f"instance {instance!r}: process(es) {pids} did not end after SIGKILL",
-            hint="they may belong to another user or hang in the kernel; see 'ps -p PID'",
-        )
-    remove_state(path, owner_pid=state.supervisor.pid)
+        raise report.not_running()
     if args.json:
         _emit(
             {

@@ -1,7 +1,8 @@
 """sdrpc-launch's console output: human lines (rich) or a JSON event stream.
 
-Shared by the foreground supervisor, ``--detach`` (which replays the detached supervisor's
-start events) and ``status`` (the device map).
+Shared by the foreground supervisor, the detached one (:class:`ChildReporter`: its log, plus
+its start report), ``--detach`` (which replays the detached supervisor's start events) and
+``status`` (the device map).
 """
 
 from __future__ import annotations
@@ -18,21 +19,21 @@ from rich.markup import escape
 
 from sdrpc_build.cli._common import err_console, out_console
 from sdrpc_build.launch.cache import format_size
+from sdrpc_build.launch.child import DetachedChild
+from sdrpc_build.launch.lines import tail_line
 from sdrpc_build.launch.spec import ServerSpec, is_loopback
 from sdrpc_build.launch.supervisor import DeviceRow, Event
 
 __all__ = [
     "PROG",
-    "TAIL_WIDTH",
+    "ChildReporter",
     "Reporter",
     "print_device_map",
     "row_json",
     "security_warning",
-    "tail_line",
 ]
 
 PROG = "sdrpc-launch"
-TAIL_WIDTH = 300  # characters of each tail line shown (the log has them whole)
 
 
 class Reporter:
@@ -133,11 +134,20 @@ class Reporter:
         print_device_map(self.out, rows, str(e.data["rpc_servers"]), self.width)
 
 
-def tail_line(text: str) -> str:
-    """A server's output line as shown in a tail: at most TAIL_WIDTH characters."""
-    if len(text) <= TAIL_WIDTH:
-        return text
-    return f"{text[:TAIL_WIDTH]}... ({len(text) - TAIL_WIDTH} more characters)"
+class ChildReporter(Reporter):
+    """The supervisor log's human output, plus the child's bookkeeping (never echoes lines)."""
+
+    def __init__(self, child: DetachedChild, as_json: bool, specs: Sequence[ServerSpec]) -> None:
+        super().__init__(as_json, True, specs)
+        self.child = child
+
+    def warn(self, text: str) -> None:
+        super().warn(text)
+        self.child.on_warning(text)
+
+    def event(self, e: Event) -> None:
+        super().event(e)
+        self.child.on_event(e)
 
 
 def print_device_map(out: Console, rows: Sequence[DeviceRow], rpc_servers: str, width: int) -> None:

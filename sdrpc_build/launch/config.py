@@ -1,10 +1,8 @@
 """``servers.toml``: one ``[[server]]`` table per rpc-server, validated strictly.
 
 [supervise]               # optional; the command line's flags win over it
-ready-timeout = 60
-stop-timeout = 5
-max-failures = 5
-failure-window = 60
+ready-timeout = 120       # the keys, defaults and ranges: settings.SUPERVISE
+max-failures = 3
 
 [[server]]
 name = "cuda"
@@ -31,7 +29,15 @@ from typing import Any, Optional, TypeVar
 from sdrpc_build.launch import settings
 from sdrpc_build.launch.errors import LaunchConfigError
 from sdrpc_build.launch.private import show_path
-from sdrpc_build.launch.spec import RESTART_POLICIES, RestartPolicy, valid_name
+from sdrpc_build.launch.settings import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_RESTART,
+    RESTART_POLICIES,
+    Policy,
+    RestartPolicy,
+)
+from sdrpc_build.launch.spec import valid_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,6 +53,7 @@ __all__ = [
     "did_you_mean",
     "load_config",
     "parse_config",
+    "supervision_policy",
 ]
 
 SERVER_KEYS = (
@@ -64,7 +71,7 @@ SERVER_KEYS = (
     "env",
     "restart",
 )
-SUPERVISE_KEYS = ("ready-timeout", "stop-timeout", "max-failures", "failure-window")
+SUPERVISE_KEYS = tuple(s.key for s in settings.SUPERVISE)
 _TOP_KEYS = ("server", "supervise")
 T = TypeVar("T")
 
@@ -77,8 +84,8 @@ class ServerOptions:
     binary: Optional[Path] = None
     backend: Optional[str] = None
     build: Optional[str] = None  # a manifest key (or unique prefix) from sdrpc-build
-    host: str = "127.0.0.1"
-    port: int = 50052
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
     devices: tuple[str, ...] = ()
     threads: Optional[int] = None
     cache: bool = False
@@ -87,18 +94,32 @@ class ServerOptions:
     cache_max_size: Optional[int] = None
     visible_devices: Optional[str] = None
     env: tuple[tuple[str, str], ...] = ()
-    restart: RestartPolicy = "on-failure"
+    restart: RestartPolicy = DEFAULT_RESTART
     origin: str = "command line"
 
 
 @dataclass(frozen=True)
 class Supervision:
-    """The ``[supervise]`` table; None = not given (the command line or the default decides)."""
+    """The ``[supervise]`` table (one field per ``settings.SUPERVISE`` entry); None = not
+    given (the command line or the default decides)."""
 
     ready_timeout: Optional[float] = None
     stop_timeout: Optional[float] = None
     max_failures: Optional[int] = None
     failure_window: Optional[float] = None
+
+
+def supervision_policy(file: Supervision, given: Mapping[str, object]) -> Policy:
+    """Supervision settings: the command line (``given``: raw flag values by field name, None
+    = not given) > servers.toml's ``[supervise]`` > the defaults."""
+    values: dict[str, Any] = {}
+    for s in settings.SUPERVISE:
+        raw = given.get(s.field)
+        if raw is not None:
+            values[s.field] = s.check(raw, s.flag)
+        elif getattr(file, s.field) is not None:
+            values[s.field] = getattr(file, s.field)
+    return replace(Policy(), **values)
 
 
 @dataclass(frozen=True)
@@ -236,16 +257,10 @@ def _supervision(table: Any, where: str) -> Supervision:
                 hint="valid keys: " + ", ".join(SUPERVISE_KEYS),
             )
     t: Mapping[str, Any] = table
-
-    def get(key: str, check: Callable[[object, str], T]) -> Optional[T]:
-        return _number(where, key, t[key], check) if key in t else None
-
-    return Supervision(
-        ready_timeout=get("ready-timeout", settings.ready_timeout),
-        stop_timeout=get("stop-timeout", settings.stop_timeout),
-        max_failures=get("max-failures", settings.max_failures),
-        failure_window=get("failure-window", settings.failure_window),
-    )
+    values: dict[str, Any] = {
+        s.field: _number(where, s.key, t[s.key], s.check) for s in settings.SUPERVISE if s.key in t
+    }
+    return Supervision(**values)
 
 
 def parse_config(data: Mapping[str, Any], source: str, base_dir: Path) -> Config:

@@ -32,6 +32,7 @@ __all__ = [
     "ServerRecord",
     "StateFileError",
     "check_instance_name",
+    "instance_flag",
     "list_instances",
     "read_state",
     "remove_state",
@@ -103,6 +104,11 @@ def check_instance_name(name: str) -> str:
             hint="use letters, digits, '.', '_' and '-' (at most 64, not starting with . - _)",
         )
     return name
+
+
+def instance_flag(instance: str) -> str:
+    """`` --instance NAME`` for commands shown to the user; empty for the default instance."""
+    return "" if instance == DEFAULT_INSTANCE else f" --instance {instance}"
 
 
 def state_path(run_dir: Path, instance: str) -> Path:

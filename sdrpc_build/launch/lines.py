@@ -6,15 +6,18 @@
   (on a UTF-8 character boundary), so a server that prints megabytes without a newline costs
   the supervisor no more than many short lines would.
 * Bytes are decoded as UTF-8; invalid bytes become U+FFFD.
+* A line shown in a tail (a FATAL's last lines, a failed start's) is cut at
+  :data:`TAIL_WIDTH` characters by :func:`tail_line`; the log keeps it whole.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["MAX_LINE", "LineSplitter"]
+__all__ = ["MAX_LINE", "TAIL_WIDTH", "LineSplitter", "tail_line"]
 
 MAX_LINE = 4096  # bytes
+TAIL_WIDTH = 300  # characters of each tail line shown (the log has them whole)
 _BREAK = re.compile(rb"\r\n|\r|\n")
 
 
@@ -83,3 +86,10 @@ class LineSplitter:
             view.release()
         if start:
             del buf[:start]
+
+
+def tail_line(text: str) -> str:
+    """A server's output line as shown in a tail: at most TAIL_WIDTH characters."""
+    if len(text) <= TAIL_WIDTH:
+        return text
+    return f"{text[:TAIL_WIDTH]}... ({len(text) - TAIL_WIDTH} more characters)"

@@ -2,13 +2,13 @@
 
 Checks everything that can be checked before starting: the binary (or a build from the
 artifact store), the host (literal IPv4), ports (free, no duplicates), devices (offered by the
-binary), cache directories. I/O is injected so unit tests stay pure.
+binary), cache directories. I/O is injected so unit tests stay pure; so are sdrpc's builds
+(:class:`BuildLocator`: the CLI makes it from the build wing's store and wheels).
 """
 
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +28,7 @@ from sdrpc_build.launch.spec import (
     valid_name,
 )
 
-__all__ = ["Build", "Environment", "resolve_build", "resolve_servers"]
+__all__ = ["Build", "BuildLocator", "Environment", "resolve_build", "resolve_servers"]
 
 MAX_PORT = 65535
 DeviceLister = Callable[[Path, Mapping[str, str]], Optional[tuple[BannerDevice, ...]]]
@@ -39,15 +39,36 @@ class Build:
     binary: Path
     backend: Optional[str] = None
     max_name: Optional[int] = None
-    protocol: Optional[str] = None
+    protocol: Optional[str] = None  # "5.0.0"; None when not known
     key: Optional[str] = None
+    created: str = ""  # ISO 8601 time: the newest build wins
+    platform: str = ""  # "linux-x86_64"; "" = runs anywhere
+
+
+@dataclass(frozen=True)
+class BuildLocator:
+    """sdrpc's builds, as launch needs them (injected: launch does not import the build wing).
+
+    ``platform()``: this machine as builds name it ("linux-x86_64"). ``entry_of(binary)``: the
+    build whose store entry holds this (resolved) binary; None when it is in none, or its
+    manifest cannot be read. ``find(root, selector)``: a build by key, unique key prefix or
+    manifest path; raises SdrpcError when there is none (or several), OSError when the store
+    cannot be read. ``available(root)``: every build in the store and from installed server
+    wheels; OSError when the store cannot be read.
+    """
+
+    platform: Callable[[], str]
+    entry_of: Callable[[Path], Optional[Build]]
+    find: Callable[[Path, str], Build]
+    available: Callable[[Path], list[Build]]
 
 
 @dataclass(frozen=True)
 class Environment:
-    """The outside world, injected: environment, store, resolver, port and device probes."""
+    """The outside world, injected: environment, builds, resolver, port and device probes."""
 
     env: Mapping[str, str]
+    builds: BuildLocator
     artifacts_root: Path
     cache_root: Path  # default root of per-server -c cache dirs
     resolve_host: Optional[Resolver]
@@ -57,13 +78,7 @@ class Environment:
     warn: Callable[[str], None]
 
 
-def _this_platform() -> str:
-    from sdrpc_build.build.toolchain import current_platform
-
-    return f"{current_platform()}-{platform.machine().lower()}"
-
-
-def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
+def resolve_build(o: ServerOptions, artifacts_root: Path, builds: BuildLocator) -> Build:
     """``binary`` as given, else a build from the store: by key, by backend, or the newest."""
     if o.binary is not None:
         b = o.binary.expanduser()
@@ -79,23 +94,14 @@ def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
             raise NoServerBinaryError(f"{_where(o)}server binary {b} is not a file")
         if not os.access(b, os.X_OK):
             raise NoServerBinaryError(f"{_where(o)}{b} is not executable", hint=f"chmod +x {b}")
-        from sdrpc_build.build import store
-
-        entry = b.resolve().parent.parent
-        if (entry / store.MANIFEST).is_file():  # a binary inside an sdrpc store entry
-            try:
-                m = store.Manifest.load(entry)
-            except SdrpcError:
-                return Build(b.resolve(), o.backend)
-            proto = m.protocol if m.protocol and m.protocol != "unknown" else None
-            return Build(b.resolve(), o.backend or m.backend, m.max_name, proto, m.key)
-        return Build(b.resolve(), o.backend)
-    from sdrpc_build.build import store
-
+        entry = builds.entry_of(b.resolve())  # a binary inside an sdrpc store entry
+        if entry is None:
+            return Build(b.resolve(), o.backend)
+        return replace(entry, binary=b.resolve(), backend=o.backend or entry.backend)
     store_hint = "check --cache-dir (the artifact store is its artifacts/ directory)"
     if o.build is not None:
         try:
-            m = store.find_manifest(artifacts_root, o.build)
+            return builds.find(artifacts_root, o.build)
         except SdrpcError as exc:
             raise NoServerBinaryError(f"{_where(o)}{exc.message}", hint=exc.hint) from None
         except OSError as exc:
@@ -103,33 +109,27 @@ def resolve_build(o: ServerOptions, artifacts_root: Path) -> Build:
                 f"cannot read the artifact store {show_path(artifacts_root)}: {exc.strerror}",
                 hint=store_hint,
             ) from None
-    else:
-        here = _this_platform()
-        from sdrpc_build.build.wheel import installed_servers
-
-        try:
-            stored = store.list_manifests(artifacts_root)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot read the artifact store {show_path(artifacts_root)}: {exc.strerror}",
-                hint=store_hint,
-            ) from None
-        candidates = stored + installed_servers()
-        candidates.sort(key=lambda m: m.created, reverse=True)
-        found = [m for m in candidates if not m.platform or m.platform == here]
-        if o.backend is not None:
-            found = [m for m in found if m.backend == o.backend]
-        if not found:
-            what = f"no {o.backend} build" if o.backend else "no build"
-            raise NoServerBinaryError(
-                f"{_where(o)}{what} for {here} in {show_path(artifacts_root)}",
-                hint="build one with sdrpc-build"
-                + (f" --backend {o.backend}" if o.backend else "")
-                + ", or give --binary PATH",
-            )
-        m = found[0]
-    protocol = m.protocol if m.protocol and m.protocol != "unknown" else None
-    return Build(m.binary, m.backend, m.max_name, protocol, m.key)
+    here = builds.platform()
+    try:
+        candidates = builds.available(artifacts_root)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot read the artifact store {show_path(artifacts_root)}: {exc.strerror}",
+            hint=store_hint,
+        ) from None
+    candidates.sort(key=lambda m: m.created, reverse=True)
+    found = [m for m in candidates if not m.platform or m.platform == here]
+    if o.backend is not None:
+        found = [m for m in found if m.backend == o.backend]
+    if not found:
+        what = f"no {o.backend} build" if o.backend else "no build"
+        raise NoServerBinaryError(
+            f"{_where(o)}{what} for {here} in {show_path(artifacts_root)}",
+            hint="build one with sdrpc-build"
+            + (f" --backend {o.backend}" if o.backend else "")
+            + ", or give --binary PATH",
+        )
+    return found[0]
 
 
 def _where(o: ServerOptions) -> str:
@@ -240,7 +240,7 @@ def resolve_servers(
         host, note = check_host(o.host, world.resolve_host)
         if note:
             world.warn(note)
-        build = resolve_build(o, world.artifacts_root)
+        build = resolve_build(o, world.artifacts_root, world.builds)
         pairs += [(spec, o) for spec in _expand(o, build, per_device, world, host)]
     taken: dict[int, str] = {}
     named: list[tuple[ServerSpec, ServerOptions]] = []

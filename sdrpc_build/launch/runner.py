@@ -1,5 +1,7 @@
 """The supervisor's I/O loop: processes, output, probes, signals, timers.
 
+The readiness check is injected (see ``readiness``): launch does not speak the protocol.
+
 One thread owns every process (so the Linux parent-death signal stays tied to it); readiness
 probes run on worker threads and report back through a self-pipe. The loop sleeps in
 ``select`` until output, a child exit (SIGCHLD), a signal, a probe result or the next timer:
@@ -46,16 +48,12 @@ class Runner:
         base_env: Mapping[str, str],
         on_event: Callable[[Event], None],
         on_output: Callable[[str, str], None],
+        readiness: ReadinessCheck,
         log_dir: Optional[Path] = None,
         line_buffer: Optional[list[str]] = None,
         factory: ProcessFactory = spawn,
-        readiness: Optional[ReadinessCheck] = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if readiness is None:
-            from sdrpc_build.launch.readiness import probe_readiness
-
-            readiness = probe_readiness
         self.sup = supervisor
         self.base_env = dict(base_env)
         self.on_event = on_event

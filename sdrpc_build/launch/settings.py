@@ -1,4 +1,11 @@
-"""Checked settings, shared by the command line and ``servers.toml``: one validator each.
+"""Every launch setting declared once: default, flag, servers.toml key, range, help.
+
+The supervision settings are :class:`Setting` values (:data:`SUPERVISE`): ``sdrpc-launch``
+makes its flags from them (``--KEY``), servers.toml's ``[supervise]`` table takes their keys,
+and :class:`Policy` takes their defaults. The restart policy (backoff, failures, window) is
+this module: changing it changes nothing else. Per-server defaults (host, port, restart) are
+here too, for the command line, :class:`~sdrpc_build.launch.config.ServerOptions` and
+:class:`~sdrpc_build.launch.spec.ServerSpec`.
 
 Each validator takes the raw value (text from the command line, or what TOML gave: int, float
 or str) and the name to report (``--ready-timeout`` on the command line, ``'ready-timeout'`` in
@@ -11,16 +18,28 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Optional, Union
+from typing import Generic, Literal, Optional, TypeVar, Union, cast
 
 from sdrpc_build.errors import UsageError
 
 __all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "DEFAULT_RESTART",
+    "FAILURE_WINDOW",
     "MAX_FAILURES",
     "MAX_SECONDS",
     "MAX_SIZE",
     "MAX_THREADS",
+    "READY_TIMEOUT",
+    "RESTART_POLICIES",
+    "STOP_TIMEOUT",
+    "SUPERVISE",
+    "Policy",
+    "RestartPolicy",
+    "Setting",
     "SettingError",
     "env_pair",
     "failure_window",
@@ -32,8 +51,15 @@ __all__ = [
     "threads",
 ]
 
+RestartPolicy = Literal["always", "on-failure", "never"]
+RESTART_POLICIES: tuple[RestartPolicy, ...] = ("always", "on-failure", "never")
+
+# -- per-server defaults -------------------------------------------------------------------
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50052
+DEFAULT_RESTART: RestartPolicy = "on-failure"
+
 MAX_SECONDS = 86400.0  # one day: any timeout or window longer than that is a typo
-MAX_FAILURES = 1000
 MAX_THREADS = 4096
 MAX_SIZE = 1 << 60  # 1 EiB
 _DIGITS = 30  # more digits than any valid value has: refuse before converting
@@ -48,6 +74,7 @@ _SIZE = re.compile(
     re.ASCII | re.IGNORECASE,
 )
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
+N = TypeVar("N", int, float)
 
 
 class SettingError(UsageError):
@@ -89,64 +116,118 @@ def _ranged(
     return int(n) if integer else float(n)
 
 
-def ready_timeout(v: object, name: str) -> float:
-    """Seconds a start may take before it counts as failed: above 0, at most a day."""
-    return float(
-        _ranged(
-            v,
-            name,
-            0,
-            MAX_SECONDS,
-            integer=False,
-            above=True,
-            hint="a plain number of seconds, e.g. 60 (the default)",
+@dataclass(frozen=True)
+class Setting(Generic[N]):
+    """One supervision setting: ``[supervise]`` key, flag ``--KEY``, default, range, help."""
+
+    key: str
+    default: N
+    lo: N
+    hi: N
+    above: bool  # ``lo`` itself is refused
+    help: str  # what it means; the flag's help adds the default and the range
+    note: str = ""  # a special value worth naming, e.g. "0 sends SIGKILL at once"
+    metavar: str = "S"
+
+    @property
+    def integer(self) -> bool:
+        return isinstance(self.default, int)
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.key}"
+
+    @property
+    def field(self) -> str:
+        """The attribute name: on :class:`Policy`, the config's Supervision, argparse's args."""
+        return self.key.replace("-", "_")
+
+    @property
+    def range(self) -> str:
+        if self.integer:
+            return f"{self.lo:g}-{self.hi:g}"
+        return f"{'above' if self.above else 'from'} {self.lo:g}, at most {self.hi:g}"
+
+    @property
+    def flag_help(self) -> str:
+        note = f"; {self.note}" if self.note else ""
+        return f"{self.help} (default {self.default:g}; {self.range}{note})"
+
+    def check(self, v: object, name: str) -> N:
+        """The checked value of ``v``; ``name`` is what the message calls it."""
+        plain = "" if self.integer else "a plain number of seconds, "
+        note = f"; {self.note}" if self.note else ""
+        hint = f"{plain}e.g. {self.default:g} (the default){note}"
+        value = _ranged(
+            v, name, self.lo, self.hi, integer=self.integer, above=self.above, hint=hint
         )
-    )
+        return cast(N, value)
 
 
-def stop_timeout(v: object, name: str) -> float:
-    """Seconds between SIGTERM and SIGKILL: 0 (SIGKILL at once) to a day."""
-    return float(
-        _ranged(
-            v,
-            name,
-            0,
-            MAX_SECONDS,
-            integer=False,
-            above=False,
-            hint="a plain number of seconds, e.g. 5 (the default); 0 sends SIGKILL at once",
-        )
-    )
+# -- supervision: the restart policy and the timeouts ----------------------------------------
+READY_TIMEOUT = Setting(
+    "ready-timeout",
+    60.0,
+    0.0,
+    MAX_SECONDS,
+    above=True,
+    help="seconds a start may take before it counts as failed",
+)
+STOP_TIMEOUT = Setting(
+    "stop-timeout",
+    5.0,
+    0.0,
+    MAX_SECONDS,
+    above=False,
+    help="seconds between SIGTERM and SIGKILL on stop",
+    note="0 sends SIGKILL at once",
+)
+MAX_FAILURES = Setting(
+    "max-failures",
+    5,
+    1,
+    1000,
+    above=False,
+    help="failures within --failure-window that make a server FATAL",
+    note="1 gives up at the first failure",
+    metavar="N",
+)
+FAILURE_WINDOW = Setting(
+    "failure-window",
+    60.0,
+    0.0,
+    MAX_SECONDS,
+    above=True,
+    help="window for --max-failures in seconds",
+)
+#: every setting of ``[supervise]`` and of the "supervision" flags, in help order
+SUPERVISE: tuple[Setting[int] | Setting[float], ...] = (
+    READY_TIMEOUT,
+    STOP_TIMEOUT,
+    MAX_FAILURES,
+    FAILURE_WINDOW,
+)
 
 
-def failure_window(v: object, name: str) -> float:
-    """Seconds in which ``max-failures`` failures make a server FATAL: above 0, at most a day."""
-    return float(
-        _ranged(
-            v,
-            name,
-            0,
-            MAX_SECONDS,
-            integer=False,
-            above=True,
-            hint="a plain number of seconds, e.g. 60 (the default)",
-        )
-    )
+@dataclass(frozen=True)
+class Policy:
+    """Supervision knobs (seconds); defaults from the declarations above."""
+
+    restart: RestartPolicy = DEFAULT_RESTART
+    backoff_initial: float = 0.1  # first restart delay; doubles per failure in the window
+    backoff_factor: float = 2.0
+    backoff_max: float = 30.0
+    max_failures: int = MAX_FAILURES.default
+    failure_window: float = FAILURE_WINDOW.default
+    ready_timeout: float = READY_TIMEOUT.default
+    stop_timeout: float = STOP_TIMEOUT.default
+    probe_interval: float = 0.1  # between readiness probes of a starting server
 
 
-def max_failures(v: object, name: str) -> int:
-    """Failures within the window that make a server FATAL: 1 to 1000."""
-    return int(
-        _ranged(
-            v,
-            name,
-            1,
-            MAX_FAILURES,
-            integer=True,
-            above=False,
-            hint="e.g. 5 (the default); 1 gives up at the first failure",
-        )
-    )
+ready_timeout = READY_TIMEOUT.check
+stop_timeout = STOP_TIMEOUT.check
+max_failures = MAX_FAILURES.check
+failure_window = FAILURE_WINDOW.check
 
 
 def port(v: object, name: str) -> int:

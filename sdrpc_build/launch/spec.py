@@ -7,10 +7,17 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 from sdrpc_build.errors import UsageError
 from sdrpc_build.launch.errors import HostError
+from sdrpc_build.launch.settings import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_RESTART,
+    RESTART_POLICIES,
+    RestartPolicy,
+)
 
 __all__ = [
     "RESTART_POLICIES",
@@ -28,9 +35,7 @@ __all__ = [
     "visible_devices_env",
 ]
 
-RestartPolicy = Literal["always", "on-failure", "never"]
 Resolver = Callable[[str], Optional[str]]
-RESTART_POLICIES: tuple[RestartPolicy, ...] = ("always", "on-failure", "never")
 
 # backend -> the variable that hides devices from it
 VISIBLE_DEVICES_VARS: dict[str, str] = {
@@ -69,8 +74,8 @@ class ServerSpec:
 
     name: str
     binary: Path
-    host: str = "127.0.0.1"
-    port: int = 50052
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
     devices: tuple[str, ...] = ()
     threads: int | None = None
     cache_dir: Path | None = None  # set = ``-c`` with LLAMA_CACHE=cache_dir
@@ -78,7 +83,7 @@ class ServerSpec:
     visible_devices: str | None = None
     backend: str | None = None  # from the manifest or --backend; maps visible-devices
     env: tuple[tuple[str, str], ...] = ()
-    restart: RestartPolicy = "on-failure"
+    restart: RestartPolicy = DEFAULT_RESTART
     max_name: int | None = None  # known GGML_MAX_NAME (from the manifest) -> probed
     protocol: str | None = None  # expected protocol from the manifest, "X.Y.Z"
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
-from sdrpc_build.launch.spec import RestartPolicy
+from sdrpc_build.launch.settings import Policy
 
 __all__ = ["ExitInfo", "Policy", "ServerMachine", "State", "backoff_delay", "describe_exit"]
 
@@ -35,21 +35,6 @@ class State(str, Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Supervision knobs (seconds)."""
-
-    restart: RestartPolicy = "on-failure"
-    backoff_initial: float = 0.1
-    backoff_factor: float = 2.0
-    backoff_max: float = 30.0
-    max_failures: int = 5
-    failure_window: float = 60.0
-    ready_timeout: float = 60.0
-    stop_timeout: float = 5.0
-    probe_interval: float = 0.1
 
 
 def backoff_delay(policy: Policy, recent_failures: int) -> float:

@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 from procs import alive, free_port, port_bound
 
+from sdrpc_build.protocol.compat import device_map
+from sdrpc_build.protocol.probe import probe
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,9 +133,6 @@ def v36(server_binary: Callable[[str, int], Path]) -> Path:
 def test_three_servers_from_config_restart_and_device_map(
     launch: Callable[..., Launch], tmp_path: Path, v35: Path, v36: Path
 ) -> None:
-    from sdrpc_build.protocol.compat import device_map
-    from sdrpc_build.protocol.probe import probe
-
     ports = [free_port() for _ in range(3)]
     cfg = tmp_path / "servers.toml"
     cfg.write_text(
@@ -197,6 +197,34 @@ def test_bad_flag_is_fatal_with_the_servers_message(
     assert sum(e["event"] == "starting" for e in lc.events) == 1  # not retried in vain
 
 
+def test_a_build_with_another_name_length_is_fatal(
+    launch: Callable[..., Launch], tmp_path: Path, v35: Path
+) -> None:
+    """The readiness check the CLI injects (protocol's probe, judged by compat's name-length
+    rule) against the build locator's GGML_MAX_NAME: a server built with 64 whose manifest
+    says 160 is refused at once, not restarted."""
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    manifest = {
+        "key": "fake160",
+        "binary": str(v35),
+        "backend": "cpu",
+        "commit": "c" * 40,
+        "max_name": 160,
+        "protocol": "5.0.0",
+        "target": "ggml-rpc-server",
+        "created": "2026-01-01T00:00:00",
+    }
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    lc = launch("--build", str(entry / "manifest.json"), "-p", "0")
+    fatal = lc.wait_for(lambda e: e["event"] == "fatal", timeout=60)
+    assert "name length 64 vs 160" in fatal["reason"]
+    rc, err = lc.finish()
+    assert "FATAL" in err
+    assert rc == 26
+    assert sum(e["event"] == "starting" for e in lc.events) == 1
+
+
 def test_port_in_use_names_the_holder(launch: Callable[..., Launch], v35: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -240,8 +268,6 @@ def test_no_server_outlives_the_supervisor(
 
 
 def test_cache_cap_is_enforced(launch: Callable[..., Launch], v35: Path, tmp_path: Path) -> None:
-    from sdrpc_build.protocol.probe import probe
-
     cache = tmp_path / "cache"
     files = cache / "srv" / "rpc"
     files.mkdir(parents=True)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from sdrpc_build.launch import settings
-from sdrpc_build.launch.settings import SettingError, env_pair, parse_size
+from sdrpc_build.launch.settings import SUPERVISE, Policy, SettingError, env_pair, parse_size
 
 
 @pytest.mark.parametrize(
@@ -99,3 +99,24 @@ def test_env_pairs() -> None:
     for key, value in [("A=B", "1"), ("", "1"), ("A\0", "1"), ("A", "x\0")]:
         with pytest.raises(SettingError, match="^--env: "):
             env_pair(key, value, "--env")
+
+
+def test_each_supervision_setting_is_declared_once() -> None:
+    """Policy's defaults, the flag, its help and the validator's hint come from one Setting."""
+    assert [s.flag for s in SUPERVISE] == [
+        "--ready-timeout",
+        "--stop-timeout",
+        "--max-failures",
+        "--failure-window",
+    ]
+    for s in SUPERVISE:
+        assert getattr(Policy(), s.field) == s.default
+        assert f"(default {s.default:g};" in s.flag_help
+        assert s.check(s.default, s.flag) == s.default
+        with pytest.raises(SettingError) as info:
+            s.check(s.hi * 2, s.flag)
+        assert f"e.g. {s.default:g} (the default)" in str(info.value.hint)
+    # the shapes (values from the declarations: a new default is one edit, in settings.py)
+    ready, fails = settings.READY_TIMEOUT, settings.MAX_FAILURES
+    assert f"(default {ready.default:g}; above 0, at most {ready.hi:g})" in ready.flag_help
+    assert f"(default {fails.default}; 1-{fails.hi}; 1 gives up" in fails.flag_help

@@ -5,8 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from sdrpc_build.launch.config import Supervision, load_config, parse_config
+from sdrpc_build.launch import settings
+from sdrpc_build.launch.config import (
+    SUPERVISE_KEYS,
+    Supervision,
+    load_config,
+    parse_config,
+    supervision_policy,
+)
 from sdrpc_build.launch.errors import LaunchConfigError
+from sdrpc_build.launch.settings import Policy, SettingError
 
 SEED = """
 # the seed guide's first machine: one CUDA server and one Vulkan server
@@ -126,6 +134,27 @@ def test_supervise_table(tmp_path: Path) -> None:
     )
     assert cfg.supervise == Supervision(ready_timeout=2.5, stop_timeout=0.0, max_failures=3)
     assert parse_config({"server": [{}]}, "f", tmp_path).supervise == Supervision()
+
+
+def test_supervise_keys_are_the_declared_settings() -> None:
+    assert tuple(s.key for s in settings.SUPERVISE) == SUPERVISE_KEYS
+    assert set(SUPERVISE_KEYS) == {
+        "ready-timeout",
+        "stop-timeout",
+        "max-failures",
+        "failure-window",
+    }
+    assert {f.replace("_", "-") for f in Supervision.__dataclass_fields__} == set(SUPERVISE_KEYS)
+
+
+def test_the_command_line_wins_over_the_file_which_wins_over_the_defaults() -> None:
+    file = Supervision(ready_timeout=2.5, max_failures=3)
+    p = supervision_policy(file, {"max_failures": "7", "stop_timeout": None})
+    assert (p.ready_timeout, p.max_failures) == (2.5, 7)
+    assert (p.stop_timeout, p.failure_window) == (Policy().stop_timeout, Policy().failure_window)
+    assert supervision_policy(Supervision(), {}) == Policy()
+    with pytest.raises(SettingError, match="^--max-failures must be"):
+        supervision_policy(file, {"max_failures": "0"})
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from sdrpc_build.cli.launch_child import DetachedChild, event_from_wire, event_to_wire
+from sdrpc_build.cli.launch_report import ChildReporter
 from sdrpc_build.errors import LaunchError, UsageError
+from sdrpc_build.launch.child import DetachedChild, event_from_wire, event_to_wire
 from sdrpc_build.launch.identity import ProcessIdentity, ProcessInfo, ProcessTable
 from sdrpc_build.launch.instance import InstanceState, read_state, state_path
 from sdrpc_build.launch.readiness import Readiness, RemoteDevice
@@ -210,7 +211,7 @@ def test_run_success_removes_the_state_file(tmp_path: Path) -> None:
 
 def test_warnings_are_forwarded_until_started(tmp_path: Path) -> None:
     child, pipe, _, _ = make(tmp_path, ("a",))
-    reporter = child.reporter(False, [])
+    reporter = ChildReporter(child, False, [])
     reporter.warn("host resolved")
     (msg,) = pipe.messages()
     assert (msg["kind"], msg["data"]["message"]) == ("warning", "host resolved")

@@ -1,4 +1,4 @@
-"""The detached supervisor's side of ``sdrpc-launch --detach``.
+"""The detached supervisor's side of ``sdrpc-launch --detach`` (the waiting side: ``detach``).
 
 ``--detach`` starts ``sdrpc-launch`` again in its own session with a hidden ``--_ready-fd N``:
 that process is the supervisor. Until its servers are all READY it sends its events (JSON
@@ -17,15 +17,13 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Optional
 
-from sdrpc_build.cli.launch_report import Reporter, tail_line
 from sdrpc_build.errors import LaunchError, SdrpcError
 from sdrpc_build.launch.identity import ProcessTable, system_table
 from sdrpc_build.launch.instance import (
@@ -36,11 +34,11 @@ from sdrpc_build.launch.instance import (
     supervisor_log,
     write_state,
 )
+from sdrpc_build.launch.lines import tail_line
 from sdrpc_build.launch.runner import Runner
-from sdrpc_build.launch.spec import ServerSpec
 from sdrpc_build.launch.supervisor import DeviceRow, Event, Supervisor
 
-__all__ = ["ChildReporter", "DetachedChild", "event_from_wire", "event_to_wire"]
+__all__ = ["DetachedChild", "event_from_wire", "event_to_wire"]
 
 TAIL = 15
 
@@ -80,12 +78,14 @@ class DetachedChild:
         state: InstanceState,
         table: ProcessTable,
         clock: Callable[[], float] = time.time,
+        warn: Callable[[str], None] = lambda text: None,
     ) -> None:
         self._pipe = pipe
         self.path = path
         self.state = state
         self.table = table
         self.clock = clock
+        self.warn = warn  # the supervisor's own problems (its log)
         self.sup: Optional[Supervisor] = None
         self.runner: Optional[Runner] = None
         self.started = False  # the parent got "all-ready"
@@ -94,7 +94,13 @@ class DetachedChild:
 
     @classmethod
     def begin(
-        cls, fd: int, run_dir: Path, instance: str, log_dir: Path, stop_timeout: float
+        cls,
+        fd: int,
+        run_dir: Path,
+        instance: str,
+        log_dir: Path,
+        stop_timeout: float,
+        warn: Callable[[str], None],
     ) -> DetachedChild:
         pipe = os.fdopen(fd, "w", encoding="utf-8", buffering=1)
         table = system_table()
@@ -106,7 +112,7 @@ class DetachedChild:
             supervisor_log=supervisor_log(log_dir, instance),
             stop_timeout=stop_timeout,
         )
-        return cls(pipe, state_path(run_dir, instance), state, table)
+        return cls(pipe, state_path(run_dir, instance), state, table, warn=warn)
 
     # -- lifecycle --------------------------------------------------------------------------
     def run(self, body: Callable[[], int]) -> int:
@@ -144,9 +150,6 @@ class DetachedChild:
             log = self.state.log_dir / f"{s.spec.name}.log"  # the runner's file
             self.state = self.state.with_server(ServerRecord(s.spec.name, s.spec.endpoint, log))
         self._save()
-
-    def reporter(self, as_json: bool, specs: Sequence[ServerSpec]) -> ChildReporter:
-        return ChildReporter(self, as_json, specs)
 
     def raise_if_start_failed(self) -> None:
         if self.failure is not None:
@@ -228,7 +231,7 @@ class DetachedChild:
         except OSError as exc:  # keep supervising; status will be stale
             if not self._save_warned:
                 self._save_warned = True
-                print(f"sdrpc-launch: warning: cannot update {self.path}: {exc}", file=sys.stderr)
+                self.warn(f"cannot update {self.path}: {exc}")
 
     def _send(self, obj: dict[str, Any]) -> None:
         if self._pipe is None:
@@ -257,19 +260,3 @@ class DetachedChild:
         if pipe is not None:
             with contextlib.suppress(OSError):
                 pipe.close()
-
-
-class ChildReporter(Reporter):
-    """The supervisor log's human output, plus the child's bookkeeping (never echoes lines)."""
-
-    def __init__(self, child: DetachedChild, as_json: bool, specs: Sequence[ServerSpec]) -> None:
-        super().__init__(as_json, True, specs)
-        self.child = child
-
-    def warn(self, text: str) -> None:
-        super().warn(text)
-        self.child.on_warning(text)
-
-    def event(self, e: Event) -> None:
-        super().event(e)
-        self.child.on_event(e)

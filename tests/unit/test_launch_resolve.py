@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import json
+import platform as pf
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from sdrpc_build.build.toolchain import current_platform
+from sdrpc_build.cli.launch_wiring import BUILDS
 from sdrpc_build.errors import UsageError
 from sdrpc_build.launch.banner import BannerDevice
 from sdrpc_build.launch.config import ServerOptions
@@ -29,6 +32,7 @@ class World:
         self.next_port = 40000
         self.env = Environment(
             env={"PATH": "/bin"},
+            builds=BUILDS,
             artifacts_root=tmp / "artifacts",
             cache_root=tmp / "rc",
             resolve_host=lambda h: "127.0.0.1" if h == "localhost" else None,
@@ -134,11 +138,13 @@ def test_shared_cache_dir_refused(tmp_path: Path, binary: Path) -> None:
 
 def test_missing_binary(tmp_path: Path) -> None:
     with pytest.raises(NoServerBinaryError, match="does not exist") as info:
-        resolve_build(ServerOptions(binary=tmp_path / "nope"), tmp_path)
+        resolve_build(ServerOptions(binary=tmp_path / "nope"), tmp_path, BUILDS)
     assert info.value.exit_code == 25
 
 
-def _manifest(root: Path, key: str, backend: str, created: str, platform: str) -> Path:
+def _manifest(
+    root: Path, key: str, backend: str, created: str, platform: str, protocol: str = "5.0.0"
+) -> Path:
     entry = root / key
     (entry / "bin").mkdir(parents=True)
     (entry / "bin" / "ggml-rpc-server").write_text("")
@@ -150,7 +156,7 @@ def _manifest(root: Path, key: str, backend: str, created: str, platform: str) -
                 "backend": backend,
                 "commit": "c" * 40,
                 "max_name": 160,
-                "protocol": "5.0.0",
+                "protocol": protocol,
                 "target": "ggml-rpc-server",
                 "created": created,
                 "platform": platform,
@@ -161,20 +167,31 @@ def _manifest(root: Path, key: str, backend: str, created: str, platform: str) -
 
 
 def test_builds_from_the_store(tmp_path: Path) -> None:
-    import platform as pf
-
-    from sdrpc_build.build.toolchain import current_platform
-
     here = f"{current_platform()}-{pf.machine().lower()}"
     root = tmp_path / "artifacts"
     _manifest(root, "aaa111", "cpu", "2026-01-01T00:00:00", here)
     _manifest(root, "bbb222", "vulkan", "2026-02-01T00:00:00", here)
     _manifest(root, "ccc333", "cpu", "2026-03-01T00:00:00", "other-arch")
-    newest = resolve_build(ServerOptions(), root)
+    newest = resolve_build(ServerOptions(), root, BUILDS)
     assert (newest.key, newest.max_name, newest.protocol) == ("bbb222", 160, "5.0.0")
-    assert resolve_build(ServerOptions(backend="cpu"), root).key == "aaa111"
-    assert resolve_build(ServerOptions(build="ccc"), root).key == "ccc333"
+    assert resolve_build(ServerOptions(backend="cpu"), root, BUILDS).key == "aaa111"
+    assert resolve_build(ServerOptions(build="ccc"), root, BUILDS).key == "ccc333"
     with pytest.raises(NoServerBinaryError, match="no cuda build"):
-        resolve_build(ServerOptions(backend="cuda"), root)
+        resolve_build(ServerOptions(backend="cuda"), root, BUILDS)
     with pytest.raises(NoServerBinaryError, match="no build 'zzz'"):
-        resolve_build(ServerOptions(build="zzz"), root)
+        resolve_build(ServerOptions(build="zzz"), root, BUILDS)
+
+
+def test_a_binary_inside_a_store_entry_carries_its_build(tmp_path: Path) -> None:
+    """The build locator the CLI injects reads the entry's manifest (max_name, protocol)."""
+    root = tmp_path / "artifacts"
+    entry = _manifest(root, "ddd444", "vulkan", "2026-01-01T00:00:00", "", protocol="unknown")
+    binary = entry / "bin" / "ggml-rpc-server"
+    binary.chmod(0o755)
+    b = resolve_build(ServerOptions(binary=binary), root, BUILDS)
+    assert (b.binary, b.key, b.backend, b.max_name) == (binary.resolve(), "ddd444", "vulkan", 160)
+    assert b.protocol is None  # "unknown" in the manifest is not a version
+    b = resolve_build(ServerOptions(binary=binary, backend="cpu"), root, BUILDS)
+    assert b.backend == "cpu"  # what the user said wins
+    (entry / "manifest.json").write_text("{")  # unreadable: the binary alone
+    assert resolve_build(ServerOptions(binary=binary), root, BUILDS).key is None
