@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import vulkan
@@ -73,21 +76,31 @@ def _launch(args: list[str], env: dict[str, str], tmp: Path) -> subprocess.Popen
     )
 
 
+def _wait_event(proc: subprocess.Popen[str], name: str, timeout: float) -> dict[str, Any] | None:
+    """The first JSON event called ``name`` on launch's stdout, or None (exit or timeout)."""
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            event: dict[str, Any] = json.loads(lines.get(timeout=0.2))
+        except queue.Empty:
+            if proc.poll() is not None and lines.empty():
+                return None
+            continue
+        if event["event"] == name:
+            return event
+    return None
+
+
 def test_launch_maps_two_vulkan_devices(
     vk_server: Path, lab: dict[str, str], tmp_path: Path
 ) -> None:
     proc = _launch(["--binary", str(vk_server), "-d", "Vulkan1,Vulkan2", "-p", "0"], lab, tmp_path)
     try:
-        assert proc.stdout is not None
-        ready = None
-        deadline = time.monotonic() + 120
-        for line in proc.stdout:  # ends when launch exits; bounded by the kill below
-            event = json.loads(line)
-            if event["event"] == "all-ready":
-                ready = event
-                break
-            if time.monotonic() > deadline:
-                break
+        ready = _wait_event(proc, "all-ready", timeout=120)
         assert ready is not None, proc.stderr.read() if proc.poll() is not None else "(running)"
         got = [(d["name"], d["device"]) for d in ready["device_map"]]
         assert got == [("RPC0", "Vulkan1"), ("RPC1", "Vulkan2")]
