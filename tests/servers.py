@@ -119,8 +119,17 @@ def sdrpc_cache() -> Path:
     return cache_root() / "sdrpc-cache"
 
 
-def build_server(version: str, max_name: int) -> Path:
-    """A real CPU server built *by sdrpc-build* from the llama-cpp-python==version sdist."""
+def build_server(
+    version: str,
+    max_name: int,
+    *,
+    backend: str = "cpu",
+    defines: tuple[tuple[str, str], ...] = (),
+) -> Path:
+    """A real server built *by sdrpc-build* from the llama-cpp-python==version sdist.
+
+    CPU by default; ``backend``/``defines`` are sdrpc-build's ``--backend``/``-D``.
+    """
     from sdrpc_build.build.pins import Pin, SdPins
     from sdrpc_build.build.pipeline import BuildOptions, build
 
@@ -136,7 +145,12 @@ def build_server(version: str, max_name: int) -> Path:
         origin="tests",
     )
     sdist_path("llama-cpp-python", version)  # pre-seed pip's download into our cache
-    opts = BuildOptions(cache_root=sdrpc_cache(), llama_sdist=f"llama-cpp-python=={version}")
+    opts = BuildOptions(
+        cache_root=sdrpc_cache(),
+        llama_sdist=f"llama-cpp-python=={version}",
+        backend=backend,
+        defines=defines,
+    )
     downloads = sdrpc_cache() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / f"llama_cpp_python-{version}.tar.gz"
