@@ -27,11 +27,13 @@ import fcntl
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 import uuid
@@ -55,6 +57,7 @@ OVERLAID = ("/etc", "/var", "/opt", "/srv", "/home")
 PROPAGATE = Path("/run/systemd/nspawn/propagate")
 LOCK = STATE_ROOT / ".lock"
 ID_PREFIX = "sdl"
+ID_RE = re.compile(ID_PREFIX + "[0-9a-f]{5}")
 # Units the hosts must not run even if something wants them statically; whatever the machine
 # enabled in its own /etc is hidden anyway (hosts' /etc/systemd/system is an opaque overlay dir).
 MASKED = (
@@ -176,16 +179,21 @@ def _mounts_under(path: Path) -> list[Path]:
     found = []
     prefix = str(path).rstrip("/") + "/"
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        target = line.split()[4].encode().decode("unicode_escape")
+        target = _unescape(line.split()[4])
         if target == str(path) or target.startswith(prefix):
             found.append(Path(target))
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
+def _unescape(field: str) -> str:
+    """A path as /proc/self/mountinfo writes it (space, tab, newline, backslash as octal)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def _fstype(path: Path) -> str | None:
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         left, _, right = line.partition(" - ")
-        if left.split()[4] == str(path):
+        if _unescape(left.split()[4]) == str(path):
             return right.split()[0]
     return None
 
@@ -353,9 +361,16 @@ class _Record:
 
     @classmethod
     def load(cls, lab_dir: Path) -> _Record:
+        """The record in ``lab_dir``; ValueError unless it names exactly that lab (it says what
+        to delete: a damaged record must not point anywhere else)."""
         data = json.loads((lab_dir / "owner.json").read_text())
         data["cgroups"] = tuple(data["cgroups"])
-        return cls(**data)
+        rec = cls(**data)
+        if not (ID_RE.fullmatch(rec.lab_id) and lab_dir == STATE_ROOT / rec.lab_id):
+            raise ValueError(f"{lab_dir}: record of another lab ({rec.lab_id!r})")
+        if not all(Path(r).parent in {CGROUP_ROOT.parent, CGROUP_ROOT} for r in rec.cgroups):
+            raise ValueError(f"{lab_dir}: cgroups outside {CGROUP_ROOT}: {rec.cgroups}")
+        return rec
 
     def owner_alive(self) -> bool:
         return self.owner_pid > 0 and _start_time(self.owner_pid) == self.owner_start
@@ -409,6 +424,11 @@ def _teardown(rec: _Record, procs: Sequence[subprocess.Popen[bytes]] = ()) -> li
 
 def cleanup_stale() -> list[str]:
     """Tear down the labs whose owner process is dead; returns their ids."""
+    with _global_lock():
+        return _cleanup_stale_locked()
+
+
+def _cleanup_stale_locked() -> list[str]:
     removed: list[str] = []
     failed: list[str] = []
     if not STATE_ROOT.is_dir():
@@ -417,7 +437,11 @@ def cleanup_stale() -> list[str]:
         try:
             rec = _Record.load(lab_dir)
         except (OSError, ValueError, TypeError, KeyError):
-            continue  # being created right now (the record is written first, under the lock)
+            # no record: its creator died before writing it (a record is written under the lock,
+            # before anything else is created), so there is nothing but the directory
+            if not _mounts_under(lab_dir):
+                shutil.rmtree(lab_dir, ignore_errors=True)
+            continue
         if rec.owner_alive():
             continue
         errors = _teardown(rec)
@@ -443,7 +467,6 @@ class Lab:
         self.boot_timeout = boot_timeout
         self._rec: _Record | None = None
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
-        self._net: ipaddress.IPv4Network | None = None
         self.boot_seconds: float | None = None
 
     # -- context manager
@@ -565,7 +588,7 @@ class Lab:
         if missing or not Path("/usr/sbin/sshd").exists():
             raise LabError(f"missing {missing or ['sshd']}: run .ci/lab-setup as root")
         with _global_lock():
-            cleanup_stale()
+            _cleanup_stale_locked()
             lab_id = self._new_id()
             rec = _Record(
                 lab_id=lab_id,
@@ -633,14 +656,10 @@ class Lab:
     def _make_network(self) -> None:
         rec = self.record
         br = rec.bridge
-        _run(["ip", "link", "add", br, "type", "bridge"])
-        _disable_ipv6(br)
-        _run(["ip", "addr", "add", f"{self.gateway}/{self.network.prefixlen}", "dev", br])
-        _run(["ip", "link", "set", br, "up"])
-        # A dead end: from the bridge, only replies and the ports a test opens reach the machine
-        # (reject: a blocked connect fails at once); nothing is routed into or out of the bridge,
-        # while hosts still talk to each other (bridged traffic passes the forward hook too when
-        # br_netfilter is loaded).
+        # A dead end, in place before the bridge exists: from the bridge only replies and the
+        # ports a test opens (at the gateway address) reach the machine, the rest is rejected (a
+        # blocked connect fails at once); nothing is routed into or out of the bridge, while hosts
+        # still talk to each other (bridged traffic crosses the forward hook with br_netfilter).
         _run(
             ["nft", "-f", "-"],
             input=f"""
@@ -650,8 +669,8 @@ table inet {rec.table} {{
   chain input {{
     type filter hook input priority filter - 10; policy accept;
     iifname "{br}" ct state established,related accept
-    iifname "{br}" tcp dport @tcp_ports accept
-    iifname "{br}" udp dport @udp_ports accept
+    iifname "{br}" ip daddr {self.gateway} tcp dport @tcp_ports accept
+    iifname "{br}" ip daddr {self.gateway} udp dport @udp_ports accept
     iifname "{br}" meta l4proto tcp reject with tcp reset
     iifname "{br}" reject with icmpx type admin-prohibited
   }}
@@ -664,6 +683,10 @@ table inet {rec.table} {{
 }}
 """,
         )
+        _run(["ip", "link", "add", br, "type", "bridge"])
+        _disable_ipv6(br)
+        _run(["ip", "addr", "add", f"{self.gateway}/{self.network.prefixlen}", "dev", br])
+        _run(["ip", "link", "set", br, "up"])
 
     def _make_host_net(self, i: int) -> None:
         rec = self.record
@@ -678,13 +701,19 @@ table inet {rec.table} {{
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
 
     def allow_from_hosts(self, port: int, proto: str = "tcp") -> None:
-        """Let the hosts reach ``port`` (tcp or udp) of the machine, at :attr:`gateway`."""
-        _run(["nft", "add", "element", "inet", self.nft_table, f"{proto}_ports", f"{{ {port} }}"])
+        """Let the hosts reach ``port`` (``tcp`` or ``udp``) of the machine at :attr:`gateway`
+        (a listener on 0.0.0.0 or on the gateway address)."""
+        self._ports("add", port, proto)
 
     def deny_from_hosts(self, port: int, proto: str = "tcp") -> None:
-        _run(
-            ["nft", "delete", "element", "inet", self.nft_table, f"{proto}_ports", f"{{ {port} }}"]
-        )
+        """Close again a port opened with :meth:`allow_from_hosts`."""
+        self._ports("delete", port, proto)
+
+    def _ports(self, verb: str, port: int, proto: str) -> None:
+        if proto not in {"tcp", "udp"} or not 0 < int(port) < 65536:
+            raise ValueError(f"not a tcp/udp port: {proto} {port}")
+        set_name = f"{proto}_ports"
+        _run(["nft", verb, "element", "inet", self.nft_table, set_name, f"{{ {int(port)} }}"])
 
     def link_down(self, host: str | int) -> None:
         """Cut the host's cable (its veth on the bridge side): no packet in or out."""
@@ -731,6 +760,12 @@ table inet {rec.table} {{
             key = sshd / "ssh_host_ed25519_key"
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)])
             host_pub = " ".join(key.with_suffix(".pub").read_text().split()[:2])
+            for other in Path("/etc/ssh").glob("ssh_host_*"):  # the machine's keys: whiteouts
+                if not os.path.lexists(sshd / other.name):
+                    os.mknod(sshd / other.name, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+            if Path("/var/lib/dbus").is_dir():  # D-Bus's copy of the machine id, per host too
+                dbus = _upper_dir(hdir / "var", Path("/var"), "lib/dbus")
+                (dbus / "machine-id").symlink_to("/etc/machine-id")
             known.append(f"{name},{addr} {host_pub}")
             root = _private_dir(hdir / "root")
             _write(_private_dir(root / ".ssh") / "authorized_keys", client_pub, 0o600)

@@ -6,6 +6,7 @@ Needs root and systemd-nspawn (``.ci/lab-setup``); skipped, with the reason, onl
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -109,6 +110,16 @@ def greeter(bind: str) -> Iterator[int]:
         srv.close()
 
 
+def other_local_address(lab: Lab) -> str | None:
+    """An IPv4 address of this machine outside the lab and loopback, if it has one."""
+    cp = lab_module._run(["ip", "-4", "-o", "addr", "show", "scope", "global"])
+    for line in cp.stdout.splitlines():
+        address = line.split()[3].split("/")[0]
+        if ipaddress.ip_address(address) not in lab.network:
+            return address
+    return None
+
+
 def leftovers(lab_id: str, n: int, cgroups: tuple[str, ...]) -> list[str]:
     """Everything of lab ``lab_id`` that still exists on the machine."""
     found = []
@@ -152,6 +163,14 @@ def test_hosts_boot_with_systemd_and_answer_ssh_with_host_key_checking(
         # the machine's own enabled units stay off (a database, apt timers, gettys...)
         assert (postgres, apt_timers) == ("inactive", "0")
     assert len(ids) == 3
+    # nothing the machine enabled for itself is enabled in a host (they share its /etc below)
+    enabled_here = sorted(
+        {p.name for p in Path("/etc/systemd/system").glob("*.wants/*") if "@." not in p.name}
+    )
+    if enabled_here:
+        cp = lab.ssh("lab2", "systemctl", "is-enabled", *enabled_here)
+        states = dict(zip(enabled_here, cp.stdout.split(), strict=True))
+        assert "enabled" not in states.values(), states
     # an outsider to the lab's known_hosts is refused: host key checking is on
     empty = tmp_path / "known_hosts"
     empty.write_text("")
@@ -292,6 +311,12 @@ def test_firewall_keeps_hosts_off_the_machine_unless_a_port_is_opened(
         lab.allow_from_hosts(port)
         assert probe(lab, "lab1", lab.gateway, port)[:2] == ["ok", "hello"]
         assert probe(lab, "lab2", lab.gateway, port)[:2] == ["ok", "hello"]
+        # open at the gateway only, not at the machine's other addresses (routed via the gateway;
+        # the packets go to this machine only)
+        other = other_local_address(lab)
+        if other:
+            lab.ssh("lab2", f"ip route add {other}/32 via {lab.gateway}", check=True)
+            assert probe(lab, "lab2", other, port)[:2] == ["err", "ECONNREFUSED"]
         lab.deny_from_hosts(port)
         assert probe(lab, "lab1", lab.gateway, port)[:2] == ["err", "ECONNREFUSED"]
     # hosts talk to each other (bridged traffic crosses the forward hook with br_netfilter)
