@@ -50,7 +50,7 @@ from sdrpc_build.bench.maths import (
     repeats_for,
     schedule,
 )
-from sdrpc_build.errors import ProtocolError, SdrpcError
+from sdrpc_build.errors import BenchError, ProtocolError
 from sdrpc_build.protocol.codec import format_version
 from sdrpc_build.protocol.probe import (
     DEADLINE_FACTOR as PROBE_DEADLINE_FACTOR,
@@ -89,23 +89,6 @@ _BLOCK = 1 << 20
 WINDOW = 4 << 20  # bytes of test data made / received at a time
 RESERVE = 0  # bytes of free memory left untouched (the schedule's reserve)
 DEADLINE_FACTOR = 60  # each server gets at most this many --timeout in all
-
-
-class BenchError(SdrpcError):
-    """A server failed or broke off during the benchmark; ``partial`` holds what was
-    measured before (when anything was)."""
-
-    exit_code = 14
-
-    def __init__(
-        self,
-        message: str,
-        hint: str | None = None,
-        details: str | None = None,
-        partial: ServerResult | None = None,
-    ) -> None:
-        super().__init__(message, hint, details)
-        self.partial = partial
 
 
 @dataclass(frozen=True)

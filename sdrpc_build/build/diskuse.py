@@ -18,8 +18,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from sdrpc_build.errors import StoreError
 from sdrpc_build.build.store import Manifest
+from sdrpc_build.errors import StoreError
 
 __all__ = [
     "CATEGORIES",

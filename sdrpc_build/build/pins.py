@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generic, Optional, TypeVar
 
+from sdrpc_build.build.url import SecretUrl
 from sdrpc_build.errors import PinsError, SdrpcError
 from sdrpc_build.paths import shown_path
 from sdrpc_build.protocol.tensor import MAX_NAME_LIMIT
-from sdrpc_build.build.url import SecretUrl
 
 __all__ = [
     "DEFAULT_MAX_NAME",

@@ -20,16 +20,6 @@ from filelock import FileLock
 
 from sdrpc_build import __version__
 from sdrpc_build.build import doctor
-from sdrpc_build.build.toolchain import (
-    Toolchain,
-    ccache_env,
-    current_platform,
-    discover_toolchain,
-    parse_ninja_step,
-    run_logged,
-)
-from sdrpc_build.errors import BuildError, PinsError, StoreError, ToolError, VerifyError
-from sdrpc_build.paths import artifacts_dir, shown_path, sources_dir
 from sdrpc_build.build.pins import SdPins, check_max_name, format_version, parse_rpc_version
 from sdrpc_build.build.plan import (
     OPTION_RE,
@@ -56,8 +46,18 @@ from sdrpc_build.build.source import (
     from_sdist,
 )
 from sdrpc_build.build.store import Manifest, cache_error, install_entry, lookup, prepare_cache
+from sdrpc_build.build.toolchain import (
+    Toolchain,
+    ccache_env,
+    current_platform,
+    discover_toolchain,
+    parse_ninja_step,
+    run_logged,
+)
 from sdrpc_build.build.url import SecretUrl
 from sdrpc_build.build.verify import VerifyResult, verify_binary
+from sdrpc_build.errors import BuildError, PinsError, StoreError, ToolError, VerifyError
+from sdrpc_build.paths import artifacts_dir, shown_path, sources_dir
 
 __all__ = [
     "BuildOptions",

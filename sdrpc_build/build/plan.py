@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from sdrpc_build.errors import SourceError, UsageError
 from sdrpc_build.build.recipes import Recipe
+from sdrpc_build.errors import SourceError, UsageError
 
 __all__ = [
     "BASE_DEFINES",

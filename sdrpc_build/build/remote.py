@@ -18,7 +18,6 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from sdrpc_build.errors import PinsError, SourceError, UsageError
 from sdrpc_build.build.pins import (
     Pin,
     SdPins,
@@ -29,6 +28,7 @@ from sdrpc_build.build.pins import (
     parse_sync_llama_last,
 )
 from sdrpc_build.build.url import SecretUrl, redact_text
+from sdrpc_build.errors import PinsError, SourceError, UsageError
 
 __all__ = ["RemoteConfig", "parse_ref", "read_remote_ref"]
 

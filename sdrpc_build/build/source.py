@@ -37,9 +37,9 @@ from typing import Optional, Union
 
 from filelock import FileLock
 
-from sdrpc_build.errors import SourceError, UsageError
 from sdrpc_build.build.scratch import scratch_path
 from sdrpc_build.build.url import SecretUrl, redact_text
+from sdrpc_build.errors import SourceError, UsageError
 
 __all__ = [
     "DEFAULT_LLAMA_REPO",

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from sdrpc_build.build.scratch import clean_stale, scratch_path
 from sdrpc_build.errors import StoreError
 from sdrpc_build.paths import shown_path
-from sdrpc_build.build.scratch import clean_stale, scratch_path
 
 __all__ = [
     "MANIFEST",

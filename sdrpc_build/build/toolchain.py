@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from sdrpc_build.errors import BuildError, Interrupted, ToolError
 from sdrpc_build.build.recipes import Recipe
+from sdrpc_build.errors import BuildError, Interrupted, ToolError
 
 __all__ = [
     "Toolchain",

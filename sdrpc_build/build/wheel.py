@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sdrpc_build import __version__
-from sdrpc_build.build.toolchain import run_logged
-from sdrpc_build.errors import BuildError, StoreError, ToolError, UsageError
 from sdrpc_build.build.scratch import clean_stale, scratch_path
 from sdrpc_build.build.store import MANIFEST, Manifest
+from sdrpc_build.build.toolchain import run_logged
+from sdrpc_build.errors import BuildError, StoreError, ToolError, UsageError
 
 __all__ = [
     "DIST_PREFIX",

@@ -44,7 +44,7 @@ from sdrpc_build.bench.maths import (
     to_json,
 )
 from sdrpc_build.cli._common import Parser, err_console, out_console, report_error, run_parsed
-from sdrpc_build.errors import UsageError
+from sdrpc_build.errors import ExitCode, UsageError
 from sdrpc_build.protocol.compat import Endpoint, parse_endpoints, parse_timeout, shown
 
 __all__ = ["main"]
@@ -57,8 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Measure the link to ggml RPC servers with the protocol itself "
         "(SET_TENSOR / GET_TENSOR throughput, latency, model upload time).",
-        epilog="exit codes: 0 measured, 2 usage, 14 a server failed or was too slow during "
-        "the benchmark, 130 interrupted",
+        exit_codes=(ExitCode.OK, ExitCode.USAGE, ExitCode.PROTOCOL, ExitCode.INTERRUPTED),
     )
     p.add_argument(
         "endpoints",

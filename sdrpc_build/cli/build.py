@@ -1,8 +1,6 @@
 """sdrpc-build: from a stable-diffusion.cpp checkout to a cached, verified rpc-server.
 
-Exit codes: 0 ok, 2 usage, 3 pins, 4 recipe, 5 source, 6 tool missing,
-7 configure/compile, 8 verification, 9 store, 130 interrupted (Ctrl-C),
-143 terminated (SIGTERM).
+Exit codes: :data:`CODES` (listed by ``--help``).
 """
 
 from __future__ import annotations
@@ -28,22 +26,35 @@ from sdrpc_build.build.store import list_manifests
 from sdrpc_build.build.url import SecretUrl
 from sdrpc_build.cli._common import Parser, err_console, out_console, run_parsed
 from sdrpc_build.cli.build_report import build_reporter, print_table
-from sdrpc_build.errors import EXIT_CODES, PinsError, Terminated, UsageError
+from sdrpc_build.errors import ExitCode, PinsError, Terminated, UsageError
 from sdrpc_build.paths import artifacts_dir, cache_dir, shown_path
 
-__all__ = ["main", "make_parser"]
+__all__ = ["CODES", "main", "make_parser"]
 
 PROG = "sdrpc-build"
+#: what sdrpc-build may exit with
+CODES = (
+    ExitCode.OK,
+    ExitCode.INTERNAL,
+    ExitCode.USAGE,
+    ExitCode.PINS,
+    ExitCode.RECIPE,
+    ExitCode.SOURCE,
+    ExitCode.TOOL,
+    ExitCode.BUILD,
+    ExitCode.VERIFY,
+    ExitCode.STORE,
+    ExitCode.INTERRUPTED,
+    ExitCode.TERMINATED,
+)
 
 
 def make_parser() -> argparse.ArgumentParser:
-    codes = "\n".join(f"  {k:>3}  {v}" for k, v in EXIT_CODES.items())
     p = Parser(
         prog=PROG,
         description="Build a ggml rpc-server that matches a stable-diffusion.cpp client, "
         "cache it, and verify it with a real handshake.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"exit codes:\n{codes}",
+        exit_codes=CODES,
     )
     src = p.add_argument_group("pins (where the client's requirements come from)")
     src.add_argument(

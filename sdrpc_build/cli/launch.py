@@ -48,10 +48,9 @@ from typing import TYPE_CHECKING, Optional, TypeVar
 
 from sdrpc_build.cli._common import Parser, run_parsed
 from sdrpc_build.cli.launch_report import PROG, Reporter, security_warning
-from sdrpc_build.errors import UsageError
+from sdrpc_build.errors import ServerFatalError, UsageError
 from sdrpc_build.launch import settings
 from sdrpc_build.launch.config import ServerOptions, Supervision, load_config
-from sdrpc_build.launch.errors import ServerFatalError
 from sdrpc_build.launch.instance import DEFAULT_INSTANCE
 from sdrpc_build.launch.ports import ensure_port_free, pick_free_port
 from sdrpc_build.launch.procs import line_buffer_prefix, list_devices

@@ -28,10 +28,10 @@ from rich.markup import escape
 from sdrpc_build.cli._common import Parser, err_console, out_console, run_parsed
 from sdrpc_build.cli.launch_detach import instance_flag
 from sdrpc_build.cli.launch_report import PROG, print_device_map, row_json
+from sdrpc_build.errors import NotRunningError, StopError
 from sdrpc_build.launch import settings
 from sdrpc_build.launch.activity import Activity, read_activity
 from sdrpc_build.launch.control import stop_instance
-from sdrpc_build.launch.errors import NotRunningError, StopError
 from sdrpc_build.launch.identity import (
     LIVE,
     ProcessTable,

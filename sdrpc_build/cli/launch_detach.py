@@ -36,8 +36,12 @@ from rich.markup import escape
 from sdrpc_build.cli._common import err_console, out_console
 from sdrpc_build.cli.launch_child import event_from_wire
 from sdrpc_build.cli.launch_report import PROG, Reporter, row_json, tail_line
-from sdrpc_build.errors import LaunchError, SdrpcError, UsageError
-from sdrpc_build.launch.errors import InstanceRunningError
+from sdrpc_build.errors import (
+    DetachedStartError,
+    InstanceRunningError,
+    SdrpcError,
+    UsageError,
+)
 from sdrpc_build.launch.identity import (
     LIVE,
     ProcessIdentity,
@@ -67,16 +71,6 @@ __all__ = ["DetachedStartError", "instance_flag", "start_detached"]
 SLACK = 90.0
 LOG_TAIL = 20
 HEADER = "=== "  # starts the supervisor log's line for each start
-
-
-class DetachedStartError(LaunchError):
-    """The detached supervisor failed to start; carries its exit code."""
-
-    def __init__(
-        self, message: str, hint: Optional[str], details: Optional[str], exit_code: int
-    ) -> None:
-        super().__init__(message, hint, details)
-        self.exit_code = exit_code
 
 
 @dataclass

@@ -28,8 +28,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
+from sdrpc_build.errors import LaunchConfigError
 from sdrpc_build.launch import settings
-from sdrpc_build.launch.errors import LaunchConfigError
 from sdrpc_build.launch.private import show_path
 from sdrpc_build.launch.spec import RESTART_POLICIES, RestartPolicy, valid_name
 

@@ -14,7 +14,7 @@ import re
 from decimal import Decimal
 from typing import Optional, Union
 
-from sdrpc_build.errors import UsageError
+from sdrpc_build.errors import SettingError
 
 __all__ = [
     "MAX_FAILURES",
@@ -48,10 +48,6 @@ _SIZE = re.compile(
     re.ASCII | re.IGNORECASE,
 )
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
-
-
-class SettingError(UsageError):
-    """A setting out of range or not a number; the message names the flag or key."""
 
 
 def _show(v: object) -> str:

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from sdrpc_build.errors import UsageError
-from sdrpc_build.launch.errors import HostError
+from sdrpc_build.errors import HostError, UsageError
 
 __all__ = [
     "RESTART_POLICIES",

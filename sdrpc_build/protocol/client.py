@@ -32,13 +32,20 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Union
 
-from sdrpc_build.errors import ProtocolError
+from sdrpc_build.errors import (
+    Closed,
+    CodecError,
+    NotRpcServer,
+    SizeMismatch,
+    Timeout,
+    TooSlow,
+    TransportError,
+    Unreachable,
+)
 from sdrpc_build.protocol.codec import (
     HEADER,
-    CodecError,
     Dialect,
     Request,
-    SizeMismatch,
     Version,
     decode_hello,
     decode_u32,
@@ -68,43 +75,6 @@ _SLACK = 0.005  # seconds: a socket timeout fires at, or a hair before, the time
 # Sent on a second connection to a peer that ignored HELLO: any byte back proves
 # it is not rpc-server (which never answers a first byte other than HELLO).
 SNIFF_REQUEST = b"GET / HTTP/1.0\r\n\r\n"
-
-
-class TransportError(ProtocolError):
-    """The connection failed (as opposed to bytes that make no sense)."""
-
-
-class Unreachable(TransportError):
-    """No TCP connection could be made (refused, unresolvable, timed out)."""
-
-
-class Timeout(TransportError):
-    """No (complete) reply in time; ``received`` bytes of it had arrived.
-
-    ``stalled``: nothing moved for a whole ``timeout`` (as opposed to bytes that
-    kept coming, too slowly to finish within the exchange's limit).
-    """
-
-    def __init__(self, message: str, received: int = 0, stalled: bool = False) -> None:
-        super().__init__(message)
-        self.received = received
-        self.stalled = stalled
-
-
-class TooSlow(Timeout):
-    """The connection's overall ``deadline`` passed before the operation completed."""
-
-
-class Closed(TransportError):
-    """The peer closed or reset the connection; ``received`` bytes had arrived."""
-
-    def __init__(self, message: str, received: int = 0) -> None:
-        super().__init__(message)
-        self.received = received
-
-
-class NotRpcServer(ProtocolError):
-    """The peer does not speak (HELLO-era) ggml RPC."""
 
 
 def format_endpoint(host: str, port: int) -> str:

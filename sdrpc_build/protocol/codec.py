@@ -31,9 +31,9 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from sdrpc_build.errors import CodecError, FrameTooLarge, SizeMismatch
 from sdrpc_build.protocol.tensor import (
     GGML_MAX_SRC,
-    CodecError,
     RpcTensor,
     pack_tensor,
     tensor_size,
@@ -76,20 +76,6 @@ _REQ = struct.Struct("<BQ")
 _DEV = struct.Struct("<I")
 _U64_U8 = struct.Struct("<QB")
 _U64X2 = struct.Struct("<QQ")
-
-
-class SizeMismatch(CodecError):
-    """A reply declared a size other than the one the request calls for."""
-
-    def __init__(self, what: str, expected: int, declared: int, head: bytes = b"") -> None:
-        super().__init__(f"{what}: expected a {expected}-byte reply, peer declared {declared}")
-        self.expected = expected
-        self.declared = declared
-        self.head = head
-
-
-class FrameTooLarge(CodecError):
-    """A peer declared a frame larger than we are willing to buffer."""
 
 
 class Cmd(enum.IntEnum):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from sdrpc_build.errors import LaunchConfigError
 from sdrpc_build.launch.config import Supervision, load_config, parse_config
-from sdrpc_build.launch.errors import LaunchConfigError
 
 SEED = """
 # the seed guide's first machine: one CUDA server and one Vulkan server

@@ -15,14 +15,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Optional
 
-from sdrpc_build.build.toolchain import current_platform
 from sdrpc_build.build.doctor.checks import Doctor
 from sdrpc_build.build.doctor.hints import install_hint
 from sdrpc_build.build.doctor.probes import Probes, system_probes
 from sdrpc_build.build.doctor.results import BackendReport, Check
 from sdrpc_build.build.doctor.versions import vstr
-from sdrpc_build.errors import ToolError
 from sdrpc_build.build.recipes import Recipe
+from sdrpc_build.build.toolchain import current_platform
+from sdrpc_build.errors import ToolError
 
 __all__ = ["ADVISORY", "REQUIRED", "blocked_error", "require_buildable", "verdict"]
 
