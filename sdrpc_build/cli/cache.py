@@ -26,8 +26,8 @@ from sdrpc_build.build.diskuse import (
 from sdrpc_build.build.store import list_manifests
 from sdrpc_build.cli._common import Parser, out_console, run_parsed
 from sdrpc_build.errors import ExitCode, UsageError
-from sdrpc_build.launch.cache import format_size
 from sdrpc_build.paths import artifacts_dir, cache_dir
+from sdrpc_build.units import format_size
 
 __all__ = ["DEFAULT_KEEP", "main"]
 

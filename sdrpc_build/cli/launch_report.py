@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from sdrpc_build.cli._common import err_console, out_console
-from sdrpc_build.launch.cache import format_size
 from sdrpc_build.launch.spec import ServerSpec, is_loopback
 from sdrpc_build.launch.supervisor import DeviceRow, Event
+from sdrpc_build.units import format_size
 
 __all__ = [
     "PROG",
