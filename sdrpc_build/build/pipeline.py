@@ -52,12 +52,12 @@ from sdrpc_build.build.toolchain import (
     current_platform,
     discover_toolchain,
     parse_ninja_step,
-    run_logged,
 )
 from sdrpc_build.build.url import SecretUrl
 from sdrpc_build.build.verify import VerifyResult, verify_binary
 from sdrpc_build.errors import BuildError, PinsError, StoreError, ToolError, VerifyError
 from sdrpc_build.paths import artifacts_dir, shown_path, sources_dir
+from sdrpc_build.run import run_logged
 
 __all__ = [
     "BuildOptions",

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
@@ -40,6 +39,7 @@ from filelock import FileLock
 from sdrpc_build.build.scratch import scratch_path
 from sdrpc_build.build.url import SecretUrl, redact_text
 from sdrpc_build.errors import SourceError, UsageError
+from sdrpc_build.run import Completed, run
 
 __all__ = [
     "DEFAULT_LLAMA_REPO",
@@ -55,6 +55,12 @@ DEFAULT_LLAMA_REPO = SecretUrl("https://github.com/ggml-org/llama.cpp.git")
 _PIP_URL_VARS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS")
 MARKER = ".sdrpc-source.json"
 _SDIST_RE = re.compile(r"^([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+!-]+)$")
+#: seconds all attempts of one ``git fetch`` may take together
+FETCH_TIMEOUT = 1800.0
+#: seconds one ``pip download`` (both tries) may take
+PIP_TIMEOUT = 1800.0
+#: seconds a local git command (init, checkout, rev-parse, status, diff) may take
+GIT_TIMEOUT = 120.0
 _NOT_THERE = (
     "not our ref",
     "couldn't find remote ref",
@@ -122,6 +128,7 @@ def _lock(root: Path, name: str) -> FileLock:
 def _git_env(url_has_credentials: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env["GIT_TERMINAL_PROMPT"] = "0"  # never hang on a password prompt
+    env["LC_ALL"] = env["LANGUAGE"] = "C"  # English messages: _NOT_THERE is matched
     if url_has_credentials:
         # the URL brings its own credentials: no credential helper may store them
         # (an empty credential.helper clears the configured list)
@@ -144,6 +151,27 @@ def _local_path(raw: str) -> Optional[Path]:
         return None
 
 
+def _git(tree: Path, *args: str) -> list[str]:
+    return ["git", "-C", str(tree), *args]
+
+
+def _fetch_into(
+    tmp: Path, target: str, shown: str, commit: str, env: Mapping[str, str], deadline: float
+) -> Completed:
+    """``git init``, a shallow fetch of ``commit`` and a detached checkout in ``tmp``:
+    the first step that failed, else the checkout."""
+    fetch = ("fetch", "--depth", "1", "--no-tags")
+    steps = (("init", "-q"), (*fetch, target, commit), ("checkout", "--detach", "-q", "FETCH_HEAD"))
+    done = Completed((), 0)
+    for args in steps:
+        left = max(deadline - time.monotonic(), 0.1)
+        show = _git(tmp, *fetch, shown, commit) if target in args else None
+        done = run(_git(tmp, *args), timeout=left, env=env, shown=show)
+        if not done.ok:
+            break
+    return done
+
+
 def fetch_git(
     sources_root: Path,
     commit: str,
@@ -153,9 +181,10 @@ def fetch_git(
     retry_delay: float = 1.0,
     log: Callable[[str], None] = lambda _m: None,
 ) -> Source:
-    """Shallow-fetch ``commit`` from ``url`` (reusing the cache) and verify HEAD."""
-    import git  # GitPython
+    """Shallow-fetch ``commit`` from ``url`` (reusing the cache) and verify HEAD.
 
+    All attempts together take at most :data:`FETCH_TIMEOUT` seconds.
+    """
     repo_url = url if isinstance(url, SecretUrl) else SecretUrl.parse(url)
     shown = str(repo_url)
     sources_root.mkdir(parents=True, exist_ok=True)
@@ -165,31 +194,30 @@ def fetch_git(
             return hit
         local = _local_path(repo_url.reveal())
         target = local.as_uri() if local is not None else repo_url.reveal()
+        env = _git_env(repo_url.has_credentials)
         tmp = scratch_path(sources_root, commit)
+        deadline = time.monotonic() + FETCH_TIMEOUT
         last = ""
         for attempt in range(1, retries + 1):
             shutil.rmtree(tmp, ignore_errors=True)
             try:
-                repo = git.Repo.init(tmp)
-                with repo.git.custom_environment(**_git_env(repo_url.has_credentials)):
-                    repo.git.fetch("--depth", "1", "--no-tags", target, commit)
-                    repo.git.checkout("--detach", "-q", "FETCH_HEAD")
-                head = repo.head.commit.hexsha
-                repo.close()
-                # FETCH_HEAD names the URL the commit came from, credentials included
-                (tmp / ".git" / "FETCH_HEAD").unlink(missing_ok=True)
-                if head != commit:
-                    raise SourceError(
-                        f"{shown} gave commit {head}, not {commit}",
-                        hint="the remote rewrote history; check --llama-repo",
-                    )
-                _install(tmp, sources_root / commit, commit, "git", shown)
-                log(f"fetched {commit[:12]} from {shown}")
-                return Source(sources_root / commit, commit, "git", shown, fetched=True)
-            except git.GitCommandError as exc:
+                tmp.mkdir(parents=True)
+                done = _fetch_into(tmp, target, shown, commit, env, deadline)
+                if done.ok:
+                    head = run(_git(tmp, "rev-parse", "HEAD"), timeout=GIT_TIMEOUT, env=env)
+                    # FETCH_HEAD names the URL the commit came from, credentials included
+                    (tmp / ".git" / "FETCH_HEAD").unlink(missing_ok=True)
+                    if head.stdout.strip() != commit:
+                        raise SourceError(
+                            f"{shown} gave commit {head.stdout.strip() or '?'}, not {commit}",
+                            hint="the remote rewrote history; check --llama-repo",
+                        )
+                    _install(tmp, sources_root / commit, commit, "git", shown)
+                    log(f"fetched {commit[:12]} from {shown}")
+                    return Source(sources_root / commit, commit, "git", shown, fetched=True)
                 shutil.rmtree(tmp, ignore_errors=True)
-                text = repo_url.scrub(str(exc.stderr or "").strip())
-                last = text.splitlines()[-1] if text else f"git exited {exc.status}"
+                text = repo_url.scrub((done.stderr or done.problem).strip())
+                last = text.splitlines()[-1] if text else f"git {done.why}"
                 low = text.lower()
                 if any(s in low for s in _NOT_THERE):
                     raise SourceError(
@@ -197,7 +225,7 @@ def fetch_git(
                         hint="check the commit (sync-llama.last) and --llama-repo; "
                         "a fork may not have it",
                     ) from None
-                if attempt < retries:
+                if attempt < retries and time.monotonic() + retry_delay * attempt < deadline:
                     log(f"fetch failed ({last.strip()}); retrying in {retry_delay:.0f}s")
                     time.sleep(retry_delay * attempt)
             except BaseException:
@@ -210,33 +238,40 @@ def fetch_git(
 
 
 def _dirty_state(tree: Path) -> tuple[bool, str]:
-    out = subprocess.run(
-        ["git", "-C", str(tree), "status", "--porcelain"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    diff = subprocess.run(
-        ["git", "-C", str(tree), "diff", "HEAD"], capture_output=True, check=False
-    ).stdout
-    dirty = bool(out.strip())
-    digest = hashlib.sha256(out.encode() + diff).hexdigest()[:12]
+    status = run(_git(tree, "status", "--porcelain"), timeout=GIT_TIMEOUT)
+    diff = run(_git(tree, "diff", "HEAD"), timeout=GIT_TIMEOUT)
+    for done in (status, diff):
+        if not done.ok:
+            raise done.error(
+                SourceError,
+                f"cannot read the state of {tree} ({' '.join(done.argv[3:])}: {done.why})",
+                hint="check the checkout with git status",
+            )
+    dirty = bool(status.stdout.strip())
+    digest = hashlib.sha256(status.stdout_bytes + diff.stdout_bytes).hexdigest()[:12]
     return dirty, digest
+
+
+def _head(tree: Path) -> Optional[str]:
+    """The commit checked out in the work tree ``tree`` (its root), or None."""
+    try:
+        if not (tree / ".git").exists():
+            return None
+    except OSError:
+        return None
+    done = run(_git(tree, "rev-parse", "--verify", "HEAD"), timeout=GIT_TIMEOUT)
+    head = done.stdout.strip()
+    return head if done.ok and head else None
 
 
 def from_local_checkout(tree: Path, commit: Optional[str], allow_dirty: bool) -> Source:
     """Use an existing llama.cpp checkout; refuse a dirty tree unless allowed."""
-    import git
-
     tree = tree.expanduser().resolve()
-    try:
-        repo = git.Repo(tree)
-        head = repo.head.commit.hexsha
-        repo.close()
-    except Exception:
+    head = _head(tree)
+    if head is None:
         raise SourceError(
             f"{tree} is not a git checkout", hint="--llama-src needs a llama.cpp git checkout"
-        ) from None
+        )
     if commit is not None and head != commit:
         raise SourceError(
             f"{tree} is at {head[:12]}, not the pinned {commit[:12]}",
@@ -321,20 +356,18 @@ def _pip_download(
     ]
     # without build isolation pip reuses the installed scikit-build-core (fast,
     # offline-friendly); fall back to an isolated metadata build if that fails
-    run_env = dict(env)
-    proc = subprocess.run(
-        [*base, "--no-build-isolation"], capture_output=True, text=True, env=run_env, check=False
-    )
-    if proc.returncode != 0 and not archive.is_file():
-        proc = subprocess.run(base, capture_output=True, text=True, env=run_env, check=False)
-    if proc.returncode != 0 or not archive.is_file():
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+    deadline = time.monotonic() + PIP_TIMEOUT
+    done = run([*base, "--no-build-isolation"], timeout=PIP_TIMEOUT, env=env)
+    if not done.ok and not archive.is_file():
+        done = run(base, timeout=max(deadline - time.monotonic(), 0.1), env=env)
+    if not done.ok or not archive.is_file():
         secrets = [SecretUrl.parse(v) for k in _PIP_URL_VARS for v in env.get(k, "").split()]
-        raise SourceError(
+        raise done.error(
+            SourceError,
             f"pip could not download {spec}",
-            details=redact_text(tail, *secrets),
             hint="check that the version exists on your package index and that it is "
             "reachable (PIP_INDEX_URL); or use --llama-repo / --llama-src",
+            scrub=lambda text: redact_text(text, *secrets),
         )
 
 

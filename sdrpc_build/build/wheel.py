@@ -34,8 +34,8 @@ from typing import Any, Optional
 from sdrpc_build import __version__
 from sdrpc_build.build.scratch import clean_stale, scratch_path
 from sdrpc_build.build.store import MANIFEST, Manifest
-from sdrpc_build.build.toolchain import run_logged
 from sdrpc_build.errors import BuildError, StoreError, ToolError, UsageError
+from sdrpc_build.run import run_logged
 
 __all__ = [
     "DIST_PREFIX",

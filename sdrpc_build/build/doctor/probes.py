@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import platform as _platform
 import shutil
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["Probes", "multiarch", "system_probes"]
+from sdrpc_build.run import run
+
+__all__ = ["PROBE_TIMEOUT", "Probes", "multiarch", "system_probes"]
+
+#: seconds one probe command (``nvcc --version``, ``vulkaninfo --summary``) may take
+PROBE_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
@@ -33,13 +37,8 @@ class Probes:
 
 
 def _run(argv: Sequence[str]) -> Optional[str]:
-    try:
-        proc = subprocess.run(
-            list(argv), capture_output=True, text=True, errors="replace", timeout=20, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout + proc.stderr if proc.returncode == 0 else None
+    done = run(argv, timeout=PROBE_TIMEOUT)
+    return done.stdout + done.stderr if done.ok else None
 
 
 def _read_text(path: Path) -> Optional[str]:
