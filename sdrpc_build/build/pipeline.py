@@ -45,7 +45,18 @@ from sdrpc_build.build.source import (
     from_local_checkout,
     from_sdist,
 )
-from sdrpc_build.build.store import Manifest, cache_error, install_entry, lookup, prepare_cache
+from sdrpc_build.build.store import (
+    UNKNOWN,
+    ExactRef,
+    Manifest,
+    RecipeRef,
+    SourceRef,
+    ToolVersions,
+    cache_error,
+    install_entry,
+    lookup,
+    prepare_cache,
+)
 from sdrpc_build.build.toolchain import (
     Toolchain,
     ccache_env,
@@ -388,35 +399,32 @@ def build(
                     f"and the log {log_path}",
                 )
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        manifest = {
-            "sdrpc_version": __version__,
-            "backend": recipe.name,
-            "recipe": {"name": recipe.name, "source": recipe.source, "sha256": recipe.sha256},
-            "commit": req.commit,
-            "max_name": req.max_name,
-            "target": facts.target,
-            "server_dir": facts.server_dir,
-            "protocol": format_version(facts.protocol) if facts.protocol else None,
-            "pins": pins.as_dict(),
-            "pins_origin": pins.origin,
-            "source": {"method": source.method, "origin": source.origin, "state": source.state},
-            "exact": {"ggml_dir": str(opts.exact_ggml_dir.resolve()), "ggml_digest": exact_id}
+        manifest = Manifest(
+            sdrpc_version=__version__,
+            backend=recipe.name,
+            recipe=RecipeRef(recipe.name, recipe.source, recipe.sha256),
+            commit=req.commit,
+            max_name=req.max_name,
+            target=facts.target,
+            server_dir=facts.server_dir,
+            protocol=format_version(facts.protocol) if facts.protocol else UNKNOWN,
+            pins=pins.as_dict(),
+            pins_origin=pins.origin,
+            source=SourceRef(source.method, source.origin, source.state),
+            exact=ExactRef(str(opts.exact_ggml_dir.resolve()), exact_id)
             if opts.exact_ggml_dir
             else None,
-            "defines": dict(plan.defines),
-            "portable": req.portable,
-            "notes": list(plan.notes),
-            "tools": {
-                "cmake": tools.cmake_version,
-                "ninja": tools.ninja_version,
-                "compiler": tools.compiler,
-                "ccache": bool(tools.ccache),
-            },
-            "platform": f"{current_platform()}-{_platform.machine().lower()}",
-            "build_seconds": round(build_seconds, 2),
-            "created": now,
-            "verify": vres.as_dict() if vres else {"ok": False, "skipped": True},
-        }
+            defines=plan.defines,
+            portable=req.portable,
+            notes=plan.notes,
+            tools=ToolVersions(
+                tools.cmake_version, tools.ninja_version, tools.compiler, bool(tools.ccache)
+            ),
+            platform=f"{current_platform()}-{_platform.machine().lower()}",
+            build_seconds=round(build_seconds, 2),
+            created=now,
+            verify=vres.as_dict() if vres else {"ok": False, "skipped": True},
+        )
         rep.phase("store")
         entry = install_entry(arts, key, binary, manifest, log_path)
     warnings = tuple(vres.warnings) if vres else ("verification skipped (--no-verify)",)

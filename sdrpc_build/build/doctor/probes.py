@@ -50,7 +50,7 @@ def _read_text(path: Path) -> Optional[str]:
 
 def _disk_free(path: Path) -> Optional[int]:
     for p in (path, *path.parents):
-        if p.exists():
+        if os.path.exists(p):  # False, not OSError, for a name too long (Python 3.11)
             try:
                 return shutil.disk_usage(p).free
             except OSError:
