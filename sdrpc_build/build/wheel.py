@@ -28,6 +28,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Optional
 
@@ -323,8 +324,6 @@ def build_wheel(
 
 
 def _entry_points() -> list[tuple[str, str]]:
-    from importlib.metadata import entry_points
-
     eps: Any = entry_points()
     if hasattr(eps, "select"):
         group = eps.select(group=ENTRY_POINT_GROUP)
