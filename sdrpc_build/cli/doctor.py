@@ -18,7 +18,8 @@ from rich.table import Table
 
 from sdrpc_build.build.doctor import DoctorReport, diagnose, system_probes
 from sdrpc_build.build.doctor.preflight import blocked_error
-from sdrpc_build.build.recipes import Recipe, list_recipes, suggest
+from sdrpc_build.build.recipe_checks import suggest
+from sdrpc_build.build.recipes import Recipe, list_recipes
 from sdrpc_build.build.toolchain import current_platform
 from sdrpc_build.cli._common import Parser, out_console, run_parsed
 from sdrpc_build.errors import ExitCode, RecipeError, ToolError
