@@ -6,9 +6,7 @@ raises :class:`SdrpcError`. The command line lives in :mod:`sdrpc_build.cli.buil
 
 from __future__ import annotations
 
-import json
 import platform as _platform
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -22,7 +20,6 @@ from sdrpc_build.build import doctor
 from sdrpc_build.build.exact import exact_facts, tree_digest, write_exact_project
 from sdrpc_build.build.pins import SdPins, check_max_name, format_version
 from sdrpc_build.build.plan import (
-    PROJECT_INCLUDE_NAME,
     BuildPlan,
     BuildRequest,
     Commands,
@@ -31,18 +28,17 @@ from sdrpc_build.build.plan import (
     cache_key,
     commands,
     make_plan,
-    project_include_text,
     read_tree_facts,
 )
 from sdrpc_build.build.recipes import Recipe, load_recipe, load_recipe_file
 from sdrpc_build.build.scratch import clean_stale
+from sdrpc_build.build.sdist import from_sdist
 from sdrpc_build.build.source import (
     DEFAULT_LLAMA_REPO,
     Source,
     cached_source,
     fetch_git,
     from_local_checkout,
-    from_sdist,
 )
 from sdrpc_build.build.store import (
     UNKNOWN,
@@ -61,11 +57,13 @@ from sdrpc_build.build.toolchain import (
     ccache_env,
     current_platform,
     discover_toolchain,
+    find_binary,
     parse_ninja_step,
+    prepare_build_dir,
 )
 from sdrpc_build.build.url import SecretUrl
 from sdrpc_build.build.verify import VerifyResult, verify_binary
-from sdrpc_build.errors import BuildError, StoreError, ToolError, VerifyError
+from sdrpc_build.errors import StoreError, ToolError, VerifyError
 from sdrpc_build.paths import artifacts_dir, sources_dir
 from sdrpc_build.run import run_logged
 
@@ -76,7 +74,6 @@ __all__ = [
     "Reporter",
     "build",
     "dry_run",
-    "prepare_build_dir",
     "resolve_recipe",
     "scratch_parents",
 ]
@@ -228,35 +225,6 @@ def scratch_parents(cache_root: Path) -> list[Path]:
     ]
 
 
-def _find_binary(build_dir: Path, target: str) -> Path:
-    for cand in (
-        build_dir / "bin" / target,
-        build_dir / "bin" / f"{target}.exe",
-        build_dir / "bin" / "Release" / f"{target}.exe",
-    ):
-        if cand.is_file():
-            return cand
-    raise BuildError(
-        f"the build finished but {target} is not in {build_dir / 'bin'}",
-        hint="see build.log; rebuild with --force",
-    )
-
-
-def prepare_build_dir(build_dir: Path, source: Source, plan: BuildPlan) -> None:
-    """Wipe a stale build directory when its source or plan changed (stamp file)."""
-    stamp = build_dir / ".sdrpc-stamp.json"
-    want = {"source": str(source.tree), "defines": list(plan.defines)}
-    try:
-        have = json.loads(stamp.read_text())
-    except (OSError, ValueError):
-        have = None
-    if have != want and build_dir.exists():
-        shutil.rmtree(build_dir)
-    build_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(want))
-    (build_dir / PROJECT_INCLUDE_NAME).write_text(project_include_text(plan.request.max_name))
-
-
 def build(
     pins: SdPins,
     opts: BuildOptions,
@@ -347,7 +315,7 @@ def build(
                 hint=f"full log: {log_path}",
             )
         build_seconds = time.monotonic() - tb
-        binary = _find_binary(dirs.build, facts.target)
+        binary = find_binary(dirs.build, facts.target)
         vres: Optional[VerifyResult] = None
         if opts.verify:
             rep.phase("verify")

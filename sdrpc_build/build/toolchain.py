@@ -1,4 +1,6 @@
-"""Toolchain discovery: cmake, ninja, the C compiler and ccache, and ninja's progress lines.
+"""Toolchain discovery (cmake, ninja, the C compiler, ccache), ninja's progress lines, and
+the CMake build directory: wiped when its inputs change (a stamp file), and where the
+compiled server lands.
 
 cmake and ninja come from the system when new enough, else from the PyPI
 packages sdrpc depends on. Commands run through :mod:`sdrpc_build.run`.
@@ -6,6 +8,7 @@ packages sdrpc depends on. Commands run through :mod:`sdrpc_build.run`.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -14,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from sdrpc_build.build.plan import PROJECT_INCLUDE_NAME, BuildPlan, project_include_text
 from sdrpc_build.build.recipes import Recipe
-from sdrpc_build.errors import ToolError
+from sdrpc_build.build.source import Source
+from sdrpc_build.errors import BuildError, ToolError
 from sdrpc_build.run import run
 
 __all__ = [
@@ -23,8 +28,10 @@ __all__ = [
     "ccache_env",
     "current_platform",
     "discover_toolchain",
+    "find_binary",
     "parse_ninja_progress",
     "parse_ninja_step",
+    "prepare_build_dir",
 ]
 
 _VERSION_RE = re.compile(r"([0-9]{1,6})\.([0-9]{1,6})(?:\.([0-9]{1,6}))?")
@@ -179,3 +186,33 @@ def ccache_env(env: Mapping[str, str], source_dir: Path) -> dict[str, str]:
     out.setdefault("CCACHE_BASEDIR", str(source_dir))
     out.setdefault("CCACHE_NOHASHDIR", "1")
     return out
+
+
+def find_binary(build_dir: Path, target: str) -> Path:
+    """The compiled ``target`` in ``build_dir`` (single- or multi-config generators)."""
+    for cand in (
+        build_dir / "bin" / target,
+        build_dir / "bin" / f"{target}.exe",
+        build_dir / "bin" / "Release" / f"{target}.exe",
+    ):
+        if cand.is_file():
+            return cand
+    raise BuildError(
+        f"the build finished but {target} is not in {build_dir / 'bin'}",
+        hint="see build.log; rebuild with --force",
+    )
+
+
+def prepare_build_dir(build_dir: Path, source: Source, plan: BuildPlan) -> None:
+    """Wipe a stale build directory when its source or plan changed (stamp file)."""
+    stamp = build_dir / ".sdrpc-stamp.json"
+    want = {"source": str(source.tree), "defines": list(plan.defines)}
+    try:
+        have = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        have = None
+    if have != want and build_dir.exists():
+        shutil.rmtree(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(want))
+    (build_dir / PROJECT_INCLUDE_NAME).write_text(project_include_text(plan.request.max_name))
