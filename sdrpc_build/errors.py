@@ -76,7 +76,7 @@ class ExitCode(enum.IntEnum):
         member.hint = hint
         return member
 
-    OK = 0, "success (sdrpc-check: every server compatible, or reachable when no client is given)"
+    OK = 0, "success"
     INTERNAL = 1, "unexpected internal error (run again with --debug and report it)"
     USAGE = 2, "usage error: bad option or value", "'--help' lists the options and their values"
     PINS = (
