@@ -108,9 +108,9 @@ def verify_binary(
     timeout: float = 60.0,
 ) -> VerifyResult:
     """Run the server briefly on loopback and check it answers like the build promised."""
-    from sdrpc_build.protocol.probe import probe
     from sdrpc_build.launch.banner import parse_device_list
     from sdrpc_build.launch.procs import stop_process
+    from sdrpc_build.protocol.probe import probe
 
     port = _free_port()
     argv = [str(binary), "-H", "127.0.0.1", "-p", str(port)]
