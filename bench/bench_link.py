@@ -49,8 +49,9 @@ import servers  # noqa: E402
 from build import native_binary  # noqa: E402
 
 from sdrpc_build.bench.link import bench_server  # noqa: E402
-from sdrpc_build.bench.maths import mb_per_s, parse_size  # noqa: E402
+from sdrpc_build.bench.maths import mb_per_s  # noqa: E402
 from sdrpc_build.bench.options import BenchOptions  # noqa: E402
+from sdrpc_build.units import parse_size  # noqa: E402
 
 GOAL = 0.9
 PROTOCOL = {"0.3.35": "v5", "0.3.36": "v7"}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from sdrpc_build.build.source import _safe_members as safe_members
+from sdrpc_build.build.sdist import safe_members
 
 __all__ = [
     "LLAMA_SDISTS",

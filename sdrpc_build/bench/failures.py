@@ -8,30 +8,11 @@ benchmarked (busy, too slow, unreachable, not compatible, GGML_MAX_NAME unknown)
 
 from __future__ import annotations
 
-from sdrpc_build.bench.maths import ServerResult
 from sdrpc_build.bench.options import DEADLINE_FACTOR
-from sdrpc_build.errors import SdrpcError
+from sdrpc_build.errors import BenchError, Closed, Timeout, TooSlow
 from sdrpc_build.protocol.probe import ProbeResult, probe
-from sdrpc_build.protocol.transport import Closed, Timeout, TooSlow
 
 __all__ = ["BenchError", "failure", "probe_or_fail"]
-
-
-class BenchError(SdrpcError):
-    """A server failed or broke off during the benchmark; ``partial`` holds what was
-    measured before (when anything was)."""
-
-    exit_code = 14
-
-    def __init__(
-        self,
-        message: str,
-        hint: str | None = None,
-        details: str | None = None,
-        partial: ServerResult | None = None,
-    ) -> None:
-        super().__init__(message, hint, details)
-        self.partial = partial
 
 
 def failure(

@@ -45,7 +45,6 @@ from sdrpc_build.bench.maths import (
     Sample,
     ServerResult,
     estimate_upload,
-    format_bytes,
     repeats_for,
     schedule,
 )
@@ -59,6 +58,7 @@ from sdrpc_build.protocol.probe import DEADLINE_FACTOR as PROBE_DEADLINE_FACTOR
 from sdrpc_build.protocol.probe import MAX_DEVICES
 from sdrpc_build.protocol.tensor import RpcTensor
 from sdrpc_build.protocol.transport import TransportError
+from sdrpc_build.units import format_size
 
 __all__ = ["Progress", "bench_server", "bench_with_client"]
 
@@ -218,14 +218,14 @@ def _bench_device(
     doing = "ALLOC_BUFFER"
     try:
         free_before, total = conn.call(c.get_device_memory, dev.index)
-        step(f"device {dev.index}: allocating {format_bytes(sizes[-1])}")
+        step(f"device {dev.index}: allocating {format_size(sizes[-1])}")
         ptr, got = conn.call(c.alloc_buffer, sizes[-1], dev.index)
     except (ProtocolError, OSError) as exc:
         raise failure(where, doing, exc, limit) from None
     if ptr == 0 or got < sizes[-1]:
         raise BenchError(
-            f"{where}: device {dev.index} could not allocate {format_bytes(sizes[-1])} "
-            f"(reports {format_bytes(dev.free)} free)",
+            f"{where}: device {dev.index} could not allocate {format_size(sizes[-1])} "
+            f"(reports {format_size(dev.free)} free)",
             hint="use smaller --sizes, or free memory on the server",
         )
     verified = False
@@ -239,17 +239,17 @@ def _bench_device(
             run.latency = latency
         for n in sizes:
             reps = repeats_for(n, opts.repeat_budget)
-            doing = f"SET_TENSOR of {format_bytes(n)}"
-            step(f"device {dev.index}: upload {format_bytes(n)} x{reps}")
+            doing = f"SET_TENSOR of {format_size(n)}"
+            step(f"device {dev.index}: upload {format_size(n)} x{reps}")
             run.samples.append(_timed(conn, "set", n, reps, tensor, pattern, window, tiny))
-            doing = f"GET_TENSOR of {format_bytes(n)}"
-            step(f"device {dev.index}: download {format_bytes(n)} x{reps}")
+            doing = f"GET_TENSOR of {format_size(n)}"
+            step(f"device {dev.index}: download {format_size(n)} x{reps}")
             run.samples.append(_timed(conn, "get", n, reps, tensor, pattern, window, tiny))
             if opts.verify:
-                doing = f"reading back {format_bytes(n)}"
+                doing = f"reading back {format_size(n)}"
                 if not _matches(conn, tensor, n, pattern, window):
                     raise BenchError(
-                        f"{where}: the {format_bytes(n)} read back from device {dev.index} "
+                        f"{where}: the {format_size(n)} read back from device {dev.index} "
                         "differ from what was sent",
                         hint="the server or the link corrupts data; do not use it",
                     )

@@ -2,21 +2,22 @@
 
 No I/O here (the measuring loop is :mod:`sdrpc_build.bench.link`).
 
-Units: sizes given by users follow ``ls -h``/GNU conventions: ``K``, ``M``,
-``G``, ``T`` (with or without ``i``/``iB``) are powers of 1024; ``kB``, ``MB``,
-``GB``, ``TB`` are powers of 1000. Throughput is reported in MB/s (10**6 bytes
-per second) and Gbit/s (10**9 bits per second), the units links are sold in.
+Units: sizes given by users are read by :func:`sdrpc_build.units.parse_size` (the
+one rule: ``K``, ``M``, ``G``, ``T`` are powers of 1024, ``kB``, ``MB``, ``GB``,
+``TB`` powers of 1000) and written by :func:`~sdrpc_build.units.format_size`.
+Throughput is reported in MB/s (10**6 bytes per second) and Gbit/s (10**9 bits
+per second), the units links are sold in.
 """
 
 from __future__ import annotations
 
-import re
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sdrpc_build.errors import UsageError
+from sdrpc_build.units import GIB, KIB, MIB, format_size, parse_size
 
 __all__ = [
     "CACHE_THRESHOLD",
@@ -28,21 +29,16 @@ __all__ = [
     "ServerResult",
     "UploadEstimate",
     "estimate_upload",
-    "format_bytes",
     "format_duration",
     "gbit_per_s",
     "mb_per_s",
     "memory_restored",
-    "parse_size",
     "parse_sizes",
     "repeats_for",
     "schedule",
     "to_json",
 ]
 
-KIB = 1 << 10
-MIB = 1 << 20
-GIB = 1 << 30
 # ggml-rpc's HASH_THRESHOLD: tensors above it are sent as a hash first when the
 # server runs with -c (a cache hit skips the upload).
 CACHE_THRESHOLD = 10 * MIB
@@ -53,35 +49,6 @@ MEMORY_TOLERANCE = 16 * MIB
 
 Op = Literal["set", "get"]
 
-# ASCII digits only (\d would take "²" or "٣"), and few enough that no float overflows
-_SIZE_RE = re.compile(
-    r"^\s*(\d{1,20}(?:\.\d{1,20})?|\.\d{1,20})\s*([kmgt]?)(i?)(b?)\s*$",
-    re.IGNORECASE | re.ASCII,
-)
-MAX_SIZE = 1 << 60  # anything bigger is a typo, whatever the option
-_POW = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
-
-
-def parse_size(text: str, what: str = "size") -> int:
-    """``"7.2G"`` -> bytes. ``K/M/G/T`` and ``KiB...`` are binary, ``kB/MB/GB`` decimal."""
-    shown = repr(text if len(text) <= 40 else text[:37] + "...")
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise UsageError(
-            f"{what}: cannot read {shown} as a size",
-            hint="write a number with an optional unit, e.g. 7.2G, 512M, 64MiB, 4K, 1.5GB",
-        )
-    number, unit, i, b = m.group(1), m.group(2).lower(), m.group(3), m.group(4)
-    if i and not unit:
-        raise UsageError(f"{what}: cannot read {shown} as a size", hint="e.g. 64MiB")
-    base = 1000 if (unit and b and not i) else 1024
-    value = float(number) * float(base ** _POW[unit])
-    if value < 1:
-        raise UsageError(f"{what}: {shown} is less than one byte", hint="e.g. 4K or 1M")
-    if value > MAX_SIZE:
-        raise UsageError(f"{what}: {shown} is more than 1 EiB", hint="e.g. 7.2G or 512M")
-    return round(value)
-
 
 def parse_sizes(text: str) -> tuple[int, ...]:
     """``"4K,1M,64M"`` -> sorted, de-duplicated byte counts (each rounded up to 4 bytes)."""
@@ -90,24 +57,15 @@ def parse_sizes(text: str) -> tuple[int, ...]:
         raise UsageError("--sizes: no sizes given", hint="e.g. --sizes 4K,1M,64M")
     out = set()
     for item in items:
-        n = parse_size(item, "--sizes")
+        n = parse_size(item, "--sizes", minimum=1)
         if n > MAX_BENCH_SIZE:
             raise UsageError(
-                f"--sizes: {item.strip()} is above the {format_bytes(MAX_BENCH_SIZE)} limit "
+                f"--sizes: {item.strip()} is above the {format_size(MAX_BENCH_SIZE)} limit "
                 "for one transfer",
                 hint="e.g. --sizes 4K,1M,64M",
             )
         out.add(-(-n // 4) * 4)
     return tuple(sorted(out))
-
-
-def format_bytes(n: float) -> str:
-    """Binary units, as ``ls -h`` would: ``4 KiB``, ``64 MiB``, ``7.2 GiB``."""
-    for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
-        if abs(n) >= scale:
-            v = n / scale
-            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
-    return f"{n:.0f} B"
 
 
 def format_duration(seconds: float) -> str:
@@ -152,13 +110,13 @@ def schedule(
     for n in sorted(set(sizes)):
         if n > room:
             notes.append(
-                f"{format_bytes(n)} skipped: above the device's free memory "
-                f"({format_bytes(room)} usable)"
+                f"{format_size(n)} skipped: above the device's free memory "
+                f"({format_size(room)} usable)"
             )
         elif max_size and n > max_size:
             notes.append(
-                f"{format_bytes(n)} skipped: above the device's largest buffer "
-                f"({format_bytes(max_size)})"
+                f"{format_size(n)} skipped: above the device's largest buffer "
+                f"({format_size(max_size)})"
             )
         else:
             keep.append(n)
@@ -251,7 +209,7 @@ def estimate_upload(
     seconds = (model_bytes / rate if rate else float("inf")) + n * latency_s
     note = (
         "a server started with -c keeps tensors above "
-        f"{format_bytes(CACHE_THRESHOLD)} in its cache: after the first load, later loads "
+        f"{format_size(CACHE_THRESHOLD)} in its cache: after the first load, later loads "
         "send only a hash for those, and most of this time is saved"
     )
     return UploadEstimate(model_bytes, seconds, rate / 1e6, note)

@@ -1,10 +1,11 @@
 """The GitHub Actions build matrix, derived from the recipes (never written twice).
 
 ``sdrpc-build --ci-matrix`` prints ``{"include": [...]}`` for ``fromJSON`` in
-``.github/workflows/rpc-server.yml``. A row exists for every recipe platform
-that a hosted runner can build (:data:`CI_BACKENDS`); the recipe's own
-``platforms`` decide the rest, so a new recipe only needs a line here when CI
-should build it. Pure: recipes in, a JSON-ready dict out.
+``.github/workflows/rpc-server.yml``. A row exists for every platform of a
+recipe's ``[ci]`` table that the recipe builds on; the table also says where the
+server runs on the hosted runner and which toolchain step it needs, so a new
+backend is one recipe file. Only the runners (one per platform) are written here.
+Pure: recipes in, a JSON-ready dict out.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional, TextIO
 
-from sdrpc_build.build.recipes import PLATFORMS, Recipe
+from sdrpc_build.build.recipe_checks import PLATFORMS
+from sdrpc_build.build.recipes import Recipe, list_recipes
 
 __all__ = [
-    "CI_BACKENDS",
-    "RUNNABLE",
     "RUNNERS",
     "MatrixRow",
+    "Runner",
+    "ci_backends",
     "ci_matrix",
     "main_ci_matrix",
     "matrix_rows",
@@ -40,28 +42,6 @@ RUNNERS: Mapping[str, Runner] = {
     "macos": Runner("macos-14", "arm64"),
     "windows": Runner("windows-2022", "x64"),
 }
-
-#: which backends CI can build on each platform (toolchains installable on a hosted runner)
-CI_BACKENDS: Mapping[str, tuple[str, ...]] = {
-    "linux": ("cpu", "vulkan", "cuda"),
-    "macos": ("metal",),
-    "windows": ("cpu", "vulkan", "cuda"),
-}
-
-#: (backend, platform) pairs whose server can run on the hosted runner, so CI launches and
-#: checks it. Hosted runners have no NVIDIA driver; Linux gets a CPU Vulkan device from Mesa's
-#: lavapipe; Apple Silicon runners expose a Metal device; Windows has no Vulkan driver.
-RUNNABLE: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("cpu", "linux"),
-        ("vulkan", "linux"),
-        ("metal", "macos"),
-        ("cpu", "windows"),
-    }
-)
-
-#: the toolchain step a row needs (the workflow switches on this, not on backend names)
-_TOOLCHAIN = {"cuda": "cuda", "vulkan": "vulkan", "metal": "xcode"}
 
 
 @dataclass(frozen=True)
@@ -89,34 +69,50 @@ class MatrixRow:
         }
 
 
+def ci_backends(recipes: Iterable[Recipe]) -> dict[str, tuple[str, ...]]:
+    """Platform -> the backends CI builds there, in matrix order (the recipes' ``[ci]``)."""
+    ranked = sorted((r.ci.order, r.name, r) for r in recipes if r.ci is not None)
+    return {
+        platform: tuple(
+            name
+            for _order, name, r in ranked
+            if r.ci is not None and platform in r.ci.platforms and platform in r.platforms
+        )
+        for platform in PLATFORMS
+    }
+
+
 def matrix_rows(
     recipes: Iterable[Recipe],
     backends: Optional[Sequence[str]] = None,
-    table: Mapping[str, Sequence[str]] = CI_BACKENDS,
+    table: Optional[Mapping[str, Sequence[str]]] = None,
 ) -> list[MatrixRow]:
-    """One row per (recipe, platform) that both the recipe and ``table`` allow.
+    """One row per (recipe, platform) that the recipe's ``[ci]`` (or ``table``) names.
 
     Rows are ordered by platform (linux, macos, windows), then by the table's order.
     ``backends`` (if given) keeps only those backends.
     """
+    recipes = list(recipes)
     by_name = {r.name: r for r in recipes}
     rows = []
+    chosen = table if table is not None else ci_backends(recipes)
     for platform in PLATFORMS:
         runner = RUNNERS[platform]
-        for name in table.get(platform, ()):
+        for name in chosen.get(platform, ()):
             recipe = by_name.get(name)
             if recipe is None or platform not in recipe.platforms:
                 continue
             if backends is not None and name not in backends:
                 continue
+            ci = recipe.ci
             rows.append(
                 MatrixRow(
                     backend=name,
                     os=platform,
                     runner=runner.label,
                     arch=runner.arch,
-                    toolchain=_TOOLCHAIN.get(name, "none"),
-                    run=(name, platform) in RUNNABLE,
+                    toolchain=ci.toolchain if ci else "none",
+                    run=ci is not None and platform in ci.run,
                     recipe_sha256=recipe.sha256,
                 )
             )
@@ -132,8 +128,6 @@ def ci_matrix(
 
 def main_ci_matrix(backends: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> int:
     """Print the matrix of the built-in recipes as one line of JSON; return 0."""
-    from sdrpc_build.build.recipes import list_recipes
-
     stream = out or sys.stdout
     stream.write(json.dumps(ci_matrix(list_recipes(), backends), sort_keys=True) + "\n")
     return 0

@@ -130,7 +130,7 @@ def plan_prune(
         f
         for m in manifests
         if m.key in kept
-        for f in [_sdist_file(str((m.data.get("source") or {}).get("origin", "")))]
+        for f in [_sdist_file(m.source.origin if m.source else "")]
         if f
     }
     out: list[Entry] = []

@@ -16,6 +16,7 @@ from sdrpc_build.build.url import SecretUrl
 from sdrpc_build.errors import PinsError, SdrpcError
 from sdrpc_build.paths import shown_path
 from sdrpc_build.protocol.tensor import MAX_NAME_LIMIT
+from sdrpc_build.run import run
 
 __all__ = [
     "DEFAULT_MAX_NAME",
@@ -54,6 +55,8 @@ _MAX_NAME_HINT = (
 SYNC_FILE = "ggml/scripts/sync-llama.last"
 RPC_HEADER = "ggml/include/ggml-rpc.h"
 
+#: seconds a local git query (rev-parse, ls-tree) may take
+GIT_TIMEOUT = 30.0
 _SHA_RE = re.compile(r"[0-9a-f]{40}")
 _MAX_NAME_RE = re.compile(
     r"""(?:add_definitions|add_compile_definitions|target_compile_definitions)\s*\(
@@ -274,16 +277,13 @@ def _git_facts(tree: Path) -> tuple[Optional[str], Optional[str]]:
     """(sd.cpp HEAD commit, ggml gitlink commit) when ``tree`` is a git work tree."""
     if not (tree / ".git").exists():
         return None, None
-    try:
-        import git  # GitPython
-
-        repo = git.Repo(tree)
-        head = repo.head.commit.hexsha
-        entry = repo.git.ls_tree("HEAD", "ggml").split()
-        gitlink = entry[2] if len(entry) >= 3 and entry[1] == "commit" else None
-        return head, gitlink
-    except Exception:  # not a usable repository: report as unknown
-        return None, None
+    git = ["git", "-C", str(tree)]
+    head = run([*git, "rev-parse", "--verify", "HEAD"], timeout=GIT_TIMEOUT).stdout.strip()
+    if not head:
+        return None, None  # not a usable repository: report as unknown
+    entry = run([*git, "ls-tree", "HEAD", "ggml"], timeout=GIT_TIMEOUT).stdout.split()
+    gitlink = entry[2] if len(entry) >= 3 and entry[1] == "commit" else None
+    return head, gitlink
 
 
 def read_sd_tree(

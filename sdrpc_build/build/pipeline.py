@@ -6,10 +6,7 @@ raises :class:`SdrpcError`. The command line lives in :mod:`sdrpc_build.cli.buil
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform as _platform
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -20,56 +17,65 @@ from filelock import FileLock
 
 from sdrpc_build import __version__
 from sdrpc_build.build import doctor
-from sdrpc_build.build.pins import SdPins, check_max_name, format_version, parse_rpc_version
+from sdrpc_build.build.exact import exact_facts, tree_digest, write_exact_project
+from sdrpc_build.build.pins import SdPins, check_max_name, format_version
 from sdrpc_build.build.plan import (
-    OPTION_RE,
-    PROJECT_INCLUDE_NAME,
     BuildPlan,
     BuildRequest,
+    Commands,
     TreeFacts,
-    build_argv,
+    build_dirs,
     cache_key,
-    configure_argv,
-    exact_project_text,
+    commands,
     make_plan,
-    project_include_text,
     read_tree_facts,
 )
 from sdrpc_build.build.recipes import Recipe, load_recipe, load_recipe_file
 from sdrpc_build.build.scratch import clean_stale
+from sdrpc_build.build.sdist import from_sdist
 from sdrpc_build.build.source import (
     DEFAULT_LLAMA_REPO,
     Source,
     cached_source,
     fetch_git,
     from_local_checkout,
-    from_sdist,
 )
-from sdrpc_build.build.store import Manifest, cache_error, install_entry, lookup, prepare_cache
+from sdrpc_build.build.store import (
+    UNKNOWN,
+    ExactRef,
+    Manifest,
+    RecipeRef,
+    SourceRef,
+    ToolVersions,
+    cache_error,
+    install_entry,
+    lookup,
+    prepare_cache,
+)
 from sdrpc_build.build.toolchain import (
     Toolchain,
     ccache_env,
     current_platform,
     discover_toolchain,
+    find_binary,
     parse_ninja_step,
-    run_logged,
+    prepare_build_dir,
 )
 from sdrpc_build.build.url import SecretUrl
 from sdrpc_build.build.verify import VerifyResult, verify_binary
-from sdrpc_build.errors import BuildError, PinsError, StoreError, ToolError, VerifyError
-from sdrpc_build.paths import artifacts_dir, shown_path, sources_dir
+from sdrpc_build.errors import StoreError, ToolError, VerifyError
+from sdrpc_build.paths import artifacts_dir, sources_dir
+from sdrpc_build.run import run_logged
 
 __all__ = [
     "BuildOptions",
     "BuildResult",
+    "DryRun",
     "Reporter",
     "build",
     "dry_run",
-    "exact_facts",
-    "prepare_build_dir",
     "resolve_recipe",
     "scratch_parents",
-    "tree_digest",
 ]
 
 
@@ -143,45 +149,16 @@ def _request(
     )
 
 
-def tree_digest(root: Path) -> str:
-    """A content hash of a source tree (what --exact builds against), for the cache key."""
-    h = hashlib.sha256()
-    try:
-        for p in sorted(root.rglob("*")):
-            rel = p.relative_to(root).as_posix()
-            if p.is_file() and not rel.startswith((".git/", "build")) and rel != ".git":
-                h.update(rel.encode() + b"\0")
-                h.update(p.read_bytes())
-                h.update(b"\0")
-    except OSError as exc:
-        raise PinsError(
-            f"cannot read {shown_path(exc.filename or root)}: {exc.strerror or exc}",
-            hint="--exact reads the sd.cpp tree's whole ggml submodule: check its permissions",
-        ) from None
-    return "sha256:" + h.hexdigest()[:32]
+@dataclass(frozen=True)
+class DryRun:
+    """What ``sdrpc-build --dry-run`` shows: the plan, notes, and the commands it would run."""
+
+    plan: BuildPlan
+    notes: tuple[str, ...]
+    commands: Commands
 
 
-def exact_facts(facts: TreeFacts, ggml_dir: Path) -> TreeFacts:
-    """Tree facts for --exact: the server program from llama.cpp, everything else from ggml."""
-    header = ggml_dir / "include" / "ggml-rpc.h"
-    if not header.is_file():
-        raise PinsError(
-            f"{ggml_dir} has no include/ggml-rpc.h",
-            hint="--exact needs the sd.cpp tree's ggml submodule (git submodule update --init)",
-        )
-    proto = parse_rpc_version(header.read_text(errors="replace"))
-    cm = ggml_dir / "CMakeLists.txt"
-    options = (
-        frozenset(OPTION_RE.findall(cm.read_text(errors="replace")))
-        if cm.is_file()
-        else frozenset()
-    )
-    return replace(facts, protocol=proto, options=options)
-
-
-def dry_run(
-    pins: SdPins, opts: BuildOptions, env: Mapping[str, str]
-) -> tuple[BuildPlan, list[str]]:
+def dry_run(pins: SdPins, opts: BuildOptions, env: Mapping[str, str]) -> DryRun:
     """The plan without network or build; the tree facts only if the source is cached."""
     recipe = resolve_recipe(opts)
     notes: list[str] = []
@@ -210,7 +187,11 @@ def dry_run(
         facts = exact_facts(facts, opts.exact_ggml_dir)
     exact_id = "(digest of the sd.cpp ggml tree)" if opts.exact_ggml_dir else ""
     req = _request(pins, recipe, opts, tools, "clean", exact_id)
-    return make_plan(req, facts), notes
+    plan = make_plan(req, facts)
+    tree = source.tree if source else sources_dir(opts.cache_root) / pins.llama_commit.value
+    dirs = build_dirs(opts.cache_root, plan.key, tree, exact=bool(opts.exact_ggml_dir))
+    cmake, ninja = (tools.cmake, tools.ninja) if tools else ("cmake", None)
+    return DryRun(plan, tuple(notes), commands(plan, dirs, cmake, ninja, opts.jobs))
 
 
 def _get_source(
@@ -244,35 +225,6 @@ def scratch_parents(cache_root: Path) -> list[Path]:
     ]
 
 
-def _find_binary(build_dir: Path, target: str) -> Path:
-    for cand in (
-        build_dir / "bin" / target,
-        build_dir / "bin" / f"{target}.exe",
-        build_dir / "bin" / "Release" / f"{target}.exe",
-    ):
-        if cand.is_file():
-            return cand
-    raise BuildError(
-        f"the build finished but {target} is not in {build_dir / 'bin'}",
-        hint="see build.log; rebuild with --force",
-    )
-
-
-def prepare_build_dir(build_dir: Path, source: Source, plan: BuildPlan) -> None:
-    """Wipe a stale build directory when its source or plan changed (stamp file)."""
-    stamp = build_dir / ".sdrpc-stamp.json"
-    want = {"source": str(source.tree), "defines": list(plan.defines)}
-    try:
-        have = json.loads(stamp.read_text())
-    except (OSError, ValueError):
-        have = None
-    if have != want and build_dir.exists():
-        shutil.rmtree(build_dir)
-    build_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(want))
-    (build_dir / PROJECT_INCLUDE_NAME).write_text(project_include_text(plan.request.max_name))
-
-
 def build(
     pins: SdPins,
     opts: BuildOptions,
@@ -292,15 +244,11 @@ def build(
         for path in clean_stale(scratch_parents(opts.cache_root)):
             rep.log(f"removed {path.name}, left behind by a killed build")
     rep.phase("toolchain")
-    # the preflight sdrpc doctor shows: exit 6 with what to install, before any fetch or configure
-    doctor.require_buildable(
-        recipe,
-        env,
-        opts.cache_root,
-        opts.defines,
-        need_git=not opts.llama_sdist,
-        need_disk=cache_problem is None,  # an unusable cache is exit 9, not "no disk"
-    )
+    if cache_problem is None:  # else nothing is built: a cache hit, or the cache's exit 9
+        # the preflight sdrpc doctor shows: exit 6 with what to install, before any fetch
+        doctor.require_buildable(
+            recipe, env, opts.cache_root, opts.defines, need_git=not opts.llama_sdist
+        )
     tools = discover_toolchain(recipe, env)
     state = "clean"
     local: Optional[Source] = None
@@ -327,23 +275,16 @@ def build(
         rep.phase("source")
         source = local or _get_source(pins, opts, env, rep)
         facts = read_tree_facts(source.tree)
-        project_dir = source.tree
         if opts.exact_ggml_dir is not None:
             facts = exact_facts(facts, opts.exact_ggml_dir)
-            project_dir = opts.cache_root / "builds" / f"{key}.src"
-            server_cpp = source.tree / facts.server_dir / "rpc-server.cpp"
-            try:
-                project_dir.mkdir(parents=True, exist_ok=True)
-                (project_dir / "CMakeLists.txt").write_text(
-                    exact_project_text(opts.exact_ggml_dir.resolve(), server_cpp, facts.target)
-                )
-            except OSError as exc:
-                raise cache_error(exc, "write the build directory") from None
         plan = make_plan(req, facts)
-        build_dir = opts.cache_root / "builds" / key
-        log_path = build_dir / "build.log"
+        dirs = build_dirs(opts.cache_root, key, source.tree, exact=bool(opts.exact_ggml_dir))
+        cmds = commands(plan, dirs, tools.cmake, tools.ninja, opts.jobs)
+        log_path = dirs.build / "build.log"
         try:
-            prepare_build_dir(build_dir, source, plan)
+            if opts.exact_ggml_dir is not None:
+                write_exact_project(dirs.project, opts.exact_ggml_dir, source.tree, facts)
+            prepare_build_dir(dirs.build, source, plan)
             log = log_path.open("w")
         except OSError as exc:
             raise cache_error(exc, "write the build directory") from None
@@ -352,7 +293,7 @@ def build(
         with log:
             rep.phase("configure")
             run_logged(
-                configure_argv(plan, tools.cmake, project_dir, build_dir, tools.ninja),
+                cmds.configure,
                 log=log,
                 env=benv,
                 what="cmake configure",
@@ -366,7 +307,7 @@ def build(
                     rep.progress(*p)
 
             run_logged(
-                build_argv(plan, tools.cmake, build_dir, opts.jobs),
+                cmds.build,
                 log=log,
                 env=benv,
                 on_line=on_line,
@@ -374,7 +315,7 @@ def build(
                 hint=f"full log: {log_path}",
             )
         build_seconds = time.monotonic() - tb
-        binary = _find_binary(build_dir, facts.target)
+        binary = find_binary(dirs.build, facts.target)
         vres: Optional[VerifyResult] = None
         if opts.verify:
             rep.phase("verify")
@@ -392,37 +333,48 @@ def build(
                     hint="nothing was stored; check the pins (--max-name, --llama-commit) "
                     f"and the log {log_path}",
                 )
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        manifest = {
-            "sdrpc_version": __version__,
-            "backend": recipe.name,
-            "recipe": {"name": recipe.name, "source": recipe.source, "sha256": recipe.sha256},
-            "commit": req.commit,
-            "max_name": req.max_name,
-            "target": facts.target,
-            "server_dir": facts.server_dir,
-            "protocol": format_version(facts.protocol) if facts.protocol else None,
-            "pins": pins.as_dict(),
-            "pins_origin": pins.origin,
-            "source": {"method": source.method, "origin": source.origin, "state": source.state},
-            "exact": {"ggml_dir": str(opts.exact_ggml_dir.resolve()), "ggml_digest": exact_id}
-            if opts.exact_ggml_dir
-            else None,
-            "defines": dict(plan.defines),
-            "portable": req.portable,
-            "notes": list(plan.notes),
-            "tools": {
-                "cmake": tools.cmake_version,
-                "ninja": tools.ninja_version,
-                "compiler": tools.compiler,
-                "ccache": bool(tools.ccache),
-            },
-            "platform": f"{current_platform()}-{_platform.machine().lower()}",
-            "build_seconds": round(build_seconds, 2),
-            "created": now,
-            "verify": vres.as_dict() if vres else {"ok": False, "skipped": True},
-        }
+        manifest = _manifest(pins, opts, req, recipe, plan, facts, source, tools, vres)
+        manifest = replace(manifest, build_seconds=round(build_seconds, 2))
         rep.phase("store")
         entry = install_entry(arts, key, binary, manifest, log_path)
     warnings = tuple(vres.warnings) if vres else ("verification skipped (--no-verify)",)
     return BuildResult(entry, False, plan, vres, time.monotonic() - t0, warnings)
+
+
+def _manifest(
+    pins: SdPins,
+    opts: BuildOptions,
+    req: BuildRequest,
+    recipe: Recipe,
+    plan: BuildPlan,
+    facts: TreeFacts,
+    source: Source,
+    tools: Toolchain,
+    vres: Optional[VerifyResult],
+) -> Manifest:
+    """What the store records about a build (the key and binary are filled in on install)."""
+    return Manifest(
+        sdrpc_version=__version__,
+        backend=recipe.name,
+        recipe=RecipeRef(recipe.name, recipe.source, recipe.sha256),
+        commit=req.commit,
+        max_name=req.max_name,
+        target=facts.target,
+        server_dir=facts.server_dir,
+        protocol=format_version(facts.protocol) if facts.protocol else UNKNOWN,
+        pins=pins.as_dict(),
+        pins_origin=pins.origin,
+        source=SourceRef(source.method, source.origin, source.state),
+        exact=ExactRef(str(opts.exact_ggml_dir.resolve()), req.exact_ggml)
+        if opts.exact_ggml_dir
+        else None,
+        defines=plan.defines,
+        portable=req.portable,
+        notes=plan.notes,
+        tools=ToolVersions(
+            tools.cmake_version, tools.ninja_version, tools.compiler, bool(tools.ccache)
+        ),
+        platform=f"{current_platform()}-{_platform.machine().lower()}",
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        verify=vres.as_dict() if vres else {"ok": False, "skipped": True},
+    )

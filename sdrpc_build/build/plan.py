@@ -14,18 +14,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from sdrpc_build.build.pins import parse_rpc_version
 from sdrpc_build.build.recipes import Recipe
 from sdrpc_build.errors import SourceError, UsageError
 
 __all__ = [
     "BASE_DEFINES",
     "OPTION_RE",
+    "PENDING_TARGET",
     "PROJECT_INCLUDE_NAME",
+    "BuildDirs",
     "BuildPlan",
     "BuildRequest",
+    "Commands",
     "TreeFacts",
     "build_argv",
+    "build_dirs",
     "cache_key",
+    "commands",
     "configure_argv",
     "exact_project_text",
     "make_plan",
@@ -46,6 +52,8 @@ BASE_DEFINES: tuple[tuple[str, str], ...] = (
     ("CMAKE_EXPORT_COMPILE_COMMANDS", "ON"),
 )
 PROJECT_INCLUDE_NAME = "sdrpc-defines.cmake"
+#: the compile target shown before the tree that names it is fetched
+PENDING_TARGET = "<target read from the fetched tree>"
 _FORBIDDEN_USER_DEFINES = {
     "GGML_MAX_NAME": "use --max-name N (it must reach every compiled language)",
     "GGML_RPC": "an RPC server needs GGML_RPC=ON",
@@ -213,14 +221,56 @@ def configure_argv(
 
 
 def build_argv(
-    plan: BuildPlan, cmake: str, build_dir: Path, jobs: Optional[int] = None
+    plan: BuildPlan,
+    cmake: str,
+    build_dir: Path,
+    jobs: Optional[int] = None,
+    target: Optional[str] = None,
 ) -> list[str]:
-    if plan.facts is None:
+    """The compile command; ``target`` stands in for the tree's until the tree is known."""
+    target = plan.target or target
+    if target is None:
         raise UsageError("cannot build before the tree is known", hint="this is an sdrpc bug")
-    argv = [cmake, "--build", str(build_dir), "--target", plan.facts.target, "--config", "Release"]
+    argv = [cmake, "--build", str(build_dir), "--target", target, "--config", "Release"]
     if jobs:
         argv += ["--parallel", str(jobs)]
     return argv
+
+
+@dataclass(frozen=True)
+class BuildDirs:
+    """Where a plan is configured from (``-S``) and built in (``-B``)."""
+
+    project: Path  # the llama.cpp tree, or for --exact a generated wrapper project
+    build: Path
+
+
+def build_dirs(cache_root: Path, key: str, source_tree: Path, exact: bool = False) -> BuildDirs:
+    """``<cache>/builds/<key>``; an ``--exact`` build's project is ``<cache>/builds/<key>.src``."""
+    builds = cache_root / "builds"
+    return BuildDirs(builds / f"{key}.src" if exact else source_tree, builds / key)
+
+
+@dataclass(frozen=True)
+class Commands:
+    """The two commands of a build, as sdrpc-build runs them and ``--dry-run`` prints them."""
+
+    configure: tuple[str, ...]
+    build: tuple[str, ...]
+
+
+def commands(
+    plan: BuildPlan,
+    dirs: BuildDirs,
+    cmake: str = "cmake",
+    make_program: Optional[str] = None,
+    jobs: Optional[int] = None,
+) -> Commands:
+    """Configure and compile command lines for ``plan`` (the target may still be pending)."""
+    return Commands(
+        tuple(configure_argv(plan, cmake, dirs.project, dirs.build, make_program)),
+        tuple(build_argv(plan, cmake, dirs.build, jobs, target=PENDING_TARGET)),
+    )
 
 
 OPTION_RE = re.compile(r"^\s*option\s*\(\s*([A-Za-z0-9_]+)", re.MULTILINE | re.IGNORECASE)
@@ -242,8 +292,6 @@ def read_tree_facts(tree: Path) -> TreeFacts:
     cm = (tree / server_dir / "CMakeLists.txt").read_text(errors="replace")
     m = _TARGET_RE.search(cm)
     target = m.group(1) if m else "rpc-server"
-    from sdrpc_build.build.pins import parse_rpc_version
-
     header = tree / "ggml" / "include" / "ggml-rpc.h"
     protocol = parse_rpc_version(header.read_text(errors="replace")) if header.is_file() else None
     options: set[str] = set()

@@ -9,7 +9,6 @@ their ``[[requires]]`` entries name (the one preflight of doctor and sdrpc-build
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import sys
 from collections.abc import Mapping
@@ -17,6 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from sdrpc_build.build.recipe_checks import (
+    PLATFORMS,
+    check_keys,
+    defines_table,
+    install_table,
+    str_list,
+    suggest,
+    version,
+)
 from sdrpc_build.errors import RecipeError
 
 if sys.version_info >= (3, 11):
@@ -25,9 +33,10 @@ else:  # pragma: no cover - exercised on Python < 3.11
     import tomli as tomllib
 
 __all__ = [
-    "PLATFORMS",
     "REQUIREMENT_KINDS",
+    "RUNTIME_CHECKS",
     "VERSION_READERS",
+    "CiFacts",
     "Recipe",
     "Requirement",
     "Tool",
@@ -37,10 +46,7 @@ __all__ = [
     "load_recipe",
     "load_recipe_file",
     "parse_recipe",
-    "suggest",
 ]
-
-PLATFORMS = ("linux", "macos", "windows")
 
 _TOP_KEYS = {
     "description": str,
@@ -52,8 +58,11 @@ _TOP_KEYS = {
     "defines": dict,
     "tools": list,
     "requires": list,
+    "runtime_checks": list,
     "variants": list,
+    "ci": dict,
 }
+_CI_KEYS = {"platforms": list, "run": list, "toolchain": str, "order": int}
 _TOOL_KEYS = {"name": str, "why": str, "install": dict}
 _REQUIRE_KEYS = {
     "name": str,
@@ -73,6 +82,8 @@ _REQUIRE_KEYS = {
 REQUIREMENT_KINDS = ("tool", "header", "library", "file")
 #: how a version is read from a found file (the readers live in sdrpc_build.build.doctor)
 VERSION_READERS = ("vulkan-header",)
+#: sdrpc doctor's checks that a server can run here (a device driver), by name
+RUNTIME_CHECKS = ("nvidia-driver", "vulkan-driver", "rocm-driver")
 _VARIANT_KEYS = {
     "when_option_missing": str,
     "when_option_present": str,
@@ -156,6 +167,22 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class CiFacts:
+    """The recipe's ``[ci]`` table: how the CI matrix (``sdrpc-build --ci-matrix``) builds it.
+
+    ``platforms``: where a hosted runner builds it (one matrix row each, if the recipe
+    builds there); ``run``: where the server also runs on the runner, so CI launches and
+    checks it; ``toolchain``: the workflow step that installs the backend's toolchain;
+    ``order``: rows of one platform are listed by it, then by name.
+    """
+
+    platforms: tuple[str, ...]
+    run: tuple[str, ...] = ()
+    toolchain: str = "none"
+    order: int = 0
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
@@ -169,6 +196,9 @@ class Recipe:
     variants: tuple[Variant, ...]
     source: str  # where it was loaded from
     sha256: str  # hash of the file's bytes (part of the cache key)
+    #: sdrpc doctor: what shows whether a server can run here (not needed to build)
+    runtime_checks: tuple[str, ...] = ()
+    ci: Optional[CiFacts] = None  # None: CI does not build it
 
     @property
     def tools(self) -> tuple[Requirement, ...]:
@@ -176,100 +206,25 @@ class Recipe:
         return self.requires
 
 
-def suggest(word: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
-    """``" (did you mean 'x'?)"`` or ``""``."""
-    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _check_keys(table: Mapping[str, Any], allowed: Mapping[str, type], where: str) -> None:
-    for key, value in table.items():
-        if key not in allowed:
-            raise RecipeError(
-                f"{where}: unknown key {key!r}{suggest(key, set(allowed))}",
-                hint=f"allowed keys: {', '.join(sorted(allowed))}",
-            )
-        want = allowed[key]
-        if not isinstance(value, want):
-            raise RecipeError(
-                f"{where}: {key!r} must be a {want.__name__}, not {type(value).__name__}",
-                hint="see recipes/cpu.toml for an example",
-            )
-
-
-def _defines(table: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
-    out = []
-    for key, raw in table.items():
-        value = ("ON" if raw else "OFF") if isinstance(raw, bool) else raw
-        if not isinstance(value, (str, int)):
-            raise RecipeError(
-                f"{where}: define {key!r} must be a string, integer or boolean",
-                hint='write it like GGML_CUDA = "ON"',
-            )
-        if key == "GGML_MAX_NAME":
-            raise RecipeError(
-                f"{where}: GGML_MAX_NAME cannot be set by a recipe",
-                hint="it comes from the sd.cpp pins or --max-name",
-            )
-        out.append((str(key), str(value)))
-    return tuple(out)
-
-
-def _str_list(value: list[Any], where: str, allowed: Optional[set[str]] = None) -> tuple[str, ...]:
-    for item in value:
-        if not isinstance(item, str):
-            raise RecipeError(f"{where}: every entry must be a string", hint='e.g. ["linux"]')
-        if allowed is not None and item not in allowed:
-            raise RecipeError(
-                f"{where}: unknown value {item!r}{suggest(item, allowed)}",
-                hint=f"allowed: {', '.join(sorted(allowed))}",
-            )
-    return tuple(value)
-
-
-def _install(table: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
-    for plat, how in table.items():
-        if plat not in PLATFORMS:
-            raise RecipeError(
-                f"{where}: unknown platform {plat!r}{suggest(plat, PLATFORMS)}",
-                hint=f"platforms: {', '.join(PLATFORMS)}",
-            )
-        if not isinstance(how, str):
-            raise RecipeError(
-                f"{where}: install.{plat} must be a string",
-                hint='e.g. install.linux = "apt-get ..."',
-            )
-    return tuple(sorted(table.items()))
-
-
-def _version(text: str, where: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in text.split("."))
-    except ValueError:
-        raise RecipeError(
-            f"{where}: {text!r} is not a version", hint='write it like "1.3.272"'
-        ) from None
-
-
 def _tool(t: Any, where: str) -> Requirement:
     """An older ``[[tools]]`` entry: an executable on PATH."""
     if not isinstance(t, dict):
         raise RecipeError(f"{where} must be a table", hint="use [[tools]]")
-    _check_keys(t, _TOOL_KEYS, where)
+    check_keys(t, _TOOL_KEYS, where)
     if "name" not in t:
         raise RecipeError(f"{where}: missing 'name'", hint="name the executable, e.g. nvcc")
     return Requirement(
         t["name"],
         files=(t["name"],),
         why=t.get("why", ""),
-        install=_install(t.get("install", {}), where),
+        install=install_table(t.get("install", {}), where),
     )
 
 
 def _requirement(r: Any, where: str) -> Requirement:
     if not isinstance(r, dict):
         raise RecipeError(f"{where} must be a table", hint="use [[requires]]")
-    _check_keys(r, _REQUIRE_KEYS, where)
+    check_keys(r, _REQUIRE_KEYS, where)
     if "name" not in r:
         raise RecipeError(f"{where}: missing 'name'", hint='e.g. name = "cublas"')
     kind = r.get("kind", "tool")
@@ -293,18 +248,18 @@ def _requirement(r: Any, where: str) -> Requirement:
     return Requirement(
         name=r["name"],
         kind=kind,
-        files=_str_list(r.get("files", [r["name"]]), f"{where} files"),
-        dirs=_str_list(r.get("dirs", []), f"{where} dirs"),
+        files=str_list(r.get("files", [r["name"]]), f"{where} files"),
+        dirs=str_list(r.get("dirs", []), f"{where} dirs"),
         default_dirs=r.get("default_dirs", True),
         define=r.get("define"),
-        skip_if_defined=_str_list(r.get("skip_if_defined", []), f"{where} skip_if_defined"),
-        min_version=_version(r["min_version"], where) if "min_version" in r else None,
+        skip_if_defined=str_list(r.get("skip_if_defined", []), f"{where} skip_if_defined"),
+        min_version=version(r["min_version"], where) if "min_version" in r else None,
         version_from=version_from,
-        platforms=_str_list(
+        platforms=str_list(
             r.get("platforms", list(PLATFORMS)), f"{where} platforms", set(PLATFORMS)
         ),
         why=r.get("why", ""),
-        install=_install(r.get("install", {}), where),
+        install=install_table(r.get("install", {}), where),
     )
 
 
@@ -317,7 +272,7 @@ def parse_recipe(name: str, data: bytes, source: str) -> Recipe:
         raise RecipeError(
             f"{where} is not valid TOML: {exc}", hint="fix the file's syntax"
         ) from None
-    _check_keys(doc, _TOP_KEYS, where)
+    check_keys(doc, _TOP_KEYS, where)
     if "defines" not in doc:
         raise RecipeError(f"{where}: missing [defines] table", hint="see recipes/cpu.toml")
     requires = [_tool(t, f"{where} tools[{i}]") for i, t in enumerate(doc.get("tools", []))] + [
@@ -328,33 +283,49 @@ def parse_recipe(name: str, data: bytes, source: str) -> Recipe:
         vw = f"{where} variants[{i}]"
         if not isinstance(v, dict):
             raise RecipeError(f"{vw} must be a table", hint="use [[variants]]")
-        _check_keys(v, _VARIANT_KEYS, vw)
+        check_keys(v, _VARIANT_KEYS, vw)
         variants.append(
             Variant(
                 when_option_missing=v.get("when_option_missing"),
                 when_option_present=v.get("when_option_present"),
                 when_path_exists=v.get("when_path_exists"),
                 rename=tuple((str(a), str(b)) for a, b in v.get("rename", {}).items()),
-                defines=_defines(v.get("defines", {}), vw),
+                defines=defines_table(v.get("defines", {}), vw),
                 note=v.get("note", ""),
             )
         )
-    min_cmake = _version(doc.get("min_cmake", "3.14"), f"{where}: min_cmake")
+    min_cmake = version(doc.get("min_cmake", "3.14"), f"{where}: min_cmake")
+    runtime = doc.get("runtime_checks", [])
     return Recipe(
         name=name,
         description=doc.get("description", ""),
-        platforms=_str_list(
+        platforms=str_list(
             doc.get("platforms", list(PLATFORMS)), f"{where} platforms", set(PLATFORMS)
         ),
         min_cmake=min_cmake,
         device_prefix=doc.get("device_prefix", name.upper()),
         visible_devices_env=doc.get("visible_devices_env"),
-        languages=_str_list(doc.get("languages", ["C", "CXX"]), f"{where} languages", _LANGUAGES),
-        defines=_defines(doc["defines"], where),
+        languages=str_list(doc.get("languages", ["C", "CXX"]), f"{where} languages", _LANGUAGES),
+        defines=defines_table(doc["defines"], where),
         requires=tuple(requires),
         variants=tuple(variants),
         source=source,
         sha256=hashlib.sha256(data).hexdigest(),
+        runtime_checks=str_list(runtime, f"{where} runtime_checks", set(RUNTIME_CHECKS)),
+        ci=_ci(doc["ci"], f"{where} [ci]") if "ci" in doc else None,
+    )
+
+
+def _ci(table: Mapping[str, Any], where: str) -> CiFacts:
+    check_keys(table, _CI_KEYS, where)
+    if "platforms" not in table:
+        raise RecipeError(f"{where}: missing 'platforms'", hint='e.g. platforms = ["linux"]')
+    platforms = str_list(table["platforms"], f"{where} platforms", set(PLATFORMS))
+    return CiFacts(
+        platforms=platforms,
+        run=str_list(table.get("run", []), f"{where} run", set(platforms)),
+        toolchain=table.get("toolchain", "none"),
+        order=table.get("order", 0),
     )
 
 

@@ -1,48 +1,43 @@
-"""Toolchain discovery and the one command runner used for configure and build.
+"""Toolchain discovery (cmake, ninja, the C compiler, ccache), ninja's progress lines, and
+the CMake build directory: wiped when its inputs change (a stamp file), and where the
+compiled server lands.
 
 cmake and ninja come from the system when new enough, else from the PyPI
-packages sdrpc depends on. The runner logs ``+ cmd``, streams output to a log
-file and a line callback, and raises :class:`BuildError` with the relevant tail
-of the output on failure. The command runs in its own process group (session):
-on Ctrl-C, SIGTERM or any other exception the whole group (cmake, ninja, every
-compiler job) gets SIGTERM, then SIGKILL, and the runner returns only once no
-process of that group is left.
+packages sdrpc depends on. Commands run through :mod:`sdrpc_build.run`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+import json
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import Optional
 
+from sdrpc_build.build.plan import PROJECT_INCLUDE_NAME, BuildPlan, project_include_text
 from sdrpc_build.build.recipes import Recipe
-from sdrpc_build.errors import BuildError, Interrupted, ToolError
+from sdrpc_build.build.source import Source
+from sdrpc_build.errors import BuildError, ToolError
+from sdrpc_build.run import run
 
 __all__ = [
     "Toolchain",
     "ccache_env",
     "current_platform",
     "discover_toolchain",
-    "failure_tail",
+    "find_binary",
     "parse_ninja_progress",
     "parse_ninja_step",
-    "run_logged",
-    "stop_group",
+    "prepare_build_dir",
 ]
 
 _VERSION_RE = re.compile(r"([0-9]{1,6})\.([0-9]{1,6})(?:\.([0-9]{1,6}))?")
 _NINJA_RE = re.compile(r"^\[([0-9]{1,9})/([0-9]{1,9})\]\s*(.*)$")
-#: seconds between SIGTERM to a command's group and SIGKILL
-STOP_GRACE = 10.0
+#: seconds a ``--version`` may take
+VERSION_TIMEOUT = 30.0
 #: CMAKE_PROJECT_INCLUDE needs 3.15
 _MIN_CMAKE = (3, 15)
 
@@ -76,12 +71,7 @@ class Toolchain:
 
 
 def _version_of(exe: str) -> Optional[tuple[str, tuple[int, ...]]]:
-    try:
-        out = subprocess.run(
-            [exe, "--version"], capture_output=True, text=True, timeout=30, check=False
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
+    out = run([exe, "--version"], timeout=VERSION_TIMEOUT).stdout
     first = out.strip().splitlines()[0] if out.strip() else ""
     m = _VERSION_RE.search(first)
     if not m:
@@ -190,154 +180,39 @@ def parse_ninja_step(line: str) -> Optional[tuple[int, int, str]]:
     return int(m.group(1)), int(m.group(2)), what
 
 
-def failure_tail(lines: Sequence[str], n: int = 25) -> str:
-    """The lines that explain a failure: CMake/compiler errors first, else the last ``n``."""
-    picked: list[str] = []
-    for i, line in enumerate(lines):
-        if "CMake Error" in line or "error:" in line or "FAILED:" in line:
-            picked.extend(lines[i : i + 8])
-            if len(picked) >= n:
-                break
-    if not picked:
-        picked = list(lines[-n:])
-    return "\n".join("  | " + ln for ln in picked[:n])
-
-
-def run_logged(
-    argv: Sequence[str],
-    *,
-    log: IO[str],
-    env: Mapping[str, str],
-    cwd: Optional[Path] = None,
-    on_line: Callable[[str], None] = lambda _l: None,
-    what: str = "command",
-    hint: str = "see the log for details",
-) -> list[str]:
-    """Run ``argv``, tee output to ``log`` and ``on_line``; raise BuildError on failure."""
-    log.write("+ " + " ".join(argv) + "\n")
-    log.flush()
-    lines: list[str] = []
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            env=dict(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            bufsize=1,
-            start_new_session=os.name != "nt",  # its own group: stopped as a whole
-        )
-    except OSError as exc:
-        raise ToolError(f"cannot run {argv[0]}: {exc.strerror}", hint=hint) from None
-    assert proc.stdout is not None
-    try:
-        for raw in proc.stdout:
-            line = raw.rstrip("\n")
-            lines.append(line)
-            if len(lines) > 5000:
-                del lines[:1000]
-            log.write(line + "\n")
-            on_line(line)
-        rc = proc.wait()
-    except BaseException as exc:  # Ctrl-C, SIGTERM (raised by the CLI), a failing callback
-        stop_group(proc)
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"{what} interrupted", hint="run the same command again") from None
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            proc.stdout.close()
-    log.flush()
-    if rc != 0:
-        raise BuildError(f"{what} failed (exit {rc})", hint=hint, details=failure_tail(lines))
-    return lines
-
-
-def _group_alive(pgid: int) -> bool:
-    """Some process of group ``pgid`` is still running (zombies do not count on Linux)."""
-    proc_root = Path("/proc")
-    if sys.platform.startswith("linux") and proc_root.is_dir():
-        for d in proc_root.iterdir():
-            if not d.name.isdigit():
-                continue
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rpartition(")")[2].split()
-            if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-                return True
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def stop_group(proc: subprocess.Popen[str], grace: float = STOP_GRACE) -> None:
-    """Stop ``proc`` and every process of its group: SIGTERM, wait, SIGKILL; bounded.
-
-    Returns once no member of the group runs (or after ``grace`` + 5 s at most).
-    """
-    with _no_interrupts():
-        _stop_group(proc, grace)
-
-
-@contextlib.contextmanager
-def _no_interrupts() -> Iterator[None]:
-    """Ignore SIGINT/SIGTERM while a stop is under way (a second Ctrl-C must not cut it)."""
-    saved: list[tuple[signal.Signals, Any]] = []
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            saved.append((sig, signal.signal(sig, signal.SIG_IGN)))
-    except ValueError:  # not the main thread: signals go to the main thread anyway
-        pass
-    try:
-        yield
-    finally:
-        for sig, handler in saved:
-            signal.signal(sig, handler)
-
-
-def _stop_group(proc: subprocess.Popen[str], grace: float) -> None:
-    if os.name == "nt":
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        return
-    pgid = proc.pid  # a session leader: its PID is the group's ID
-    _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
-    while _group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _group_alive(pgid) or proc.poll() is None:
-        _signal_group(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-        end = time.monotonic() + 5
-        while _group_alive(pgid) and time.monotonic() < end:
-            time.sleep(0.05)
-
-
 def ccache_env(env: Mapping[str, str], source_dir: Path) -> dict[str, str]:
     """Environment for the build: ccache hits regardless of where the source lives."""
     out = dict(env)
     out.setdefault("CCACHE_BASEDIR", str(source_dir))
     out.setdefault("CCACHE_NOHASHDIR", "1")
     return out
+
+
+def find_binary(build_dir: Path, target: str) -> Path:
+    """The compiled ``target`` in ``build_dir`` (single- or multi-config generators)."""
+    for cand in (
+        build_dir / "bin" / target,
+        build_dir / "bin" / f"{target}.exe",
+        build_dir / "bin" / "Release" / f"{target}.exe",
+    ):
+        if cand.is_file():
+            return cand
+    raise BuildError(
+        f"the build finished but {target} is not in {build_dir / 'bin'}",
+        hint="see build.log; rebuild with --force",
+    )
+
+
+def prepare_build_dir(build_dir: Path, source: Source, plan: BuildPlan) -> None:
+    """Wipe a stale build directory when its source or plan changed (stamp file)."""
+    stamp = build_dir / ".sdrpc-stamp.json"
+    want = {"source": str(source.tree), "defines": list(plan.defines)}
+    try:
+        have = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        have = None
+    if have != want and build_dir.exists():
+        shutil.rmtree(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(want))
+    (build_dir / PROJECT_INCLUDE_NAME).write_text(project_include_text(plan.request.max_name))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -28,14 +27,16 @@ import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Optional
 
 from sdrpc_build import __version__
 from sdrpc_build.build.scratch import clean_stale, scratch_path
-from sdrpc_build.build.store import MANIFEST, Manifest
-from sdrpc_build.build.toolchain import run_logged
+from sdrpc_build.build.store import MANIFEST, Manifest, WheelRef
 from sdrpc_build.errors import BuildError, StoreError, ToolError, UsageError
+from sdrpc_build.run import run_logged
 
 __all__ = [
     "DIST_PREFIX",
@@ -76,7 +77,7 @@ def wheel_version(entry: Manifest) -> str:
     PEP 440 local versions are dot-separated ASCII letters and digits; the
     public part is the sdrpc release that built the server.
     """
-    public = str(entry.data.get("sdrpc_version") or __version__).split("+")[0]
+    public = (entry.sdrpc_version or __version__).split("+")[0]
     if not _PUBLIC.match(public):
         public = __version__.split("+")[0]
     local = f"{entry.commit[:7].lower()}.n{entry.max_name}"
@@ -270,10 +271,10 @@ def build_wheel(
             | stat.S_IXGRP
             | stat.S_IXOTH
         )
-        doc = dict(entry.data)
-        doc["binary"] = f"bin/{entry.binary.name}"
-        doc["wheel"] = {"name": dist, "version": version}
-        (payload / MANIFEST).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        carried = replace(
+            entry, binary_path=f"bin/{entry.binary.name}", wheel=WheelRef(dist, version)
+        )
+        (payload / MANIFEST).write_text(carried.to_json())
         build_out = tmp / "dist"
         argv = [
             sys.executable,
@@ -323,8 +324,6 @@ def build_wheel(
 
 
 def _entry_points() -> list[tuple[str, str]]:
-    from importlib.metadata import entry_points
-
     eps: Any = entry_points()
     if hasattr(eps, "select"):
         group = eps.select(group=ENTRY_POINT_GROUP)

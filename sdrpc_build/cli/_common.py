@@ -10,15 +10,43 @@ import contextlib
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, TextIO
 
 from rich.console import Console
 
 from sdrpc_build import __version__
-from sdrpc_build.errors import DEFAULT_HINTS, Interrupted, SdrpcError, UsageError
+from sdrpc_build.errors import (
+    DEFAULT_HINTS,
+    ExitCode,
+    Interrupted,
+    SdrpcError,
+    UsageError,
+    exit_codes_help,
+)
 
-__all__ = ["Parser", "err_console", "out_console", "report_error", "run_main", "run_parsed"]
+__all__ = [
+    "HelpFormatter",
+    "Parser",
+    "err_console",
+    "out_console",
+    "report_error",
+    "run_main",
+    "run_parsed",
+]
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps prose paragraphs; keeps the lines of a paragraph with indented lines (a table)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for para in text.split("\n\n"):
+            if para.startswith("  ") or "\n  " in para:
+                paragraphs.append("\n".join(indent + line for line in para.splitlines()))
+            else:
+                paragraphs.append(super()._fill_text(para, width, indent))
+        return "\n\n".join(paragraphs)
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,10 +54,16 @@ class Parser(argparse.ArgumentParser):
 
     A usage error raises :class:`UsageError` (one line, a ``hint:`` line naming
     ``--help``, exit 2) instead of printing argparse's usage block and exiting;
-    ``run_parsed`` reports it like every other error.
+    ``run_parsed`` reports it like every other error. ``exit_codes`` (from
+    :class:`ExitCode`, the one table) are listed at the end of ``--help``.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, exit_codes: Iterable[ExitCode] = (), **kwargs: Any) -> None:
+        codes = tuple(exit_codes)
+        if codes:
+            epilog = kwargs.get("epilog")
+            kwargs["epilog"] = (epilog + "\n\n" if epilog else "") + exit_codes_help(codes)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
         self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
@@ -72,15 +106,9 @@ def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
         with contextlib.suppress(OSError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE, as a shell reports it
+        return ExitCode.BROKEN_PIPE  # 128 + SIGPIPE, as a shell reports it
     except KeyboardInterrupt:
-        return report_error(
-            Interrupted(
-                "interrupted", hint="run the same command again; nothing half-written was kept"
-            ),
-            prog,
-            debug,
-        )
+        return report_error(Interrupted("interrupted"), prog, debug)
     except Exception as exc:  # an sdrpc bug: one line unless --debug
         if debug:
             raise
@@ -88,7 +116,7 @@ def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
         print(
             f"{prog}: hint: run again with --debug for a traceback and report it", file=sys.stderr
         )
-        return 1
+        return ExitCode.INTERNAL
 
 
 def run_parsed(
@@ -105,7 +133,7 @@ def run_parsed(
         try:
             args = parser.parse_args(raw)
         except SystemExit as exc:  # argparse already printed usage / help
-            return 0 if exc.code in (0, None) else 2
+            return ExitCode.OK if exc.code in (0, None) else ExitCode.USAGE
         return body(args)
 
     return run_main(prog, parsed, debug)

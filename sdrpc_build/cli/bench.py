@@ -39,16 +39,15 @@ from sdrpc_build.bench.link import bench_server
 from sdrpc_build.bench.maths import (
     DEFAULT_SIZES,
     ServerResult,
-    format_bytes,
     format_duration,
-    parse_size,
     parse_sizes,
     to_json,
 )
 from sdrpc_build.bench.options import DEADLINE_FACTOR, BenchOptions
 from sdrpc_build.cli._common import Parser, err_console, out_console, report_error, run_parsed
-from sdrpc_build.errors import UsageError
+from sdrpc_build.errors import ExitCode, UsageError
 from sdrpc_build.protocol.endpoint import Endpoint, parse_endpoints, parse_timeout, shown
+from sdrpc_build.units import format_size, parse_size
 
 __all__ = ["main"]
 
@@ -60,8 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Measure the link to ggml RPC servers with the protocol itself "
         "(SET_TENSOR / GET_TENSOR throughput, latency, model upload time).",
-        epilog="exit codes: 0 measured, 2 usage, 14 a server failed or was too slow during "
-        "the benchmark, 130 interrupted",
+        exit_codes=(ExitCode.OK, ExitCode.USAGE, ExitCode.PROTOCOL, ExitCode.INTERRUPTED),
     )
     p.add_argument(
         "endpoints",
@@ -110,7 +108,7 @@ def _devices(text: str | None) -> tuple[int, ...] | None:
 
 def _model_bytes(args: argparse.Namespace) -> int | None:
     if args.model_size:
-        return parse_size(args.model_size, "--model-size")
+        return parse_size(args.model_size, "--model-size", minimum=1)
     if args.model:
         path = Path(args.model).expanduser()
         try:
@@ -174,7 +172,7 @@ def _print(results: list[ServerResult]) -> None:
             partial = " (the results above are partial)" if r.samples else ""
             con.print(f"[red]{ep}: failed[/red]{partial} (see the error below)")
         for d in r.devices:
-            t = Table(title=f"device {d.index} ({format_bytes(d.total)})", title_justify="left")
+            t = Table(title=f"device {d.index} ({format_size(d.total)})", title_justify="left")
             for col in ("size", "upload MB/s", "Gbit/s", "download MB/s", "Gbit/s "):
                 t.add_column(col, justify="right", overflow="fold")
             by_size: dict[int, dict[str, tuple[float, float]]] = {}
@@ -183,7 +181,7 @@ def _print(results: list[ServerResult]) -> None:
             for n, ops in sorted(by_size.items()):
                 st, gt = ops.get("set"), ops.get("get")
                 t.add_row(
-                    format_bytes(n),
+                    format_size(n),
                     f"{st[0]:,.0f}" if st else "-",
                     f"{st[1]:.2f}" if st else "-",
                     f"{gt[0]:,.0f}" if gt else "-",
@@ -196,7 +194,7 @@ def _print(results: list[ServerResult]) -> None:
             if d.memory_restored is False:
                 con.print(
                     f"  [yellow]device {d.index}: free memory did not return to where it was "
-                    f"({format_bytes(d.free_before)} before, {format_bytes(d.free_after or 0)} "
+                    f"({format_size(d.free_before)} before, {format_size(d.free_after or 0)} "
                     "after)[/yellow]"
                 )
             if d.verified:
@@ -204,7 +202,7 @@ def _print(results: list[ServerResult]) -> None:
         if r.upload is not None:
             up = r.upload
             con.print(
-                f"  uploading {format_bytes(up.model_bytes)} takes about "
+                f"  uploading {format_size(up.model_bytes)} takes about "
                 f"[bold]{format_duration(up.seconds)}[/bold] at {up.rate_mb_per_s:,.0f} MB/s"
             )
             con.print(f"  note: {up.note}", markup=False)

@@ -1,14 +1,11 @@
 """sdrpc-build: from a stable-diffusion.cpp checkout to a cached, verified rpc-server.
 
-Exit codes: 0 ok, 2 usage, 3 pins, 4 recipe, 5 source, 6 tool missing,
-7 configure/compile, 8 verification, 9 store, 130 interrupted (Ctrl-C),
-143 terminated (SIGTERM).
+Exit codes: :data:`CODES` (listed by ``--help``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -17,33 +14,54 @@ from pathlib import Path
 from types import FrameType
 from typing import Optional
 
-from rich.table import Table
-
+from sdrpc_build.build.ci_matrix import main_ci_matrix
 from sdrpc_build.build.pins import Pin, SdPins, is_full_sha, parse_max_name_value, read_sd_tree
-from sdrpc_build.build.pipeline import BuildOptions, BuildResult, build, dry_run
-from sdrpc_build.build.plan import configure_argv, parse_define
+from sdrpc_build.build.pipeline import BuildOptions, build, dry_run
+from sdrpc_build.build.plan import parse_define
 from sdrpc_build.build.recipes import list_recipes
+from sdrpc_build.build.remote import RemoteConfig, read_remote_ref
 from sdrpc_build.build.source import DEFAULT_LLAMA_REPO
 from sdrpc_build.build.store import list_manifests
 from sdrpc_build.build.url import SecretUrl
-from sdrpc_build.cli._common import Parser, err_console, out_console, run_parsed
-from sdrpc_build.cli.build_report import build_reporter, print_table
-from sdrpc_build.errors import EXIT_CODES, PinsError, Terminated, UsageError
+from sdrpc_build.build.wheel import build_wheel
+from sdrpc_build.cli._common import Parser, run_parsed
+from sdrpc_build.cli.build_report import (
+    build_reporter,
+    print_backends,
+    print_builds,
+    print_dry_run,
+    print_pins,
+    print_result,
+)
+from sdrpc_build.errors import ExitCode, PinsError, Terminated, UsageError
 from sdrpc_build.paths import artifacts_dir, cache_dir, shown_path
 
-__all__ = ["main", "make_parser"]
+__all__ = ["CODES", "main", "make_parser"]
 
 PROG = "sdrpc-build"
+#: what sdrpc-build may exit with
+CODES = (
+    ExitCode.OK,
+    ExitCode.INTERNAL,
+    ExitCode.USAGE,
+    ExitCode.PINS,
+    ExitCode.RECIPE,
+    ExitCode.SOURCE,
+    ExitCode.TOOL,
+    ExitCode.BUILD,
+    ExitCode.VERIFY,
+    ExitCode.STORE,
+    ExitCode.INTERRUPTED,
+    ExitCode.TERMINATED,
+)
 
 
 def make_parser() -> argparse.ArgumentParser:
-    codes = "\n".join(f"  {k:>3}  {v}" for k, v in EXIT_CODES.items())
     p = Parser(
         prog=PROG,
         description="Build a ggml rpc-server that matches a stable-diffusion.cpp client, "
         "cache it, and verify it with a real handshake.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"exit codes:\n{codes}",
+        exit_codes=CODES,
     )
     src = p.add_argument_group("pins (where the client's requirements come from)")
     src.add_argument(
@@ -154,8 +172,6 @@ def _pins(args: argparse.Namespace, env: Mapping[str, str]) -> SdPins:
     if args.max_name is not None:
         max_name = parse_max_name_value(args.max_name, "--max-name", UsageError)
     if args.sd_ref:
-        from sdrpc_build.build.remote import RemoteConfig, read_remote_ref
-
         cfg = RemoteConfig.from_env(env, api=args.github_api, raw=args.github_raw)
         return read_remote_ref(args.sd_ref, cfg, llama_commit=args.llama_commit, max_name=max_name)
     if args.sd_cpp is None and args.llama_commit is not None:
@@ -231,165 +247,30 @@ def _options(args: argparse.Namespace, env: Mapping[str, str]) -> BuildOptions:
     )
 
 
-def _print_pins(pins: SdPins) -> None:
-    t = Table(title="pins", show_header=True)
-    t.add_column("pin")
-    t.add_column("value")
-    t.add_column("from")
-    for name, d in pins.as_dict().items():
-        t.add_row(name, "unknown" if d["value"] is None else str(d["value"]), str(d["source"]))
-    print_table(t)
-
-
-def _result_json(res: BuildResult) -> dict[str, object]:
-    m = res.manifest
-    return {
-        "binary": str(m.binary),
-        "manifest": str(m.path / "manifest.json"),
-        "key": m.key,
-        "commit": m.commit,
-        "backend": m.backend,
-        "max_name": m.max_name,
-        "target": m.target,
-        "protocol": m.protocol,
-        "cache_hit": res.cache_hit,
-        "verified": m.verified,
-        "seconds": round(res.seconds, 3),
-        "warnings": list(res.warnings),
-    }
-
-
 def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.ci_matrix:
-        from sdrpc_build.build.ci_matrix import main_ci_matrix
-
         return main_ci_matrix()
     if args.list_backends:
-        recipes = list_recipes()
-        if args.json:
-            print(
-                json.dumps(
-                    [
-                        {
-                            "backend": r.name,
-                            "description": r.description,
-                            "platforms": list(r.platforms),
-                            "tools": [t.name for t in r.tools],
-                        }
-                        for r in recipes
-                    ]
-                )
-            )
-            return 0
-        t = Table(title="backends")
-        for col in ("backend", "platforms", "needs", "description"):
-            t.add_column(col)
-        for r in recipes:
-            t.add_row(
-                r.name,
-                ", ".join(r.platforms),
-                ", ".join(x.name for x in r.tools) or "-",
-                r.description,
-            )
-        out_console().print(t)
+        print_backends(list_recipes(), args.json)
         return 0
     if args.list:
-        ms = list_manifests(artifacts_dir(cache_dir(env, args.cache_dir)))
-        if args.json:
-            print(
-                json.dumps(
-                    [
-                        {
-                            "key": m.key,
-                            "binary": str(m.binary),
-                            "backend": m.backend,
-                            "commit": m.commit,
-                            "max_name": m.max_name,
-                            "protocol": m.protocol,
-                            "created": m.created,
-                            "verified": m.verified,
-                        }
-                        for m in ms
-                    ]
-                )
-            )
-            return 0
-        t = Table(title="cached builds (newest first)")
-        for col in ("key", "backend", "commit", "max_name", "protocol", "verified", "created"):
-            t.add_column(col)
-        for m in ms:
-            t.add_row(
-                m.key,
-                m.backend,
-                m.commit,
-                str(m.max_name),
-                m.protocol,
-                "yes" if m.verified else "no",
-                m.created,
-            )
-        print_table(t)
+        print_builds(list_manifests(artifacts_dir(cache_dir(env, args.cache_dir))), args.json)
         return 0
     opts = _options(args, env)  # usage errors first: before any network access
     pins = _pins(args, env)
     if args.dry_run:
-        plan, notes = dry_run(pins, opts, env)
-        build_dir = opts.cache_root / "builds" / plan.key
-        src = opts.llama_src or (opts.cache_root / "sources" / pins.llama_commit.value)
-        cfg = configure_argv(plan, "cmake", src, build_dir, None)
-        target = plan.target or "<target read from the fetched tree>"
-        bld = ["cmake", "--build", str(build_dir), "--target", target, "--config", "Release"]
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "pins": pins.as_dict(),
-                        "plan": plan.describe(),
-                        "configure": cfg,
-                        "build": bld,
-                        "notes": notes,
-                    },
-                    indent=2,
-                )
-            )
-            return 0
-        _print_pins(pins)
-        con = out_console()
-        con.print(f"plan key: {plan.key}")
-        for n in (*plan.notes, *notes):
-            con.print(f"note: {n}")
-        con.print("configure: " + " ".join(cfg))
-        con.print("build:     " + " ".join(bld))
+        print_dry_run(pins, dry_run(pins, opts, env), args.json)
         return 0
-    err = err_console()
     if not args.json:
-        _print_pins(pins)
+        print_pins(pins)
     with build_reporter(PROG) as reporter:
         res = build(pins, opts, env, reporter)
     wheel_path: Optional[Path] = None
     if args.wheel:
-        from sdrpc_build.build.wheel import build_wheel
-
         wheel_path = build_wheel(
             res.manifest, args.out, env=env, scratch_root=opts.cache_root / "tmp"
         )
-    for w in res.warnings:
-        err.print(f"[bold yellow]warning:[/bold yellow] {w}")
-    if args.json:
-        doc = _result_json(res)
-        doc["wheel"] = str(wheel_path) if wheel_path else None
-        print(json.dumps(doc))
-        return 0
-    m = res.manifest
-    if wheel_path:
-        print(f"wheel: {wheel_path}")
-    how = "cache hit" if res.cache_hit else f"built in {res.seconds:.1f}s"
-    verified = "verified" if m.verified else "NOT verified"
-    print(
-        f"{m.target} {m.protocol} ({m.backend}, GGML_MAX_NAME={m.max_name}, "
-        f"llama.cpp {m.commit}): {how}, {verified}"
-    )
-    print(f"manifest: {m.path / 'manifest.json'}")
-    print(str(m.binary))
+    print_result(res, wheel_path, args.json)
     return 0
 
 

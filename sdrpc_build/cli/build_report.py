@@ -1,4 +1,5 @@
-"""What sdrpc-build (and quickstart) show while building, and tables that never cut values.
+"""What sdrpc-build (and quickstart) show: progress while building, pins, the dry-run plan,
+the result, the backends and the cached builds, in tables that never cut values.
 
 Progress goes to stderr everywhere: a live bar on a terminal; elsewhere (a pipe,
 a CI log, ``sdrpc quickstart``) plain lines: each phase, a compile step at most
@@ -12,10 +13,12 @@ elsewhere: keys, commits, paths and URLs are never cut.
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Optional, TextIO
 
 from rich.console import Console
@@ -23,10 +26,23 @@ from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdrpc_build.build.pipeline import Reporter
-from sdrpc_build.cli._common import err_console
+from sdrpc_build.build.pins import SdPins
+from sdrpc_build.build.pipeline import BuildResult, DryRun, Reporter
+from sdrpc_build.build.recipes import Recipe
+from sdrpc_build.build.store import MANIFEST, Manifest
+from sdrpc_build.cli._common import err_console, out_console
 
-__all__ = ["PlainReporter", "RichReporter", "build_reporter", "print_table"]
+__all__ = [
+    "PlainReporter",
+    "RichReporter",
+    "build_reporter",
+    "print_backends",
+    "print_builds",
+    "print_dry_run",
+    "print_pins",
+    "print_result",
+    "print_table",
+]
 
 #: seconds between two compile-step lines when not on a terminal
 STEP_INTERVAL = 5.0
@@ -152,3 +168,120 @@ def print_table(table: Table, file: Optional[TextIO] = None) -> None:
         if width > con.width:
             con = Console(file=file or sys.stdout, highlight=False, soft_wrap=True, width=width)
     con.print(table)
+
+
+def print_pins(pins: SdPins) -> None:
+    t = Table(title="pins", show_header=True)
+    t.add_column("pin")
+    t.add_column("value")
+    t.add_column("from")
+    for name, d in pins.as_dict().items():
+        t.add_row(name, "unknown" if d["value"] is None else str(d["value"]), str(d["source"]))
+    print_table(t)
+
+
+def print_dry_run(pins: SdPins, dry: DryRun, as_json: bool) -> None:
+    """The pins, the plan and the two commands the build would run."""
+    plan, cmds = dry.plan, dry.commands
+    if as_json:
+        doc = {
+            "pins": pins.as_dict(),
+            "plan": plan.describe(),
+            "configure": list(cmds.configure),
+            "build": list(cmds.build),
+            "notes": list(dry.notes),
+        }
+        print(json.dumps(doc, indent=2))
+        return
+    print_pins(pins)
+    con = out_console()
+    con.print(f"plan key: {plan.key}")
+    for n in (*plan.notes, *dry.notes):
+        con.print(f"note: {n}")
+    con.print("configure: " + " ".join(cmds.configure))
+    con.print("build:     " + " ".join(cmds.build))
+
+
+def print_result(res: BuildResult, wheel: Optional[Path], as_json: bool) -> None:
+    """Warnings on stderr; the JSON object, or a summary line, the manifest and the binary."""
+    for w in res.warnings:
+        err_console().print(f"[bold yellow]warning:[/bold yellow] {w}")
+    m = res.manifest
+    if as_json:
+        doc = {
+            "binary": str(m.binary),
+            "manifest": str(m.path / MANIFEST),
+            "key": m.key,
+            "commit": m.commit,
+            "backend": m.backend,
+            "max_name": m.max_name,
+            "target": m.target,
+            "protocol": m.protocol,
+            "cache_hit": res.cache_hit,
+            "verified": m.verified,
+            "seconds": round(res.seconds, 3),
+            "warnings": list(res.warnings),
+            "wheel": str(wheel) if wheel else None,
+        }
+        print(json.dumps(doc))
+        return
+    if wheel:
+        print(f"wheel: {wheel}")
+    how = "cache hit" if res.cache_hit else f"built in {res.seconds:.1f}s"
+    verified = "verified" if m.verified else "NOT verified"
+    print(
+        f"{m.target} {m.protocol} ({m.backend}, GGML_MAX_NAME={m.max_name}, "
+        f"llama.cpp {m.commit}): {how}, {verified}"
+    )
+    print(f"manifest: {m.path / MANIFEST}")
+    print(str(m.binary))
+
+
+def print_backends(recipes: Sequence[Recipe], as_json: bool) -> None:
+    """``--list-backends``."""
+    if as_json:
+        rows = [
+            {
+                "backend": r.name,
+                "description": r.description,
+                "platforms": list(r.platforms),
+                "tools": [t.name for t in r.requires],
+            }
+            for r in recipes
+        ]
+        print(json.dumps(rows))
+        return
+    t = Table(title="backends")
+    for col in ("backend", "platforms", "needs", "description"):
+        t.add_column(col)
+    for r in recipes:
+        needs = ", ".join(x.name for x in r.requires) or "-"
+        t.add_row(r.name, ", ".join(r.platforms), needs, r.description)
+    out_console().print(t)
+
+
+def print_builds(manifests: Sequence[Manifest], as_json: bool) -> None:
+    """``--list``: the cached builds, newest first."""
+    if as_json:
+        rows = [
+            {
+                "key": m.key,
+                "binary": str(m.binary),
+                "backend": m.backend,
+                "commit": m.commit,
+                "max_name": m.max_name,
+                "protocol": m.protocol,
+                "created": m.created,
+                "verified": m.verified,
+            }
+            for m in manifests
+        ]
+        print(json.dumps(rows))
+        return
+    t = Table(title="cached builds (newest first)")
+    for col in ("key", "backend", "commit", "max_name", "protocol", "verified", "created"):
+        t.add_column(col)
+    for m in manifests:
+        verified = "yes" if m.verified else "no"
+        t.add_row(m.key, m.backend, m.commit, str(m.max_name), m.protocol, verified, m.created)
+    print_table(t)

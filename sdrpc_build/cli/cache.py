@@ -25,9 +25,9 @@ from sdrpc_build.build.diskuse import (
 )
 from sdrpc_build.build.store import list_manifests
 from sdrpc_build.cli._common import Parser, out_console, run_parsed
-from sdrpc_build.errors import UsageError
-from sdrpc_build.launch.cache import format_size
+from sdrpc_build.errors import ExitCode, UsageError
 from sdrpc_build.paths import artifacts_dir, cache_dir
+from sdrpc_build.units import format_size
 
 __all__ = ["DEFAULT_KEEP", "main"]
 
@@ -47,6 +47,7 @@ def make_parser() -> argparse.ArgumentParser:
         description="Show what sdrpc keeps on disk, per kind, and reclaim space with --prune.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(f"  {c:<10} {what}" for c, (_f, what) in CATEGORIES.items()),
+        exit_codes=(ExitCode.OK, ExitCode.USAGE, ExitCode.STORE, ExitCode.INTERRUPTED),
     )
     p.add_argument("--cache-dir", help="sdrpc's cache root (env SDRPC_CACHE_DIR)")
     p.add_argument(

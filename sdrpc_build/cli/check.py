@@ -52,7 +52,7 @@ from rich.text import Text
 
 from sdrpc_build.build import pins
 from sdrpc_build.cli._common import Parser, out_console, run_parsed
-from sdrpc_build.errors import PinsError, ProtocolError, UsageError
+from sdrpc_build.errors import ExitCode, PinsError, ProtocolError, UsageError
 from sdrpc_build.protocol.compat import (
     ClientSpec,
     MappedDevice,
@@ -69,15 +69,15 @@ from sdrpc_build.protocol.tensor import usable_max_name
 __all__ = ["EXIT_CODES", "main"]
 
 PROG = "sdrpc-check"
-EXIT_CODES: dict[VerdictKind, int] = {
-    "compatible": 0,
-    "reachable": 0,
-    "incompatible": 10,
-    "unreachable": 11,
-    "busy": 12,
-    "slow": 12,
-    "not-rpc": 13,
-    "error": 14,
+EXIT_CODES: dict[VerdictKind, ExitCode] = {
+    "compatible": ExitCode.OK,
+    "reachable": ExitCode.OK,
+    "incompatible": ExitCode.INCOMPATIBLE,
+    "unreachable": ExitCode.UNREACHABLE,
+    "busy": ExitCode.BUSY,
+    "slow": ExitCode.BUSY,
+    "not-rpc": ExitCode.NOT_RPC,
+    "error": ExitCode.PROTOCOL,
 }
 LABELS: dict[VerdictKind, str] = {
     "compatible": "compatible",
@@ -100,10 +100,10 @@ def _parser() -> argparse.ArgumentParser:
     p = Parser(
         prog=PROG,
         description="Check ggml RPC servers against a stable-diffusion.cpp client.",
-        epilog="exit codes: 0 all compatible (or reachable, when no client is given), "
-        "2 usage, 3 bad --sd-cpp pins, 10 incompatible, 11 unreachable, 12 busy or too slow, "
-        "13 not a ggml RPC server, 14 protocol error (including impossible values such as "
-        "free memory above total or alignment 0)",
+        epilog="when several exit codes apply, the highest wins",
+        exit_codes=sorted(
+            {ExitCode.USAGE, ExitCode.PINS, ExitCode.INTERRUPTED, *EXIT_CODES.values()}
+        ),
     )
     p.add_argument(
         "endpoints",

@@ -1,8 +1,7 @@
 """sdrpc doctor: which backends can this machine build, and what to install for the others.
 
 Exit codes: 0 every requested backend can be built (without ``--backend``: at
-least one can), 2 usage, 4 unknown backend, 6 a requested backend cannot be
-built here.
+least one can); the others are listed by ``--help``.
 """
 
 from __future__ import annotations
@@ -19,10 +18,11 @@ from rich.table import Table
 
 from sdrpc_build.build.doctor import DoctorReport, diagnose, system_probes
 from sdrpc_build.build.doctor.preflight import blocked_error
-from sdrpc_build.build.recipes import Recipe, list_recipes, suggest
+from sdrpc_build.build.recipe_checks import suggest
+from sdrpc_build.build.recipes import Recipe, list_recipes
 from sdrpc_build.build.toolchain import current_platform
 from sdrpc_build.cli._common import Parser, out_console, run_parsed
-from sdrpc_build.errors import RecipeError, ToolError
+from sdrpc_build.errors import ExitCode, RecipeError, ToolError
 from sdrpc_build.paths import cache_dir
 
 __all__ = ["main", "make_parser"]
@@ -38,8 +38,13 @@ def make_parser() -> argparse.ArgumentParser:
         description="Check this machine for the tools each backend needs (cmake, compilers, "
         "nvcc, Vulkan SDK, hipcc, ...), say how to install what is missing, and list the "
         "backends that can be built here.",
-        epilog="exit codes: 0 ok, 2 usage, 4 unknown backend, 6 a requested backend cannot be "
-        "built here (without --backend: none can)",
+        exit_codes=(
+            ExitCode.OK,
+            ExitCode.USAGE,
+            ExitCode.RECIPE,
+            ExitCode.TOOL,
+            ExitCode.INTERRUPTED,
+        ),
     )
     p.add_argument(
         "--backend",

@@ -40,7 +40,7 @@ from sdrpc_build.cli.launch_ctl import main as control_main
 from sdrpc_build.cli.launch_detach import detach
 from sdrpc_build.cli.launch_report import PROG, ChildReporter, Reporter, security_warning
 from sdrpc_build.cli.launch_wiring import BUILDS, readiness_check
-from sdrpc_build.errors import UsageError
+from sdrpc_build.errors import ServerFatalError, UsageError
 from sdrpc_build.launch import settings
 from sdrpc_build.launch.child import DetachedChild
 from sdrpc_build.launch.config import (
@@ -49,7 +49,6 @@ from sdrpc_build.launch.config import (
     load_config,
     supervision_policy,
 )
-from sdrpc_build.launch.errors import ServerFatalError
 from sdrpc_build.launch.instance import DEFAULT_INSTANCE
 from sdrpc_build.launch.ports import ensure_port_free, pick_free_port
 from sdrpc_build.launch.procs import line_buffer_prefix, list_devices

@@ -20,10 +20,10 @@ from rich.markup import escape
 
 from sdrpc_build.cli._common import Parser, err_console, out_console, run_parsed
 from sdrpc_build.cli.launch_report import PROG, print_device_map, row_json
+from sdrpc_build.errors import NotRunningError
 from sdrpc_build.launch import settings
 from sdrpc_build.launch.activity import Activity
 from sdrpc_build.launch.control import stop_named
-from sdrpc_build.launch.errors import NotRunningError
 from sdrpc_build.launch.identity import LIVE, Verdict, system_table
 from sdrpc_build.launch.instance import (
     DEFAULT_INSTANCE,

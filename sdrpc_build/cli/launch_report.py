@@ -18,11 +18,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from sdrpc_build.cli._common import err_console, out_console
-from sdrpc_build.launch.cache import format_size
 from sdrpc_build.launch.child import DetachedChild
 from sdrpc_build.launch.lines import tail_line
 from sdrpc_build.launch.spec import ServerSpec, is_loopback
 from sdrpc_build.launch.supervisor import DeviceRow, Event
+from sdrpc_build.units import format_size
 
 __all__ = [
     "PROG",

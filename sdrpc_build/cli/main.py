@@ -8,12 +8,14 @@ import never affects the others.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from collections.abc import Callable
 from typing import Optional, cast
 
 from sdrpc_build import __version__
+from sdrpc_build.errors import ExitCode
 
 __all__ = ["COMMANDS", "main"]
 
@@ -56,22 +58,20 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"{PROG}: hint: '{PROG} --help' lists the commands: {', '.join(COMMANDS)}",
             file=sys.stderr,
         )
-        return 2
+        return ExitCode.USAGE
     if args[0] in ("-h", "--help", "help"):
         print(_usage())
-        return 0
+        return ExitCode.OK
     if args[0] == "--version":
         print(f"{PROG} {__version__}")
-        return 0
+        return ExitCode.OK
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        import difflib
-
         close = difflib.get_close_matches(name, list(COMMANDS), n=1, cutoff=0.5)
         maybe = f" (did you mean {close[0]!r}?)" if close else ""
         print(f"{PROG}: error: unknown command {name!r}{maybe}", file=sys.stderr)
         print(f"{PROG}: hint: commands: {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         entry = _load(COMMANDS[name][0])
     except ImportError as exc:
@@ -80,7 +80,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"{PROG}: hint: reinstall sdrpc (python -m pip install --force-reinstall sdrpc)",
             file=sys.stderr,
         )
-        return 1
+        return ExitCode.INTERNAL
     return entry(rest)
 
 

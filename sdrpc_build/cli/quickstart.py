@@ -9,6 +9,7 @@ it with the ggml RPC protocol, print the sd-cli command line, and stop it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -22,13 +23,16 @@ from sdrpc_build.build.pins import Pin, SdPins
 from sdrpc_build.build.pipeline import BuildOptions, build
 from sdrpc_build.cli._common import Parser, run_parsed
 from sdrpc_build.cli.build_report import build_reporter
-from sdrpc_build.errors import LaunchError
+from sdrpc_build.errors import ExitCode, LaunchError
 from sdrpc_build.launch.procs import stop_process
 from sdrpc_build.paths import cache_dir
+from sdrpc_build.run import run
 
 __all__ = ["DEFAULT_PINS", "main"]
 
 PROG = "sdrpc quickstart"
+#: seconds the check step may take (sdrpc-check itself ends within 9 s by default)
+CHECK_TIMEOUT = 60.0
 DEFAULT_SDIST = "llama-cpp-python==0.3.35"
 _EMBEDDED = "embedded default (sd.cpp master 2026-08, RPC 5.x)"
 DEFAULT_PINS = SdPins(
@@ -106,16 +110,16 @@ def _body(args: argparse.Namespace) -> int:
         say(f"[3/3] sdrpc-check {endpoint} {' '.join(expect)}")
         check_argv = [sys.executable, "-m", "sdrpc_build.cli.check", endpoint, *expect]
         if args.json:
-            done = subprocess.run(
-                [*check_argv, "--json"], check=False, stdout=subprocess.PIPE, text=True
-            )
-            rc = done.returncode
-            try:
-                report: Any = json.loads(done.stdout)
-            except ValueError:
-                report = None
-        else:
-            rc = subprocess.run(check_argv, check=False).returncode
+            check_argv.append("--json")
+        # sdrpc-check ends within 3 x its --timeout; CHECK_TIMEOUT only guards against a hang
+        done = run(check_argv, timeout=CHECK_TIMEOUT, capture=args.json)
+        sys.stderr.write(done.stderr)
+        rc = ExitCode.BUSY if done.returncode is None else done.returncode
+        if done.problem:
+            say(f"      sdrpc-check: {done.problem}")
+        report: Any = None
+        with contextlib.suppress(ValueError):
+            report = json.loads(done.stdout) if args.json else None
         ok = rc == 0
         if ok:
             say(f"sd-cli --rpc-servers {endpoint} --backend RPC0 ...")
@@ -144,7 +148,17 @@ def _body(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = Parser(prog=PROG, description=__doc__)
+    p = Parser(
+        prog=PROG,
+        description=__doc__,
+        exit_codes=(
+            ExitCode.OK,
+            ExitCode.USAGE,
+            *(c for c in ExitCode if ExitCode.PINS <= c <= ExitCode.PROTOCOL),
+            ExitCode.LAUNCH,
+            ExitCode.INTERRUPTED,
+        ),
+    )
     p.add_argument("--cache-dir", type=Path, help="cache root (env SDRPC_CACHE_DIR)")
     p.add_argument("-p", "--port", type=int, default=0, help="port (default 0: a free one)")
     p.add_argument(

@@ -14,20 +14,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdrpc_build.launch.settings import parse_size
+from sdrpc_build.units import format_size, parse_size
 
 __all__ = ["CacheEntry", "PruneResult", "cache_entries", "format_size", "parse_size", "prune"]
 
 _HASH_NAME = re.compile(r"^[0-9a-f]{16}$")
-
-
-def format_size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
+from sdrpc_build.errors import LaunchConfigError
 from sdrpc_build.launch import settings
-from sdrpc_build.launch.errors import LaunchConfigError
 from sdrpc_build.launch.private import show_path
 from sdrpc_build.launch.settings import (
     DEFAULT_HOST,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from sdrpc_build.launch.errors import NotRunningError, StopError
+from sdrpc_build.errors import NotRunningError, StopError
 from sdrpc_build.launch.identity import (
     LIVE,
     ProcessIdentity,

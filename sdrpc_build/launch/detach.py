@@ -31,9 +31,8 @@ from typing import Any, Optional
 
 from filelock import FileLock, Timeout
 
-from sdrpc_build.errors import LaunchError, UsageError
+from sdrpc_build.errors import DetachedStartError, InstanceRunningError, UsageError
 from sdrpc_build.launch.child import event_from_wire
-from sdrpc_build.launch.errors import InstanceRunningError
 from sdrpc_build.launch.identity import (
     LIVE,
     ProcessIdentity,
@@ -71,25 +70,6 @@ __all__ = [
 SLACK = 90.0
 LOG_TAIL = 20
 HEADER = "=== "  # starts the supervisor log's line for each start
-
-
-class DetachedStartError(LaunchError):
-    """The detached supervisor failed to start; carries its exit code, pid and log."""
-
-    def __init__(
-        self,
-        message: str,
-        hint: Optional[str],
-        details: Optional[str],
-        exit_code: int,
-        *,
-        supervisor_pid: int,
-        log: Path,
-    ) -> None:
-        super().__init__(message, hint, details)
-        self.exit_code = exit_code
-        self.supervisor_pid = supervisor_pid
-        self.log = log
 
 
 @dataclass(frozen=True)

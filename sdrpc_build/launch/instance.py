@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Optional, cast
 
-from sdrpc_build.errors import UsageError
+from sdrpc_build.errors import StateFileError, UsageError
 from sdrpc_build.launch import settings
 from sdrpc_build.launch.identity import ProcessIdentity
 from sdrpc_build.launch.private import private_dir, private_fd, show_path
@@ -49,10 +49,6 @@ InstancePhase = Literal["starting", "running"]
 ServerPhase = Literal["starting", "ready", "restarting", "fatal", "stopped"]
 _INSTANCE_PHASES: tuple[InstancePhase, ...] = ("starting", "running")
 _SERVER_PHASES: tuple[ServerPhase, ...] = ("starting", "ready", "restarting", "fatal", "stopped")
-
-
-class StateFileError(ValueError):
-    """A state file that cannot be read or does not validate."""
 
 
 @dataclass(frozen=True)

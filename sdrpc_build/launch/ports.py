@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from sdrpc_build.launch.errors import PortInUseError
+from sdrpc_build.errors import PortInUseError
 
 __all__ = [
     "PortHolder",

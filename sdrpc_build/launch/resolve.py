@@ -14,10 +14,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from sdrpc_build.errors import SdrpcError, StoreError, UsageError
+from sdrpc_build.errors import (
+    DeviceError,
+    LaunchConfigError,
+    NoServerBinaryError,
+    SdrpcError,
+    StoreError,
+    UsageError,
+)
 from sdrpc_build.launch.banner import BannerDevice
 from sdrpc_build.launch.config import ServerOptions
-from sdrpc_build.launch.errors import DeviceError, LaunchConfigError, NoServerBinaryError
 from sdrpc_build.launch.private import show_path
 from sdrpc_build.launch.spec import (
     Resolver,

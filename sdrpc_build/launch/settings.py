@@ -19,10 +19,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Generic, Literal, Optional, TypeVar, Union, cast
 
-from sdrpc_build.errors import UsageError
+from sdrpc_build.errors import SettingError
+from sdrpc_build.units import MAX_SIZE, parse_size
 
 __all__ = [
     "DEFAULT_HOST",
@@ -61,7 +61,6 @@ DEFAULT_RESTART: RestartPolicy = "on-failure"
 
 MAX_SECONDS = 86400.0  # one day: any timeout or window longer than that is a typo
 MAX_THREADS = 4096
-MAX_SIZE = 1 << 60  # 1 EiB
 _DIGITS = 30  # more digits than any valid value has: refuse before converting
 _INT = re.compile(rf"[+-]?[0-9]{{1,{_DIGITS}}}", re.ASCII)
 _FLOAT = re.compile(
@@ -69,16 +68,7 @@ _FLOAT = re.compile(
     r"(?:[eE][+-]?[0-9]{1,3})?",
     re.ASCII,
 )
-_SIZE = re.compile(
-    rf"\s*([0-9]{{1,{_DIGITS}}}(?:\.[0-9]{{1,{_DIGITS}}})?)\s*([kmgtpe]?)(i?b?)\s*",
-    re.ASCII | re.IGNORECASE,
-)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
 N = TypeVar("N", int, float)
-
-
-class SettingError(UsageError):
-    """A setting out of range or not a number; the message names the flag or key."""
 
 
 def _show(v: object) -> str:
@@ -252,21 +242,6 @@ def threads(v: object, name: str) -> int:
             hint="e.g. the number of physical cores",
         )
     )
-
-
-def parse_size(v: object, name: str = "size") -> int:
-    """``"10G"``, ``"512MiB"``, ``"1.5g"``, ``123`` -> bytes (binary units), at most 1 EiB."""
-    hint = "use a size such as 20G, 512M or 1.5T (binary units; at most 1 EiB)"
-    if isinstance(v, int) and not isinstance(v, bool):
-        value = Decimal(v)
-    else:
-        m = _SIZE.fullmatch(v) if isinstance(v, str) else None
-        if m is None:
-            raise SettingError(f"{name}: invalid size {_show(v)}", hint=hint)
-        value = Decimal(m.group(1)) * _UNITS[m.group(2).lower()]
-    if value < 0 or value > MAX_SIZE:
-        raise SettingError(f"{name}: size {_show(v)} is out of range", hint=hint)
-    return int(value)
 
 
 def env_pair(key: str, value: str, name: str) -> tuple[str, str]:

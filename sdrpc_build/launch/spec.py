@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from sdrpc_build.errors import UsageError
-from sdrpc_build.launch.errors import HostError
+from sdrpc_build.errors import HostError, UsageError
 from sdrpc_build.launch.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+from sdrpc_build.errors import NotRunningError
 from sdrpc_build.launch.activity import Activity, read_activity
-from sdrpc_build.launch.errors import NotRunningError
 from sdrpc_build.launch.identity import LIVE, ProcessTable, Verdict
 from sdrpc_build.launch.instance import (
     InstanceState,

@@ -14,12 +14,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from sdrpc_build.errors import ProtocolError
-from sdrpc_build.protocol.codec import (
+from sdrpc_build.errors import (
+    Closed,
     CodecError,
+    NotRpcServer,
+    SizeMismatch,
+    TransportError,
+)
+from sdrpc_build.protocol.codec import (
     Dialect,
     Request,
-    SizeMismatch,
     decode_hello,
     decode_u32,
     decode_u64,
@@ -28,13 +32,9 @@ from sdrpc_build.protocol.codec import (
 )
 from sdrpc_build.protocol.layouts import HELLO_ORDER, HELLO_SHAPES, HelloShapeName, Version
 from sdrpc_build.protocol.tensor import RpcTensor
-from sdrpc_build.protocol.transport import BufferLike, Closed, Connection, TransportError
+from sdrpc_build.protocol.transport import BufferLike, Connection
 
 __all__ = ["DeviceInfo", "NotRpcServer", "RpcClient"]
-
-
-class NotRpcServer(ProtocolError):
-    """The peer does not speak (HELLO-era) ggml RPC."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from sdrpc_build.errors import CodecError, SizeMismatch
 from sdrpc_build.protocol.layouts import (
     HELLO_CAPS,
     HELLO_SHAPES,
@@ -35,7 +36,6 @@ from sdrpc_build.protocol.layouts import (
 )
 from sdrpc_build.protocol.tensor import (
     GGML_MAX_SRC,
-    CodecError,
     RpcTensor,
     pack_tensor,
     tensor_size,
@@ -65,16 +65,6 @@ _REQ = struct.Struct("<BQ")
 _DEV = struct.Struct("<I")
 _U64_U8 = struct.Struct("<QB")
 _U64X2 = struct.Struct("<QQ")
-
-
-class SizeMismatch(CodecError):
-    """A reply declared a size other than the one the request calls for."""
-
-    def __init__(self, what: str, expected: int, declared: int, head: bytes = b"") -> None:
-        super().__init__(f"{what}: expected a {expected}-byte reply, peer declared {declared}")
-        self.expected = expected
-        self.declared = declared
-        self.head = head
 
 
 # ---------------------------------------------------------------- framing

@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from sdrpc_build.errors import ProtocolError
+from sdrpc_build.errors import CodecError, TensorLayoutError
 
 __all__ = [
     "GGML_MAX_DIMS",
@@ -42,14 +42,6 @@ MAX_NAME_LIMIT = 1 << 16  # sanity bound for GGML_MAX_NAME values we accept
 # id, type, buffer, ne[4], nb[4], op, op_params[16], flags, src[10], view_src, view_offs, data
 _HEAD = struct.Struct("<QIQ4I4II16ii10QQQQ")
 assert _HEAD.size == 228
-
-
-class CodecError(ProtocolError):
-    """Bytes or values that do not form the expected ggml RPC message."""
-
-
-class TensorLayoutError(CodecError):
-    """An ``rpc_tensor`` cannot be packed or unpacked with the given name length."""
 
 
 def tensor_size(max_name: int) -> int:

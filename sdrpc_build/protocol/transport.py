@@ -35,7 +35,7 @@ import time
 from types import TracebackType
 from typing import Union
 
-from sdrpc_build.errors import ProtocolError
+from sdrpc_build.errors import Closed, Timeout, TooSlow, TransportError, Unreachable
 from sdrpc_build.protocol.codec import ReceiveBuffer
 from sdrpc_build.protocol.endpoint import format_endpoint
 
@@ -60,39 +60,6 @@ _SLACK = 0.005  # seconds: a socket timeout fires at, or a hair before, the time
 SNIFF_REQUEST = b"GET / HTTP/1.0\r\n\r\n"
 
 BufferLike = Union[bytes, bytearray, memoryview]
-
-
-class TransportError(ProtocolError):
-    """The connection failed (as opposed to bytes that make no sense)."""
-
-
-class Unreachable(TransportError):
-    """No TCP connection could be made (refused, unresolvable, timed out)."""
-
-
-class Timeout(TransportError):
-    """No (complete) reply in time; ``received`` bytes of it had arrived.
-
-    ``stalled``: nothing moved for a whole ``timeout`` (as opposed to bytes that
-    kept coming, too slowly to finish within the exchange's limit).
-    """
-
-    def __init__(self, message: str, received: int = 0, stalled: bool = False) -> None:
-        super().__init__(message)
-        self.received = received
-        self.stalled = stalled
-
-
-class TooSlow(Timeout):
-    """The connection's overall ``deadline`` passed before the operation completed."""
-
-
-class Closed(TransportError):
-    """The peer closed or reset the connection; ``received`` bytes had arrived."""
-
-    def __init__(self, message: str, received: int = 0) -> None:
-        super().__init__(message)
-        self.received = received
 
 
 def _left(until: float) -> float:

@@ -17,6 +17,8 @@ import pytest
 import servers
 from procs import alive
 
+from sdrpc_build.build.source import fetch_git
+
 pytestmark = pytest.mark.integration
 
 V5 = servers.LLAMA_SDISTS["0.3.35"][0]
@@ -665,8 +667,6 @@ def test_sigterm_stops_every_compile_job_and_keeps_nothing(
 def test_fetched_source_is_reused_without_network(
     shared_cache: Path, git_build: dict[str, object]
 ) -> None:
-    from sdrpc_build.build.source import fetch_git
-
     src = fetch_git(shared_cache / "sources", V5, "file:///nonexistent/llama.cpp.git", retries=1)
     assert src.method == "cache" and src.fetched is False
     assert src.tree == shared_cache / "sources" / V5

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sdrpc_build.build.diskuse import busy_paths, plan_prune, survey
-from sdrpc_build.build.store import install_entry, list_manifests
+from sdrpc_build.build.store import Manifest, install_entry, list_manifests
 
 
 @pytest.fixture
@@ -19,13 +19,13 @@ def root(tmp_path: Path) -> Path:
     binary = tmp_path / "ggml-rpc-server"
     shutil.copy2("/bin/sleep", binary)
     for i in range(2):
-        manifest = {
-            "backend": "cpu",
-            "commit": str(i) * 40,
-            "max_name": 160,
-            "target": "ggml-rpc-server",
-            "created": f"2026-11-2{i}T00:00:00Z",
-        }
+        manifest = Manifest(
+            backend="cpu",
+            commit=str(i) * 40,
+            max_name=160,
+            target="ggml-rpc-server",
+            created=f"2026-11-2{i}T00:00:00Z",
+        )
         install_entry(r / "artifacts", f"cpu-k{i}", binary, manifest)
         (r / "sources" / (str(i) * 40)).mkdir(parents=True)
     return r

@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 import servers
 
-from sdrpc_build.build.pipeline import prepare_build_dir
 from sdrpc_build.build.plan import BuildRequest, configure_argv, make_plan, read_tree_facts
 from sdrpc_build.build.recipes import load_recipe
 from sdrpc_build.build.source import Source
-from sdrpc_build.build.toolchain import discover_toolchain
+from sdrpc_build.build.toolchain import discover_toolchain, prepare_build_dir
 
 pytestmark = [
     pytest.mark.integration,

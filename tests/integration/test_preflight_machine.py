@@ -25,12 +25,12 @@ import pytest
 import servers
 
 from sdrpc_build.build.doctor import require_buildable
-from sdrpc_build.build.pipeline import prepare_build_dir
 from sdrpc_build.build.plan import BuildRequest, configure_argv, make_plan, read_tree_facts
 from sdrpc_build.build.recipes import list_recipes, load_recipe
 from sdrpc_build.build.source import Source
-from sdrpc_build.build.toolchain import discover_toolchain, run_logged
+from sdrpc_build.build.toolchain import discover_toolchain, prepare_build_dir
 from sdrpc_build.errors import BuildError
+from sdrpc_build.run import run_logged
 
 pytestmark = pytest.mark.integration
 

@@ -39,17 +39,17 @@ def _entry(binary: Path, tmp: Path) -> Manifest:
         m = Manifest.load(entry_dir)
         if m.commit == COMMIT and m.max_name == 64:
             return m
-    manifest = {
-        "sdrpc_version": "0.1.0",
-        "backend": "cpu",
-        "commit": COMMIT,
-        "max_name": 64,
-        "target": binary.name,
-        "protocol": "5.0.0",
-        "created": "2026-11-23T00:00:00Z",
-        "platform": "linux-x86_64",
-        "verify": {"ok": True},
-    }
+    manifest = Manifest(
+        sdrpc_version="0.1.0",
+        backend="cpu",
+        commit=COMMIT,
+        max_name=64,
+        target=binary.name,
+        protocol="5.0.0",
+        created="2026-11-23T00:00:00Z",
+        platform="linux-x86_64",
+        verify={"ok": True},
+    )
     return install_entry(tmp / "store", "cpu-test-n64", binary, manifest)
 
 

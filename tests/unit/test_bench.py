@@ -18,12 +18,10 @@ from sdrpc_build.bench.maths import (
     Sample,
     ServerResult,
     estimate_upload,
-    format_bytes,
     format_duration,
     gbit_per_s,
     mb_per_s,
     memory_restored,
-    parse_size,
     parse_sizes,
     repeats_for,
     schedule,
@@ -32,9 +30,9 @@ from sdrpc_build.bench.maths import (
 from sdrpc_build.bench.options import BenchOptions
 from sdrpc_build.bench.pattern import Pattern, payload
 from sdrpc_build.cli.bench import _parser, main
-from sdrpc_build.errors import UsageError
+from sdrpc_build.errors import Closed, UsageError
 from sdrpc_build.protocol.client import DeviceInfo
-from sdrpc_build.protocol.transport import Closed
+from sdrpc_build.units import format_size, parse_size
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 
@@ -87,7 +85,7 @@ HUGE = "9" * 400
 )
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(UsageError) as info:
-        parse_size(text, "--model-size")
+        parse_size(text, "--model-size", minimum=1)
     assert info.value.message.startswith("--model-size: ")
     assert info.value.exit_code == 2 and info.value.hint
     assert len(info.value.message) < 200
@@ -141,9 +139,9 @@ def test_memory_restored_tolerates_small_drift() -> None:
 
 
 def test_format() -> None:
-    assert format_bytes(4096) == "4 KiB"
-    assert format_bytes(round(7.2 * GIB)) == "7.2 GiB"
-    assert format_bytes(12) == "12 B"
+    assert format_size(4096) == "4 KiB"
+    assert format_size(round(7.2 * GIB)) == "7.2 GiB"
+    assert format_size(12) == "12 B"
     assert format_duration(0.25) == "250 ms"
     assert format_duration(13.04) == "13.0 s"
     assert format_duration(600) == "10.0 min"
@@ -361,12 +359,12 @@ def test_unknown_device_is_an_error() -> None:
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["h:1", "--sizes", "4X"], "--sizes: cannot read '4X'"),
-        (["h:1", "--sizes", HUGE], "--sizes: cannot read"),
-        (["h:1", "--sizes", f"{HUGE}K"], "--sizes: cannot read"),
-        (["h:1", "--model-size", "lots"], "--model-size: cannot read 'lots'"),
-        (["h:1", "--model-size", HUGE], "--model-size: cannot read"),
-        (["h:1", "--model-size", "\u0663G"], "--model-size: cannot read"),
+        (["h:1", "--sizes", "4X"], "--sizes: invalid size '4X'"),
+        (["h:1", "--sizes", HUGE], "--sizes: invalid size"),
+        (["h:1", "--sizes", f"{HUGE}K"], "--sizes: invalid size"),
+        (["h:1", "--model-size", "lots"], "--model-size: invalid size 'lots'"),
+        (["h:1", "--model-size", HUGE], "--model-size: invalid size"),
+        (["h:1", "--model-size", "\u0663G"], "--model-size: invalid size"),
         (["h:1", "--timeout", "0"], "--timeout"),
         (["h:1", "--timeout", "nan"], "--timeout"),
         (["h:1", "--timeout", "inf"], "--timeout"),

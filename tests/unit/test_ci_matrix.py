@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from sdrpc_build.build.ci_matrix import CI_BACKENDS, RUNNERS, ci_matrix, main_ci_matrix, matrix_rows
+from sdrpc_build.build.ci_matrix import RUNNERS, ci_backends, ci_matrix, main_ci_matrix, matrix_rows
 from sdrpc_build.build.recipes import Recipe, list_recipes, parse_recipe
+from sdrpc_build.errors import RecipeError
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / ".github" / "workflows"
 
 
-def _recipe(name: str, platforms: list[str]) -> Recipe:
+def _recipe(name: str, platforms: list[str], ci: str = "") -> Recipe:
     plats = ", ".join(f'"{p}"' for p in platforms)
-    data = f'platforms = [{plats}]\n[defines]\nX = "ON"\n'.encode()
+    data = f'platforms = [{plats}]\n[defines]\nX = "ON"\n{ci}'.encode()
     return parse_recipe(name, data, f"<{name}>")
 
 
@@ -68,7 +69,8 @@ def test_toolchain_and_run_flags() -> None:
 
 def test_recipe_platforms_limit_the_table() -> None:
     # a cuda recipe without windows gets no windows row, although CI could build it there
-    rows = matrix_rows([_recipe("cuda", ["linux"]), _recipe("cpu", ["linux", "windows"])])
+    ci = '[ci]\nplatforms = ["linux", "windows"]\n'
+    rows = matrix_rows([_recipe("cuda", ["linux"], ci), _recipe("cpu", ["linux", "windows"], ci)])
     assert [(r.backend, r.os) for r in rows] == [
         ("cpu", "linux"),
         ("cuda", "linux"),
@@ -96,9 +98,46 @@ def test_custom_table() -> None:
 
 def test_every_table_backend_has_a_recipe() -> None:
     names = {r.name for r in list_recipes()}
-    for platform, backends in CI_BACKENDS.items():
+    table = ci_backends(list_recipes())
+    for platform, backends in table.items():
         assert platform in RUNNERS
         assert set(backends) <= names
+    # what the recipes' [ci] tables say: the table that used to be written in Python
+    assert table == {
+        "linux": ("cpu", "vulkan", "cuda"),
+        "macos": ("metal",),
+        "windows": ("cpu", "vulkan", "cuda"),
+    }
+
+
+def test_a_new_backend_is_one_recipe_file() -> None:
+    """Its [ci] table alone gives it rows, a toolchain step and the run flag."""
+    sycl = _recipe(
+        "sycl",
+        ["linux", "windows"],
+        '[ci]\nplatforms = ["linux"]\nrun = ["linux"]\ntoolchain = "oneapi"\norder = -1\n',
+    )
+    rows = matrix_rows([*list_recipes(), sycl], backends=["sycl", "cpu"])
+    assert [(r.backend, r.os, r.toolchain, r.run) for r in rows] == [
+        ("sycl", "linux", "oneapi", True),
+        ("cpu", "linux", "none", True),
+        ("cpu", "windows", "none", True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ci", "text"),
+    [
+        ('[ci]\nrun = ["linux"]\n', "missing 'platforms'"),
+        ('[ci]\nplatforms = ["linx"]\n', "did you mean 'linux'"),
+        ('[ci]\nplatforms = ["linux"]\nrun = ["windows"]\n', "unknown value 'windows'"),
+        ('[ci]\nplatforms = ["linux"]\nrunners = 2\n', "did you mean 'run'"),
+        ('[ci]\nplatforms = ["linux"]\norder = "first"\n', "'order' must be a int"),
+    ],
+)
+def test_bad_ci_tables(ci: str, text: str) -> None:
+    with pytest.raises(RecipeError, match=text):
+        _recipe("x", ["linux"], ci)
 
 
 def test_main_prints_one_json_line() -> None:

@@ -8,24 +8,25 @@ import shutil
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from sdrpc_build.build.diskuse import busy_paths, plan_prune, remove_entries, survey
-from sdrpc_build.build.store import install_entry, list_manifests
+from sdrpc_build.build.store import Manifest, SourceRef, install_entry, list_manifests
 from sdrpc_build.cli import cache as cache_cli
 
 COMMITS = ["a" * 40, "b" * 40, "c" * 40]
 
 
 def _entry(root: Path, key: str, commit: str, created: str, binary: Path) -> None:
-    manifest = {
-        "backend": "cpu",
-        "commit": commit,
-        "max_name": 160,
-        "target": "ggml-rpc-server",
-        "created": created,
-        "source": {"method": "sdist", "origin": f"llama-cpp-python=={key[-1]}.0"},
-        "verify": {"ok": True},
-    }
+    manifest = Manifest(
+        backend="cpu",
+        commit=commit,
+        max_name=160,
+        target="ggml-rpc-server",
+        created=created,
+        source=SourceRef("sdist", f"llama-cpp-python=={key[-1]}.0"),
+        verify={"ok": True},
+    )
     install_entry(root / "artifacts", key, binary, manifest)
     (root / "builds" / key).mkdir(parents=True)
     (root / "builds" / key / "CMakeCache.txt").write_text("x" * 100)
@@ -79,8 +80,6 @@ def test_prune_keeps_a_log_that_is_open(root: Path) -> None:
 
 
 def test_remove_skips_an_entry_whose_build_lock_is_held(root: Path) -> None:
-    from filelock import FileLock
-
     (root / "locks").mkdir()
     lock = FileLock(str(root / "locks" / "cpu-k1.lock"))
     entries = [e for e in survey(root) if e.path.name in ("cpu-k1", "cpu-k2")]

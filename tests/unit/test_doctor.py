@@ -19,10 +19,12 @@ from sdrpc_build.build.doctor import (
     parse_vulkan_header_version,
     require_buildable,
 )
-from sdrpc_build.build.recipes import list_recipes, load_recipe
+from sdrpc_build.build.doctor.checks import Doctor
+from sdrpc_build.build.doctor.preflight import verdict
+from sdrpc_build.build.recipes import RUNTIME_CHECKS, list_recipes, load_recipe, parse_recipe
 from sdrpc_build.cli import build as cli_build
 from sdrpc_build.cli import doctor as cli_doctor
-from sdrpc_build.errors import ToolError
+from sdrpc_build.errors import RecipeError, ToolError
 
 GIB = 1024**3
 
@@ -398,3 +400,21 @@ def test_doctor_hints_name_only_flags_doctor_takes(
     assert len(hints) > 50
     foreign = {f: h for h in hints for f in (_flags(h) & sdrpc_flags) - has}
     assert foreign == {}
+
+
+def test_runtime_checks_come_from_the_recipe() -> None:
+    """A recipe names the driver check that says whether its server can run here."""
+    m = Machine()
+    assert {r.name: r.runtime_checks for r in list_recipes() if r.runtime_checks} == {
+        "cuda": ("nvidia-driver",),
+        "hip": ("rocm-driver",),
+        "vulkan": ("vulkan-driver",),
+    }
+    doc = Doctor(m.probes(), Path("/cache"))
+    for name in RUNTIME_CHECKS:  # every name a recipe may use is a check doctor has
+        assert doc.get(name).name == name
+    cpu = parse_recipe("mine", b'runtime_checks = ["vulkan-driver"]\n[defines]\nA = "ON"\n', "m")
+    (note,) = verdict(Doctor(m.probes(), Path("/cache")), cpu).notes
+    assert note.startswith("vulkan-driver: vulkaninfo not found")
+    with pytest.raises(RecipeError, match="did you mean 'rocm-driver'"):
+        parse_recipe("x", b'runtime_checks = ["rocm-drivers"]\n[defines]\nA = "ON"\n', "x")

@@ -18,7 +18,7 @@ from sdrpc_build.launch.cache import cache_entries, format_size, parse_size, pru
         ("10M", 10 * 1024**2),
         ("20G", 20 * 1024**3),
         ("1.5GiB", int(1.5 * 1024**3)),
-        ("2tb", 2 * 1024**4),
+        ("2tb", 2 * 1000**4),  # TB is decimal, TiB/T binary (sdrpc_build.units)
         ("512 MiB", 512 * 1024**2),
     ],
 )
@@ -34,7 +34,7 @@ def test_parse_size_rejects(text: str) -> None:
 
 def test_format_size() -> None:
     assert format_size(512) == "512 B"
-    assert format_size(3 * 1024**3) == "3.0 GiB"
+    assert format_size(3 * 1024**3) == "3 GiB"
 
 
 def _file(d: Path, name: str, size: int, used: float) -> Path:

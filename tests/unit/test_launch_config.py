@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from sdrpc_build.errors import LaunchConfigError
 from sdrpc_build.launch import settings
 from sdrpc_build.launch.config import (
     SUPERVISE_KEYS,
@@ -13,7 +14,6 @@ from sdrpc_build.launch.config import (
     parse_config,
     supervision_policy,
 )
-from sdrpc_build.launch.errors import LaunchConfigError
 from sdrpc_build.launch.settings import Policy, SettingError
 
 SEED = """

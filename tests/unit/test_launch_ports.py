@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sdrpc_build.launch.errors import PortInUseError
+from sdrpc_build.errors import PortInUseError
 from sdrpc_build.launch.ports import (
     ensure_port_free,
     find_listener,

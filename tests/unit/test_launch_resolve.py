@@ -9,10 +9,9 @@ import pytest
 
 from sdrpc_build.build.toolchain import current_platform
 from sdrpc_build.cli.launch_wiring import BUILDS
-from sdrpc_build.errors import UsageError
+from sdrpc_build.errors import DeviceError, NoServerBinaryError, PortInUseError, UsageError
 from sdrpc_build.launch.banner import BannerDevice
 from sdrpc_build.launch.config import ServerOptions
-from sdrpc_build.launch.errors import DeviceError, NoServerBinaryError, PortInUseError
 from sdrpc_build.launch.resolve import Environment, resolve_build, resolve_servers
 
 GPUS = (

@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sdrpc_build.errors import UsageError
-from sdrpc_build.launch.errors import HostError
+from sdrpc_build.errors import HostError, UsageError
 from sdrpc_build.launch.spec import (
     ServerSpec,
     backend_from_devices,

@@ -6,10 +6,14 @@ from pathlib import Path
 import pytest
 
 from sdrpc_build.build.plan import (
+    PENDING_TARGET,
+    BuildDirs,
     BuildRequest,
     TreeFacts,
     build_argv,
+    build_dirs,
     cache_key,
+    commands,
     configure_argv,
     make_plan,
     parse_define,
@@ -151,3 +155,23 @@ def test_read_tree_facts(tmp_path: Path) -> None:
     f = read_tree_facts(tmp_path)
     assert (f.target, f.server_dir, f.protocol) == ("ggml-rpc-server", "tools/rpc", (7, 0, 0))
     assert "GGML_HIP" in f.options
+
+
+def test_commands_are_what_runs_and_what_dry_run_prints() -> None:
+    """One place for the directories and both command lines, tree known or not."""
+    cache = Path("/c")
+    pending = make_plan(req(), None)
+    dirs = build_dirs(cache, pending.key, Path("/c/sources") / SHA)
+    assert dirs == BuildDirs(Path("/c/sources") / SHA, Path("/c/builds") / pending.key)
+    cmds = commands(pending, dirs, jobs=4)
+    assert cmds.configure == tuple(configure_argv(pending, "cmake", dirs.project, dirs.build))
+    assert cmds.build == (
+        "cmake", "--build", f"/c/builds/{pending.key}", "--target", PENDING_TARGET,
+        "--config", "Release", "--parallel", "4",
+    )  # fmt: skip
+    known = make_plan(req(), NEW)
+    real = commands(known, dirs, "/bin/cmake", "/bin/ninja")
+    assert real.build == tuple(build_argv(known, "/bin/cmake", dirs.build))
+    assert "ggml-rpc-server" in real.build and "-DCMAKE_MAKE_PROGRAM=/bin/ninja" in real.configure
+    exact = build_dirs(cache, "k", Path("/src"), exact=True)
+    assert exact == BuildDirs(Path("/c/builds/k.src"), Path("/c/builds/k"))

@@ -6,7 +6,8 @@ import json
 import tarfile
 from pathlib import Path
 
-from sdrpc_build.build.source import MARKER, _archive_problem, _sdist_commit, cached_source
+from sdrpc_build.build.sdist import _archive_problem, _sdist_commit
+from sdrpc_build.build.source import MARKER, cached_source
 
 SHA = "4df29be4f4c3673f428170fda944a5b19f743bb8"
 

@@ -1,35 +1,41 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sdrpc_build.build.scratch import TAG, owner_of, scratch_path
 from sdrpc_build.build.store import (
+    UNKNOWN,
+    ExactRef,
+    Manifest,
+    RecipeRef,
+    SourceRef,
+    ToolVersions,
     find_manifest,
     install_entry,
     list_manifests,
     lookup,
     prepare_cache,
-    update_manifest,
 )
 from sdrpc_build.errors import StoreError
 
 _NO_PID = 2**22 + 12345  # above Linux's pid_max: no such process
 
 
-def _manifest(created: str, backend: str = "cpu") -> dict[str, object]:
-    return {
-        "backend": backend,
-        "commit": "a" * 40,
-        "max_name": 160,
-        "protocol": "5.0.0",
-        "target": "ggml-rpc-server",
-        "created": created,
-        "platform": "linux-x86_64",
-        "verify": {"ok": True},
-    }
+def _manifest(created: str, backend: str = "cpu") -> Manifest:
+    return Manifest(
+        backend=backend,
+        commit="a" * 40,
+        max_name=160,
+        protocol="5.0.0",
+        target="ggml-rpc-server",
+        created=created,
+        platform="linux-x86_64",
+        verify={"ok": True},
+    )
 
 
 def test_install_and_lookup(tmp_path: Path) -> None:
@@ -60,7 +66,8 @@ def test_leftovers_and_damage_are_not_entries(tmp_path: Path) -> None:
     m = install_entry(arts, "k1", binary, _manifest("2026-01-01T00:00:00Z"))
     assert not killed.exists()  # cleaned by the next write, whatever its key
     (arts / "k1" / f".manifest.json{TAG}{owner.host}-{_NO_PID}-1").write_text("{")
-    assert update_manifest(m, {"note": "x"}).data["note"] == "x"
+    again = install_entry(arts, "k1", binary, replace(m, notes=("x",)))  # --force
+    assert again.notes == ("x",) and again.key == m.key
     assert sorted(p.name for p in (arts / "k1").iterdir()) == ["bin", "manifest.json"]
 
 
@@ -99,10 +106,58 @@ def test_unusable_cache_is_a_store_error(tmp_path: Path, kind: str) -> None:
 
 
 def test_listing_a_cache_that_is_a_file_is_a_store_error(tmp_path: Path) -> None:
-    from sdrpc_build.build.store import list_manifests
-    from sdrpc_build.errors import StoreError
-
     (tmp_path / "cache").write_text("")
     assert list_manifests(tmp_path / "nowhere" / "artifacts") == []
     with pytest.raises(StoreError):
         list_manifests(tmp_path / "cache" / "artifacts")
+
+
+def test_manifest_round_trip_keeps_types_and_unknown_keys(tmp_path: Path) -> None:
+    m = Manifest(
+        backend="vulkan",
+        commit="b" * 40,
+        max_name=128,
+        target="rpc-server",
+        created="2026-03-01T00:00:00Z",
+        recipe=RecipeRef("vulkan", "recipes/vulkan.toml", "c" * 64),
+        source=SourceRef("git", "https://***@example.com/llama.cpp.git"),
+        exact=ExactRef("/sd/ggml", "sha256:d"),
+        tools=ToolVersions("3.28.3", None, "cc 13", True),
+        defines=(("GGML_RPC", "ON"), ("GGML_VULKAN", "ON")),  # sorted: JSON keys are
+        notes=("a note",),
+        verify={"ok": True, "devices": ["Vulkan0"]},
+        extra={"from_a_newer_sdrpc": [1, 2]},
+        path=tmp_path,
+    )
+    doc = json.loads(m.to_json())
+    assert doc["protocol"] is None  # UNKNOWN is written as null
+    assert doc["defines"] == {"GGML_VULKAN": "ON", "GGML_RPC": "ON"}
+    assert doc["tools"] == {"cmake": "3.28.3", "ninja": None, "compiler": "cc 13", "ccache": True}
+    assert doc["from_a_newer_sdrpc"] == [1, 2] and "extra" not in doc and "path" not in doc
+    doc["key"], doc["binary"] = "k", "bin/rpc-server"
+    back = Manifest.from_dict(doc, tmp_path)
+    assert back == replace(m, key="k", binary_path="bin/rpc-server")
+    assert (
+        back.protocol == UNKNOWN
+        and back.verified
+        and back.binary == tmp_path / "bin" / "rpc-server"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "[]",
+        '{"key": "k"}',
+        '{"key": "k", "binary": "b", "backend": "cpu", '
+        '"commit": "c", "max_name": "many", "target": "t", "created": "x"}',
+        '{"key": "k", "binary": "b", "backend": "cpu", "commit": "c", "max_name": 1, '
+        '"target": "t", "created": "x", "source": {"origin": "no method"}}',
+    ],
+)
+def test_a_corrupt_manifest_is_a_store_error(tmp_path: Path, text: str) -> None:
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(StoreError, match="corrupt store entry") as info:
+        Manifest.load(tmp_path)
+    assert info.value.exit_code == 9

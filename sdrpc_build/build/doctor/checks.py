@@ -14,12 +14,13 @@ from sdrpc_build.build.doctor.requires import check_requirement
 from sdrpc_build.build.doctor.results import Check
 from sdrpc_build.build.doctor.versions import first_line, parse_version, vstr
 from sdrpc_build.build.recipes import Requirement
+from sdrpc_build.units import GIB, format_size
 
 __all__ = ["MIN_DISK_BYTES", "Doctor"]
 
 #: a source tree plus one build directory; GPU builds need more
-MIN_DISK_BYTES = 2 * 1024**3
-_GOOD_DISK_BYTES = 10 * 1024**3
+MIN_DISK_BYTES = 2 * GIB
+_GOOD_DISK_BYTES = 10 * GIB
 _MIN_CMAKE = (3, 15)
 
 
@@ -143,17 +144,19 @@ class Doctor:
         free = self.p.disk_free(root)
         if free is None:
             return Check("disk", "warning", f"cannot read free space of {root}")
-        gib = f"{free / 1024**3:.1f} GiB free in {root}"
+        gib = f"{format_size(free)} free in {root}"
         if free < MIN_DISK_BYTES:
             return Check(
                 "disk",
                 "missing",
                 gib,
-                f"free at least {MIN_DISK_BYTES // 1024**3} GiB, or point "
+                f"free at least {format_size(MIN_DISK_BYTES)}, or point "
                 "SDRPC_CACHE_DIR / --cache-dir at a larger disk",
             )
         if free < _GOOD_DISK_BYTES:
-            return Check("disk", "warning", gib + " (GPU builds want 10 GiB)")
+            return Check(
+                "disk", "warning", f"{gib} (GPU builds want {format_size(_GOOD_DISK_BYTES)})"
+            )
         return Check("disk", "ok", gib)
 
     def _nvidia_driver(self) -> Check:

@@ -30,12 +30,6 @@ __all__ = ["ADVISORY", "REQUIRED", "blocked_error", "require_buildable", "verdic
 REQUIRED = ("cmake", "c-compiler", "cxx-compiler", "git", "disk")
 #: machine-wide checks that only warn (the build works without them, slower)
 ADVISORY = ("ninja", "ccache")
-#: run-time checks per backend: a build works without them, the server then finds no device
-_RUNTIME: Mapping[str, tuple[str, ...]] = {
-    "cuda": ("nvidia-driver",),
-    "vulkan": ("vulkan-driver",),
-    "hip": ("rocm-driver",),
-}
 _NONE: Mapping[str, str] = MappingProxyType({})
 
 
@@ -77,7 +71,8 @@ def verdict(
         elif req.kind == "tool" and c.path:
             tools[req.name] = c.path
     notes = []
-    for name in _RUNTIME.get(recipe.name, ()) if runtime else ():
+    # the recipe's runtime_checks: a build works without them, the server then finds no device
+    for name in recipe.runtime_checks if runtime else ():
         c = doc.get(name)
         if c.status != "ok":
             notes.append(f"{name}: {c.detail} (builds, but cannot run here)")

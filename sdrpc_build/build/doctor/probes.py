@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import platform as _platform
 import shutil
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["Probes", "multiarch", "system_probes"]
+from sdrpc_build.run import run
+
+__all__ = ["PROBE_TIMEOUT", "Probes", "multiarch", "system_probes"]
+
+#: seconds one probe command (``nvcc --version``, ``vulkaninfo --summary``) may take
+PROBE_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
@@ -33,13 +37,8 @@ class Probes:
 
 
 def _run(argv: Sequence[str]) -> Optional[str]:
-    try:
-        proc = subprocess.run(
-            list(argv), capture_output=True, text=True, errors="replace", timeout=20, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout + proc.stderr if proc.returncode == 0 else None
+    done = run(argv, timeout=PROBE_TIMEOUT)
+    return done.stdout + done.stderr if done.ok else None
 
 
 def _read_text(path: Path) -> Optional[str]:
@@ -51,11 +50,11 @@ def _read_text(path: Path) -> Optional[str]:
 
 def _disk_free(path: Path) -> Optional[int]:
     for p in (path, *path.parents):
-        try:
-            if p.exists():
+        if os.path.exists(p):  # False, not OSError, for a name too long (Python 3.11)
+            try:
                 return shutil.disk_usage(p).free
-        except OSError:  # a name too long, a permission: no answer, not a crash
-            return None
+            except OSError:  # a permission: no answer, not a crash
+                return None
     return None
 
 
