@@ -33,8 +33,7 @@ N_SERVERS = 8
 
 
 def _start(binary: Path, n: int) -> list[tuple[int, subprocess.Popen[bytes]]]:
-    from conftest import wait_accepting
-    from procs import free_port
+    from procs import free_port, wait_accepting
 
     out = []
     for _ in range(n):

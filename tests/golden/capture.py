@@ -114,8 +114,7 @@ def capture(port: int, max_name: int) -> tuple[tuple[int, int, int], list[dict[s
 
 def main(version: str, max_name: int) -> Path:
     import servers
-    from conftest import wait_accepting
-    from procs import free_port
+    from procs import free_port, wait_accepting
 
     binary = servers.build_server(version, max_name)
     port = free_port()
