@@ -9,6 +9,7 @@ from PyPI (the only reachable source of real llama.cpp trees); their
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from sdrpc_build.build.pins import Pin, SdPins
+from sdrpc_build.build.pipeline import BuildOptions, build
 from sdrpc_build.build.sdist import safe_members
 
 __all__ = [
@@ -130,9 +133,6 @@ def build_server(
 
     CPU by default; ``backend``/``defines`` are sdrpc-build's ``--backend``/``-D``.
     """
-    from sdrpc_build.build.pins import Pin, SdPins
-    from sdrpc_build.build.pipeline import BuildOptions, build
-
     commit = LLAMA_SDISTS[version][0]
     pins = SdPins(
         llama_commit=Pin(commit, "test"),
@@ -155,7 +155,5 @@ def build_server(
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / f"llama_cpp_python-{version}.tar.gz"
     if not archive.exists():
-        import shutil
-
         shutil.copy2(sdist_path("llama-cpp-python", version), archive)
     return build(pins, opts, os.environ).manifest.binary

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import sdrpc_build.cli.bench as cli_bench
 from sdrpc_build.bench.failures import BenchError
 from sdrpc_build.bench.link import bench_with_client
 from sdrpc_build.bench.maths import (
@@ -403,7 +404,7 @@ def test_cli_usage_errors(argv: list[str], needle: str, capsys: pytest.CaptureFi
 def test_cli_failed_server_with_ipv6_endpoint_is_shown(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sdrpc_build.cli.bench as cli
+    cli = cli_bench
 
     def fail(host: str, port: int, opts: BenchOptions, progress: Any = None) -> ServerResult:
         partial = ServerResult(

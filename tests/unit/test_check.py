@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import sdrpc_build.cli.check as cli
+from sdrpc_build.build import pins as build_pins
 from sdrpc_build.errors import UsageError
 from sdrpc_build.protocol.client import DeviceInfo
 from sdrpc_build.protocol.compat import (
@@ -392,7 +393,7 @@ def test_cli_sd_cpp_pins_and_override(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from sdrpc_build.build import pins
+    pins = build_pins
 
     seen: list[Path] = []
 
