@@ -16,12 +16,13 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
+
+from sdrpc_build.run import run
 
 __all__ = [
     "LIVE",
@@ -112,19 +113,8 @@ PsRunner = Callable[[Sequence[str]], Optional[str]]
 
 
 def _run_ps(argv: Sequence[str]) -> Optional[str]:
-    try:
-        proc = subprocess.run(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            env={"LC_ALL": "C", "PATH": os.defpath},
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return proc.stdout if proc.returncode == 0 else None
+    done = run(argv, timeout=10, env={"LC_ALL": "C", "PATH": os.defpath})
+    return done.stdout if done.ok else None
 
 
 def ps_reader(ps: str, run: PsRunner = _run_ps) -> InfoReader:

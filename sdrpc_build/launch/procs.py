@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from sdrpc_build.launch.banner import BannerDevice, parse_device_list
+from sdrpc_build.run import run
 
 __all__ = [
     "Child",
@@ -161,18 +162,10 @@ def list_devices(
     rpc-server has no ``--list-devices``; asking for an unknown device makes it print the list
     and exit 1 without opening a socket.
     """
-    try:
-        proc = subprocess.run(
-            [str(binary), "-d", _LIST_PROBE_DEVICE],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=dict(env),
-            timeout=timeout,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+    done = run([str(binary), "-d", _LIST_PROBE_DEVICE], timeout=timeout, env=env)
+    if done.returncode is None:  # could not start, or no answer in time
         return None
-    out = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+    out = done.stdout + done.stderr
     if f"unknown device: {_LIST_PROBE_DEVICE}" not in out:
         return None
     return parse_device_list(out)
