@@ -151,6 +151,11 @@ EXIT_CODES: dict[int, str] = {
     27: "sdrpc-launch status/stop: the instance is not running",
     28: "sdrpc-launch --detach: an instance of that name is already running",
     29: "sdrpc-launch stop: a process could not be stopped",
+    40: "sdrpc up/down/status: invalid fleet.toml",
+    41: "sdrpc up/down/status: Ansible (the sdrpc[fleet] extra) is not installed",
+    42: "sdrpc up/status: one or more hosts failed (the healthy ones keep running)",
+    43: "sdrpc up: the wheelhouse of sdrpc for the hosts could not be built",
+    44: "sdrpc down: one or more hosts could not be cleaned",
     130: "interrupted (Ctrl-C); nothing half-written is kept",
     143: "terminated (SIGTERM); stopped like Ctrl-C, nothing half-written is kept",
 }
@@ -181,6 +186,11 @@ DEFAULT_HINTS: dict[int, str] = {
     27: "start one with: sdrpc-launch ... --detach",
     28: "stop it first (sdrpc-launch stop --instance NAME) or pick another --instance",
     29: "find the process named above and end it by hand",
+    40: "fix fleet.toml; the README (Several machines) lists its keys",
+    41: "python -m pip install 'sdrpc[fleet]'",
+    42: "fix the hosts named above and run sdrpc up again",
+    43: "the client builds the hosts' wheels: it needs the package index",
+    44: "run sdrpc down again when the hosts are reachable",
     130: "run the same command again; nothing half-written was kept",
     143: "run the same command again; nothing half-written was kept",
 }
