@@ -147,6 +147,13 @@ def _outcomes(
         elif kind == "runner_on_ok" and data.get("task") in want:
             outputs[host].append((str(data["task"]), str((data.get("res") or {}).get("stdout", ""))))
     stats = runner.stats or {}
+    tail = ""
+    if not stats.get("processed"):  # ansible stopped before any host: say why
+        try:
+            text = runner.stdout.read()
+        except (OSError, AttributeError):
+            text = ""
+        tail = ": " + " | ".join(text.strip().splitlines()[-6:])[-1200:]
     out = []
     for n in names:
         changed = int((stats.get("changed") or {}).get(n, 0))
@@ -154,7 +161,7 @@ def _outcomes(
             task, reason, dark = failed[n]
             out.append(HostOutcome(n, False, dark, changed, task, reason, tuple(outputs[n])))
         elif n not in (stats.get("processed") or {}):
-            why = f"ansible ended before this host finished ({runner.status})"
+            why = f"ansible ended before this host finished ({runner.status}){tail}"
             out.append(HostOutcome(n, False, False, changed, None, why))
         else:
             out.append(HostOutcome(n, True, False, changed, None, None, tuple(outputs[n])))
@@ -181,14 +188,18 @@ def run_playbook(
     inv = work / "inventory.json"
     inv.write_text(json.dumps({"all": {"hosts": dict(hosts)}}), encoding="utf-8")
     os.chmod(inv, 0o600)
+    (work / "runner").mkdir(mode=0o700, exist_ok=True)
     t0 = time.monotonic()
     r = ansible_runner.run(
         private_data_dir=str(work / "runner"),
         project_dir=str(PLAYBOOK_DIR),
         playbook=playbook,
         inventory=str(inv),
-        envvars=ansible_env(work, len(hosts)),
-        binary=binary,
+        # ansible-runner's binary= drops the playbook: find ansible-playbook through PATH
+        envvars={
+            **ansible_env(work, len(hosts)),
+            "PATH": os.pathsep.join([str(Path(binary).parent), os.environ.get("PATH", "")]),
+        },
         quiet=True,
         timeout=int(timeout),
     )
