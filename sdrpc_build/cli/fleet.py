@@ -41,7 +41,9 @@ def _load(args: argparse.Namespace) -> tuple[Fleet, Path]:
 
 
 def _failed(hosts: Sequence[tuple[str, str | None, str | None]]) -> str:
-    return "; ".join(f"{n} ({t or 'ansible'}: {(r or 'failed').splitlines()[0]})" for n, t, r in hosts)
+    return "; ".join(
+        f"{n} ({t or 'ansible'}: {(r or 'failed').splitlines()[0]})" for n, t, r in hosts
+    )
 
 
 def _up(args: argparse.Namespace) -> int:

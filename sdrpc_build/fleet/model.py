@@ -209,7 +209,7 @@ def parse_ssh(where: str, v: Any) -> SshTarget:
     return SshTarget(m.group("host").strip("[]"), m.group("user"), port)
 
 
-def _client(t: Any, base: Path) -> ClientConfig:  # noqa: C901, PLR0912 (one branch per key)
+def _client(t: Any, base: Path) -> ClientConfig:  # noqa: C901 (one branch per key)
     where = "[client]"
     if not isinstance(t, dict):
         raise _fail(where, "must be a table")
@@ -277,7 +277,7 @@ def _check_client(c: ClientConfig) -> None:
     if c.build_on == "host":
         raise _fail(
             where,
-            "build-on = \"host\" is not supported yet",
+            'build-on = "host" is not supported yet',
             hint='use build-on = "client" (the hosts must share this machine\'s platform)',
         )
 
@@ -308,7 +308,9 @@ def _server(t: Any, where: str, index: int, base: Path) -> FleetServer:
         try:
             visible_devices_env(backend, opts.visible_devices)
         except SdrpcError as exc:
-            raise _fail(where, exc.message.replace("--visible-devices", "'visible-devices'")) from None
+            raise _fail(
+                where, exc.message.replace("--visible-devices", "'visible-devices'")
+            ) from None
     return FleetServer(name=name, backend=backend, port=port, options=opts)
 
 
@@ -339,16 +341,14 @@ def _host(t: Any, where: str, client: ClientConfig, base: Path) -> Host:
         except ValueError:
             raise _fail(
                 where,
-                "transport = \"lan\" needs the host's address",
+                'transport = "lan" needs the host\'s address',
                 hint='add address = "192.168.1.10" (the address servers bind and the '
                 "client connects to)",
             ) from None
     raw = t.get("server", [])
     if not isinstance(raw, list) or not raw:
         raise _fail(where, "has no [[host.server]]", hint='add [[host.server]] backend = "cpu"')
-    servers = tuple(
-        _server(s, f"{where} server {i + 1}", i, base) for i, s in enumerate(raw)
-    )
+    servers = tuple(_server(s, f"{where} server {i + 1}", i, base) for i, s in enumerate(raw))
     seen_names: set[str] = set()
     seen_ports: set[int] = set()
     for s in servers:
@@ -378,7 +378,7 @@ def parse_fleet(data: Mapping[str, Any], path: Path) -> Fleet:
             raise _fail(path.name, f"two hosts are named {n!r}", hint="host names are unique")
     locals_ = [h.name for h in hosts if h.ssh.local]
     if len(locals_) > 1:
-        raise _fail(path.name, f"more than one host is ssh = \"local\": {', '.join(locals_)}")
+        raise _fail(path.name, f'more than one host is ssh = "local": {", ".join(locals_)}')
     return Fleet(client=client, hosts=hosts, path=path)
 
 

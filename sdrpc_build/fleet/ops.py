@@ -129,9 +129,7 @@ def _up_vars(
     }
 
 
-def _client_check(
-    fleet: Fleet, pins: SdPins, hosts: list[Host]
-) -> dict[str, str]:
+def _client_check(fleet: Fleet, pins: SdPins, hosts: list[Host]) -> dict[str, str]:
     """Under lan: every server of ``hosts`` probed from here against the pins; host -> why."""
     spec = ClientSpec(
         protocol=pins.client_protocol.value, max_name=pins.max_name.value, source="fleet.toml"
@@ -140,7 +138,9 @@ def _client_check(
 
     def one(t: tuple[Host, FleetServer]) -> tuple[str, Optional[str]]:
         h, s = t
-        r = probe(bind_address(fleet, h), s.port, timeout=CHECK_TIMEOUT, expect_max_name=spec.max_name)
+        r = probe(
+            bind_address(fleet, h), s.port, timeout=CHECK_TIMEOUT, expect_max_name=spec.max_name
+        )
         v = judge(r, spec)
         return h.name, None if v.kind == "compatible" else f"{s.name}: " + "; ".join(v.reasons)
 
@@ -177,7 +177,7 @@ def up(
         play = run_playbook("up.yml", hv, work, timeout=timeout)
     reports = [_report(fleet, h, play.host(h.name)) for h in fleet.hosts]
     if fleet.client.transport == "lan":
-        healthy = [h for h, r in zip(fleet.hosts, reports) if r.ok]
+        healthy = [h for h, r in zip(fleet.hosts, reports, strict=True) if r.ok]
         bad = _client_check(fleet, pins, healthy)
         reports = [
             HostReport(r.name, False, r.changed, r.endpoints, "client check", bad[r.name])
@@ -237,9 +237,10 @@ def status(
             "status.yml", _plain_vars(fleet, env), work, timeout=timeout, want_outputs=[STATUS_TASK]
         )
     states = [
-        st for o in play.hosts for task, out in o.outputs if task == STATUS_TASK
+        st
+        for o in play.hosts
+        for task, out in o.outputs
+        if task == STATUS_TASK
         for st in parse_show(o.name, out)
     ]
     return states, play.hosts
-
-

@@ -23,6 +23,7 @@ def client_pins(c: ClientConfig, env: Mapping[str, str]) -> SdPins:
     if c.sd_cpp:
         return read_sd_tree(c.sd_cpp, llama_commit=c.llama_commit, max_name=c.max_name)
     unknown = "unknown (no sd.cpp tree)"
+    assert c.llama_commit is not None and c.max_name is not None  # model._check_client
     return SdPins(
         llama_commit=Pin(c.llama_commit, "fleet.toml llama-commit"),
         max_name=Pin(c.max_name, "fleet.toml max-name"),

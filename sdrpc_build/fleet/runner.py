@@ -127,9 +127,7 @@ def _reason(res: Mapping[str, Any]) -> str:
     return text[:1500]
 
 
-def _outcomes(
-    runner: Any, names: Sequence[str], want: Sequence[str]
-) -> tuple[HostOutcome, ...]:
+def _outcomes(runner: Any, names: Sequence[str], want: Sequence[str]) -> tuple[HostOutcome, ...]:
     failed: dict[str, tuple[str, str, bool]] = {}
     outputs: dict[str, list[tuple[str, str]]] = {n: [] for n in names}
     for ev in runner.events:
@@ -141,11 +139,16 @@ def _outcomes(
         if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             failed.setdefault(
                 host,
-                (str(data.get("task", "")), _reason(data.get("res") or {}),
-                 kind == "runner_on_unreachable"),
+                (
+                    str(data.get("task", "")),
+                    _reason(data.get("res") or {}),
+                    kind == "runner_on_unreachable",
+                ),
             )
         elif kind == "runner_on_ok" and data.get("task") in want:
-            outputs[host].append((str(data["task"]), str((data.get("res") or {}).get("stdout", ""))))
+            outputs[host].append(
+                (str(data["task"]), str((data.get("res") or {}).get("stdout", "")))
+            )
     stats = runner.stats or {}
     tail = ""
     if not stats.get("processed"):  # ansible stopped before any host: say why

@@ -65,8 +65,15 @@ def sdrpc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 
 def check(endpoints: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sdrpc_build.cli.check", "--expect-max-name", str(MAX_NAME),
-         "--json", *endpoints],
+        [
+            sys.executable,
+            "-m",
+            "sdrpc_build.cli.check",
+            "--expect-max-name",
+            str(MAX_NAME),
+            "--json",
+            *endpoints,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -124,7 +131,9 @@ def test_up_status_restart_idempotent_down(
         s = sdrpc("status", str(toml), "--json")
         assert s.returncode == 0, s.stdout + s.stderr
         states = json.loads(s.stdout)["servers"]
-        mine = [x for x in states if x["host"] == victim and x["unit"].endswith("50052.service")]
+        mine = [
+            x for x in states if x["host"] == victim and str(x["unit"]).endswith("50052.service")
+        ]
         if mine and mine[0]["restarts"] == 1 and mine[0]["active"] == "active":
             break
         time.sleep(1)
