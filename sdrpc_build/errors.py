@@ -28,6 +28,11 @@ __all__ = [
     "DetachedStartError",
     "DeviceError",
     "ExitCode",
+    "FleetConfigError",
+    "FleetDownError",
+    "FleetHostsError",
+    "FleetToolError",
+    "FleetWheelhouseError",
     "FrameTooLarge",
     "HostError",
     "InstanceRunningError",
@@ -182,6 +187,31 @@ class ExitCode(enum.IntEnum):
         29,
         "stop: a process could not be stopped",
         "find the process named above and end it by hand",
+    )
+    FLEET_CONFIG = (
+        40,
+        "sdrpc up/down/status: invalid fleet.toml",
+        "fix fleet.toml; the README (Several machines) lists its keys",
+    )
+    FLEET_TOOL = (
+        41,
+        "sdrpc up/down/status: Ansible (the sdrpc[fleet] extra) is not installed",
+        "python -m pip install 'sdrpc[fleet]'",
+    )
+    FLEET_HOSTS = (
+        42,
+        "sdrpc up/status: one or more hosts failed (the healthy ones keep running)",
+        "fix the hosts named above and run sdrpc up again",
+    )
+    FLEET_WHEELHOUSE = (
+        43,
+        "sdrpc up: the wheelhouse of sdrpc for the hosts could not be built",
+        "the client builds the hosts' wheels: it needs the package index",
+    )
+    FLEET_DOWN = (
+        44,
+        "sdrpc down: one or more hosts could not be cleaned",
+        "run sdrpc down again when the hosts are reachable",
     )
     INTERRUPTED = 130, "interrupted (Ctrl-C); nothing half-written is kept", _AGAIN
     BROKEN_PIPE = (
@@ -365,6 +395,40 @@ class BenchError(SdrpcError):
     ) -> None:
         super().__init__(message, hint, details)
         self.partial = partial
+
+
+# --- several machines (sdrpc up/down/status) -------------------------------------------------
+
+
+class FleetConfigError(SdrpcError):
+    """fleet.toml cannot be read or does not validate."""
+
+    exit_code = ExitCode.FLEET_CONFIG
+
+
+class FleetToolError(SdrpcError):
+    """Ansible (the ``sdrpc[fleet]`` extra) or ssh is missing on this machine."""
+
+    exit_code = ExitCode.FLEET_TOOL
+
+
+class FleetHostsError(SdrpcError):
+    """One or more hosts failed (unreachable, install failed, server not ready or not
+    compatible); the healthy hosts keep running."""
+
+    exit_code = ExitCode.FLEET_HOSTS
+
+
+class FleetWheelhouseError(SdrpcError):
+    """The wheelhouse of sdrpc itself (shipped to offline hosts) could not be built."""
+
+    exit_code = ExitCode.FLEET_WHEELHOUSE
+
+
+class FleetDownError(SdrpcError):
+    """``sdrpc down`` could not clean one or more hosts."""
+
+    exit_code = ExitCode.FLEET_DOWN
 
 
 # --- launching (sdrpc-launch) -------------------------------------------------------------

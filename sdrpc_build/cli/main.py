@@ -30,6 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("doctor", "which backends can this machine build; what to install"),
     "quickstart": ("quickstart", "build, launch and check a server in one go"),
     "cache": ("cache", "what sdrpc keeps on disk; --prune reclaims it"),
+    "up": ("up", "install and start the servers of fleet.toml on every host (sdrpc[fleet])"),
+    "status": ("status", "each fleet server's unit state and restarts, per host"),
+    "down": ("down", "stop and remove everything sdrpc installed on the fleet's hosts"),
 }
 
 

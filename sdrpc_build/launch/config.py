@@ -53,6 +53,7 @@ __all__ = [
     "did_you_mean",
     "load_config",
     "parse_config",
+    "parse_server",
     "supervision_policy",
 ]
 
@@ -244,6 +245,11 @@ def _server(table: Any, where: str, base_dir: Path) -> ServerOptions:
             )
         o = replace(o, restart=r)
     return o
+
+
+def parse_server(table: Any, where: str, base_dir: Path) -> ServerOptions:
+    """One ``[[server]]`` table, validated as servers.toml does (fleet.toml reuses it)."""
+    return _server(table, where, base_dir)
 
 
 def _supervision(table: Any, where: str) -> Supervision:

@@ -47,6 +47,13 @@ def test_wheel_carries_recipes_and_entry_points(tmp_path: Path) -> None:
     assert "sdrpc_build/py.typed" in names  # PEP 561: type checkers use the annotations
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "sdrpc_build").rglob("*.py")}
     assert modules - names == set()  # every module ships (a .gitignore rule once hid a wing)
+    # the fleet's Ansible playbooks and role are package data: sdrpc up runs them from the wheel
+    playbooks = {
+        p.relative_to(ROOT).as_posix() for p in (ROOT / "sdrpc_build/fleet/ansible").rglob("*.yml")
+    }
+    assert {"sdrpc_build/fleet/ansible/up.yml", "sdrpc_build/fleet/ansible/down.yml"} <= playbooks
+    assert "sdrpc_build/fleet/ansible/roles/sdrpc_server/tasks/main.yml" in playbooks
+    assert playbooks - names == set()
     ep = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(ep).decode()
     for script in ("sdrpc-build", "sdrpc-check", "sdrpc-launch", "sdrpc-bench", "sdrpc ="):

@@ -1,0 +1,1 @@
+"""Several machines: fleet.toml, systemd units, the Ansible playbook that installs them."""

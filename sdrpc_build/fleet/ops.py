@@ -1,0 +1,246 @@
+"""The fleet's use cases: up, down, status. They return values; the CLI renders them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Optional
+
+from sdrpc_build.build.pins import SdPins
+from sdrpc_build.build.pipeline import build
+from sdrpc_build.build.store import Manifest
+from sdrpc_build.fleet.model import Fleet, FleetServer, Host
+from sdrpc_build.fleet.pins import build_options, client_pins
+from sdrpc_build.fleet.runner import HostOutcome, host_vars, run_playbook, work_dir
+from sdrpc_build.fleet.units import INSTALL_ROOT, ServerUnit, render_unit
+from sdrpc_build.fleet.wheelhouse import build_wheelhouse
+from sdrpc_build.protocol.compat import ClientSpec, judge
+from sdrpc_build.protocol.probe import probe
+
+__all__ = [
+    "HostReport",
+    "ServerState",
+    "UpResult",
+    "bind_address",
+    "down",
+    "parse_show",
+    "ssh_config",
+    "status",
+    "up",
+]
+
+READY_RETRIES = 30  # readiness on the host: this many tries, 1 s apart
+CHECK_TIMEOUT = 3.0
+STATUS_TASK = "sdrpc status"
+
+
+@dataclass(frozen=True)
+class HostReport:
+    name: str
+    ok: bool
+    changed: int
+    endpoints: tuple[str, ...]  # address:port of each server, config order
+    task: Optional[str] = None
+    reason: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class UpResult:
+    hosts: tuple[HostReport, ...]
+    transport: str
+    rpc_servers: Optional[str]  # under lan, when every host is ok
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(h.ok for h in self.hosts)
+
+
+@dataclass(frozen=True)
+class ServerState:
+    host: str
+    unit: str
+    active: str
+    sub: str
+    restarts: Optional[int]
+    pid: Optional[int]
+
+
+def ssh_config(fleet: Fleet, env: Mapping[str, str]) -> Optional[Path]:
+    """``$SDRPC_SSH_CONFIG`` > [client] ssh-config > none (ssh reads ~/.ssh/config)."""
+    given = env.get("SDRPC_SSH_CONFIG", "").strip()
+    return Path(given).expanduser() if given else fleet.client.ssh_config
+
+
+def bind_address(fleet: Fleet, host: Host) -> str:
+    if fleet.client.transport == "lan":
+        return host.address or "127.0.0.1"
+    return "127.0.0.1"
+
+
+def _build_line(m: Manifest) -> str:
+    return f"{m.backend}, llama.cpp {m.commit[:12]}, GGML_MAX_NAME {m.max_name}"
+
+
+def _check_argv(pins: SdPins, endpoints: list[str]) -> list[str]:
+    argv = [str(INSTALL_ROOT / "venv/bin/sdrpc-check"), "--timeout", str(CHECK_TIMEOUT)]
+    if pins.max_name.value is not None:
+        argv += ["--expect-max-name", str(pins.max_name.value)]
+    if pins.client_protocol.value is not None:
+        argv += ["--expect-proto", str(pins.client_protocol.value)]
+    return argv + endpoints
+
+
+def _up_vars(
+    fleet: Fleet,
+    host: Host,
+    pins: SdPins,
+    builds: Mapping[str, Manifest],
+    wheelhouse: Path,
+    units_dir: Path,
+    cfg: Optional[Path],
+) -> dict[str, Any]:
+    bind = bind_address(fleet, host)
+    d = units_dir / host.name
+    d.mkdir(parents=True, exist_ok=True)
+    units = []
+    artifacts: dict[str, dict[str, str]] = {}
+    for s in host.servers:
+        m = builds[s.backend]
+        binary = INSTALL_ROOT / "servers" / m.key / "bin" / m.binary.name
+        text = render_unit(ServerUnit(s, PurePosixPath(binary), bind, _build_line(m)))
+        (d / s.unit).write_text(text, encoding="utf-8")
+        units.append({"name": s.unit, "src": str(d / s.unit)})
+        artifacts[m.key] = {
+            "key": m.key,
+            "binary": str(m.binary),
+            "manifest": str(m.path / "manifest.json"),
+        }
+    return {
+        **host_vars(host, cfg),
+        "sdrpc_root": str(INSTALL_ROOT),
+        "sdrpc_wheelhouse": str(wheelhouse),
+        "sdrpc_artifacts": list(artifacts.values()),
+        "sdrpc_units": units,
+        "sdrpc_check_argv": _check_argv(pins, [f"{bind}:{s.port}" for s in host.servers]),
+        "sdrpc_ready_retries": READY_RETRIES,
+    }
+
+
+def _client_check(fleet: Fleet, pins: SdPins, hosts: list[Host]) -> dict[str, str]:
+    """Under lan: every server of ``hosts`` probed from here against the pins; host -> why."""
+    spec = ClientSpec(
+        protocol=pins.client_protocol.value, max_name=pins.max_name.value, source="fleet.toml"
+    )
+    targets = [(h, s) for h in hosts for s in h.servers]
+
+    def one(t: tuple[Host, FleetServer]) -> tuple[str, Optional[str]]:
+        h, s = t
+        r = probe(
+            bind_address(fleet, h), s.port, timeout=CHECK_TIMEOUT, expect_max_name=spec.max_name
+        )
+        v = judge(r, spec)
+        return h.name, None if v.kind == "compatible" else f"{s.name}: " + "; ".join(v.reasons)
+
+    bad: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(targets)))) as pool:
+        for name, why in pool.map(one, targets):
+            if why:
+                bad[name] = f"{bad[name]}; {why}" if name in bad else why
+    return bad
+
+
+def _report(fleet: Fleet, h: Host, o: HostOutcome) -> HostReport:
+    bind = bind_address(fleet, h)
+    eps = tuple(f"{bind}:{s.port}" for s in h.servers)
+    return HostReport(h.name, o.ok, o.changed, eps, o.task, o.reason)
+
+
+def up(
+    fleet: Fleet, env: Mapping[str, str], cache_root: Path, *, timeout: float = 1800.0
+) -> UpResult:
+    """Build (or find) the servers for [client]'s pins, install and start them everywhere."""
+    pins = client_pins(fleet.client, env)
+    backends = sorted({s.backend for h in fleet.hosts for s in h.servers})
+    builds = {
+        b: build(pins, build_options(fleet.client, b, cache_root), env).manifest for b in backends
+    }
+    wheelhouse = build_wheelhouse(cache_root, env)
+    cfg = ssh_config(fleet, env)
+    with work_dir(cache_root) as work:
+        hv = {
+            h.name: _up_vars(fleet, h, pins, builds, wheelhouse, work / "units", cfg)
+            for h in fleet.hosts
+        }
+        play = run_playbook("up.yml", hv, work, timeout=timeout)
+    reports = [_report(fleet, h, play.host(h.name)) for h in fleet.hosts]
+    if fleet.client.transport == "lan":
+        healthy = [h for h, r in zip(fleet.hosts, reports, strict=True) if r.ok]
+        bad = _client_check(fleet, pins, healthy)
+        reports = [
+            HostReport(r.name, False, r.changed, r.endpoints, "client check", bad[r.name])
+            if r.name in bad
+            else r
+            for r in reports
+        ]
+    ok = all(r.ok for r in reports)
+    rpc = (
+        ",".join(e for r in reports for e in r.endpoints)
+        if ok and fleet.client.transport == "lan"
+        else None
+    )
+    return UpResult(tuple(reports), fleet.client.transport, rpc, play.seconds)
+
+
+def _plain_vars(fleet: Fleet, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    cfg = ssh_config(fleet, env)
+    return {h.name: {**host_vars(h, cfg), "sdrpc_root": str(INSTALL_ROOT)} for h in fleet.hosts}
+
+
+def down(
+    fleet: Fleet, env: Mapping[str, str], cache_root: Path, *, timeout: float = 600.0
+) -> tuple[HostOutcome, ...]:
+    """Stop and remove every sdrpc unit and /opt/sdrpc on every host."""
+    with work_dir(cache_root) as work:
+        return run_playbook("down.yml", _plain_vars(fleet, env), work, timeout=timeout).hosts
+
+
+def parse_show(host: str, text: str) -> list[ServerState]:
+    """``systemctl show --property=...`` of several units (blank-line separated)."""
+    out = []
+    for block in text.strip().split("\n\n"):
+        kv = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if "Id" not in kv:
+            continue
+        restarts = kv.get("NRestarts", "")
+        pid = kv.get("MainPID", "")
+        out.append(
+            ServerState(
+                host,
+                kv["Id"],
+                kv.get("ActiveState", "?"),
+                kv.get("SubState", "?"),
+                int(restarts) if restarts.isdigit() else None,
+                int(pid) if pid.isdigit() and int(pid) > 0 else None,
+            )
+        )
+    return out
+
+
+def status(
+    fleet: Fleet, env: Mapping[str, str], cache_root: Path, *, timeout: float = 300.0
+) -> tuple[list[ServerState], tuple[HostOutcome, ...]]:
+    with work_dir(cache_root) as work:
+        play = run_playbook(
+            "status.yml", _plain_vars(fleet, env), work, timeout=timeout, want_outputs=[STATUS_TASK]
+        )
+    states = [
+        st
+        for o in play.hosts
+        for task, out in o.outputs
+        if task == STATUS_TASK
+        for st in parse_show(o.name, out)
+    ]
+    return states, play.hosts

@@ -1,0 +1,187 @@
+"""sdrpc up/status/down on a lab of real hosts: real ssh, real systemd, real servers.
+
+Needs root and systemd-nspawn (``.ci/lab-setup``) and the ``sdrpc[fleet]`` extra; the servers
+are the cached real cpu build of tests/servers.py (build-on = "client": pins cache hits).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from lab import Lab, lab_unavailable_reason
+from servers import LLAMA_SDISTS, build_server, sdrpc_cache
+
+_REASON = lab_unavailable_reason()
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(_REASON is not None, reason=_REASON or ""),
+]
+
+VERSION = "0.3.35"
+MAX_NAME = 160
+PORTS = (50052, 50053)
+
+
+def fleet_toml(lab: Lab, hosts: list[str], path: Path, *, servers_per_host: int = 1) -> Path:
+    commit = LLAMA_SDISTS[VERSION][0]
+    lines = [
+        "[client]",
+        f'llama-commit = "{commit}"',
+        f"max-name = {MAX_NAME}",
+        f'llama-sdist = "llama-cpp-python=={VERSION}"',
+        'transport = "lan"',
+        'build-on = "client"',
+        f'ssh-config = "{lab.ssh_config_path}"',
+    ]
+    for h in hosts:
+        lines += ["[[host]]", f'name = "{h}"', f'ssh = "{h}"', f'address = "{lab.address(h)}"']
+        for i in range(servers_per_host):
+            # two cpu servers with different options
+            threads = 1 + i
+            lines += ["  [[host.server]]", f"  port = {PORTS[i]}", f"  threads = {threads}"]
+            if i:
+                lines += ["  cache = true"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def sdrpc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sdrpc_build.cli.main", *args, "--cache-dir", str(sdrpc_cache())],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "SDRPC_SSH_CONFIG": ""},
+    )
+
+
+def check(endpoints: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sdrpc_build.cli.check",
+            "--expect-max-name",
+            str(MAX_NAME),
+            "--json",
+            *endpoints,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def host_state(lab: Lab, host: str) -> str:
+    """What sdrpc left on a host: units, rpc-server processes, listening ports, /opt/sdrpc."""
+    cmd = (
+        "ls /etc/systemd/system | grep sdrpc; systemctl list-units --all --no-legend 'sdrpc*'; "
+        "pgrep -a rpc-server; ss -Hltn | grep -E ':5005[0-9]'; ls -d /opt/sdrpc; true"
+    )
+    return lab.exec(host, cmd).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def server_built() -> Path:
+    return build_server(VERSION, MAX_NAME)
+
+
+def test_up_status_restart_idempotent_down(
+    lab_factory: Callable[..., Lab], tmp_path: Path, server_built: Path
+) -> None:
+    lab = lab_factory(3)
+    hosts = lab.hosts
+    toml = fleet_toml(lab, hosts, tmp_path / "fleet.toml", servers_per_host=2)
+
+    t0 = time.monotonic()
+    r = sdrpc("up", str(toml), "--json")
+    first = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'transport = "lan"' in r.stderr  # the loud warning
+    res = json.loads(r.stdout)
+    assert res["ok"] and all(h["ok"] for h in res["hosts"])
+    endpoints = [f"{lab.address(h)}:{p}" for h in hosts for p in PORTS]
+    assert res["rpc_servers"] == ",".join(endpoints)
+    for h in hosts:
+        for p in PORTS:
+            unit = f"sdrpc-server-cpu-{p}.service"
+            assert lab.exec(h, f"systemctl is-active {unit}").stdout.strip() == "active"
+            assert lab.exec(h, f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
+    # the client reaches every server at its host's address, compatible with the pins
+    c = check(endpoints)
+    assert c.returncode == 0, c.stdout + c.stderr
+
+    # kill -9 one server: systemd restarts it, status shows it
+    victim = hosts[1]
+    pid = lab.exec(victim, "systemctl show -P MainPID sdrpc-server-cpu-50052.service").stdout
+    assert int(pid) > 0
+    lab.exec(victim, f"kill -9 {int(pid)}")
+    deadline = time.monotonic() + 30
+    states: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        s = sdrpc("status", str(toml), "--json")
+        assert s.returncode == 0, s.stdout + s.stderr
+        states = json.loads(s.stdout)["servers"]
+        mine = [
+            x for x in states if x["host"] == victim and str(x["unit"]).endswith("50052.service")
+        ]
+        if mine and mine[0]["restarts"] == 1 and mine[0]["active"] == "active":
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"no restart seen: {states}")
+    assert len(states) == 2 * len(hosts)
+    assert all(x["restarts"] == 0 for x in states if x["host"] != victim)
+    assert check(endpoints).returncode == 0
+
+    # a second up with nothing changed changes nothing
+    t0 = time.monotonic()
+    r2 = sdrpc("up", str(toml), "--json")
+    second = time.monotonic() - t0
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    assert [h["changed"] for h in json.loads(r2.stdout)["hosts"]] == [0] * len(hosts)
+    print(f"\nup 3 hosts x 2 servers: first {first:.1f} s, second {second:.1f} s")
+
+    # down: nothing left on any host
+    d = sdrpc("down", str(toml), "--json")
+    assert d.returncode == 0, d.stdout + d.stderr
+    for h in hosts:
+        assert host_state(lab, h) == "", h
+    assert check(endpoints[:1]).returncode == 11  # nothing listens any more
+
+
+def test_unreachable_host_partial_fleet(
+    lab_factory: Callable[..., Lab], tmp_path: Path, server_built: Path
+) -> None:
+    lab = lab_factory(3)
+    hosts = lab.hosts
+    toml = fleet_toml(lab, hosts, tmp_path / "fleet.toml")
+    lab.link_down(hosts[2])
+    r = sdrpc("up", str(toml), "--json")
+    assert r.returncode == 42, r.stdout + r.stderr
+    res = json.loads(r.stdout)
+    by = {h["name"]: h for h in res["hosts"]}
+    assert by[hosts[0]]["ok"] and by[hosts[1]]["ok"]
+    assert not by[hosts[2]]["ok"]
+    assert res["rpc_servers"] is None
+    err = r.stderr.strip().splitlines()
+    assert f"sdrpc up: error: 1 of 3 hosts failed: {hosts[2]} (" in err[-2]
+    assert err[-1].startswith("sdrpc up: hint: ")
+    assert "Traceback" not in r.stderr
+    # the healthy hosts keep running and serve
+    ok = [f"{lab.address(h)}:{PORTS[0]}" for h in hosts[:2]]
+    assert check(ok).returncode == 0
+    lab.link_up(hosts[2])
+    d = sdrpc("down", str(toml))
+    assert d.returncode == 0, d.stdout + d.stderr
+    for h in hosts:
+        assert host_state(lab, h) == "", h
