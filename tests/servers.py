@@ -125,13 +125,16 @@ def build_server(
     *,
     backend: str = "cpu",
     defines: tuple[tuple[str, str], ...] = (),
+    vulkan_headers: str | None = None,
 ) -> Path:
     """A real server built *by sdrpc-build* from the llama-cpp-python==version sdist.
 
-    CPU by default; ``backend``/``defines`` are sdrpc-build's ``--backend``/``-D``.
+    CPU by default; ``backend``/``defines``/``vulkan_headers`` are sdrpc-build's
+    ``--backend``/``-D``/``--vulkan-headers``.
     """
     from sdrpc_build.build.pins import Pin, SdPins
     from sdrpc_build.build.pipeline import BuildOptions, build
+    from sdrpc_build.build.vulkan_headers import HeadersChoice
 
     commit = LLAMA_SDISTS[version][0]
     pins = SdPins(
@@ -150,6 +153,7 @@ def build_server(
         llama_sdist=f"llama-cpp-python=={version}",
         backend=backend,
         defines=defines,
+        vulkan_headers=HeadersChoice(vulkan_headers) if vulkan_headers else None,
     )
     downloads = sdrpc_cache() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ __all__ = [
     "fetch_git",
     "from_local_checkout",
     "from_sdist",
+    "shallow_checkout",
 ]
 
 DEFAULT_LLAMA_REPO = SecretUrl("https://github.com/ggml-org/llama.cpp.git")
@@ -144,6 +145,66 @@ def _local_path(raw: str) -> Optional[Path]:
         return None
 
 
+def shallow_checkout(
+    tmp: Path,
+    url: SecretUrl,
+    ref: str,
+    *,
+    retries: int = 3,
+    retry_delay: float = 1.0,
+    log: Callable[[str], None] = lambda _m: None,
+    what: str = "",
+    not_there_hint: str = "check --llama-repo; a fork or mirror may not have it",
+    fallback_hint: str = "check the network or pass --llama-repo PATH/URL, --llama-src or "
+    "--llama-sdist",
+) -> str:
+    """Shallow-fetch ``ref`` (a commit, or ``refs/tags/NAME``) from ``url`` into a new
+    repository at ``tmp`` (replaced), check it out detached and return HEAD's commit.
+
+    Only git sees the real URL; its messages are scrubbed and ``.git/FETCH_HEAD`` (which
+    names the URL) is deleted. A ref the remote lacks is a :class:`SourceError` at once;
+    other failures are retried ``retries`` times. ``tmp`` is removed on any failure.
+    """
+    import git  # GitPython
+
+    shown = str(url)
+    local = _local_path(url.reveal())
+    target = local.as_uri() if local is not None else url.reveal()
+    label = what or ref
+    last = ""
+    for attempt in range(1, retries + 1):
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            repo = git.Repo.init(tmp)
+            with repo.git.custom_environment(**_git_env(url.has_credentials)):
+                repo.git.fetch("--depth", "1", "--no-tags", target, ref)
+                repo.git.checkout("--detach", "-q", "FETCH_HEAD")
+            head = str(repo.head.commit.hexsha)
+            repo.close()
+            # FETCH_HEAD names the URL the commit came from, credentials included
+            (tmp / ".git" / "FETCH_HEAD").unlink(missing_ok=True)
+            return head
+        except git.GitCommandError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            text = url.scrub(str(exc.stderr or "").strip())
+            last = text.splitlines()[-1] if text else f"git exited {exc.status}"
+            low = text.lower()
+            if any(s in low for s in _NOT_THERE):
+                raise SourceError(
+                    f"{label} is not available at {shown}", hint=not_there_hint
+                ) from None
+            if attempt < retries:
+                log(f"fetch failed ({last.strip()}); retrying in {retry_delay:.0f}s")
+                time.sleep(retry_delay * attempt)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    raise SourceError(
+        f"cannot fetch {label} from {shown} after {retries} attempts: {str(last).strip()}",
+        hint=fallback_hint,
+    )
+
+
 def fetch_git(
     sources_root: Path,
     commit: str,
@@ -154,8 +215,6 @@ def fetch_git(
     log: Callable[[str], None] = lambda _m: None,
 ) -> Source:
     """Shallow-fetch ``commit`` from ``url`` (reusing the cache) and verify HEAD."""
-    import git  # GitPython
-
     repo_url = url if isinstance(url, SecretUrl) else SecretUrl.parse(url)
     shown = str(repo_url)
     sources_root.mkdir(parents=True, exist_ok=True)
@@ -163,50 +222,30 @@ def fetch_git(
         hit = cached_source(sources_root, commit)
         if hit is not None:
             return hit
-        local = _local_path(repo_url.reveal())
-        target = local.as_uri() if local is not None else repo_url.reveal()
         tmp = scratch_path(sources_root, commit)
-        last = ""
-        for attempt in range(1, retries + 1):
+        try:
+            head = shallow_checkout(
+                tmp,
+                repo_url,
+                commit,
+                retries=retries,
+                retry_delay=retry_delay,
+                log=log,
+                what=f"commit {commit}",
+                not_there_hint="check the commit (sync-llama.last) and --llama-repo; "
+                "a fork may not have it",
+            )
+            if head != commit:
+                raise SourceError(
+                    f"{shown} gave commit {head}, not {commit}",
+                    hint="the remote rewrote history; check --llama-repo",
+                )
+            _install(tmp, sources_root / commit, commit, "git", shown)
+            log(f"fetched {commit[:12]} from {shown}")
+            return Source(sources_root / commit, commit, "git", shown, fetched=True)
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            try:
-                repo = git.Repo.init(tmp)
-                with repo.git.custom_environment(**_git_env(repo_url.has_credentials)):
-                    repo.git.fetch("--depth", "1", "--no-tags", target, commit)
-                    repo.git.checkout("--detach", "-q", "FETCH_HEAD")
-                head = repo.head.commit.hexsha
-                repo.close()
-                # FETCH_HEAD names the URL the commit came from, credentials included
-                (tmp / ".git" / "FETCH_HEAD").unlink(missing_ok=True)
-                if head != commit:
-                    raise SourceError(
-                        f"{shown} gave commit {head}, not {commit}",
-                        hint="the remote rewrote history; check --llama-repo",
-                    )
-                _install(tmp, sources_root / commit, commit, "git", shown)
-                log(f"fetched {commit[:12]} from {shown}")
-                return Source(sources_root / commit, commit, "git", shown, fetched=True)
-            except git.GitCommandError as exc:
-                shutil.rmtree(tmp, ignore_errors=True)
-                text = repo_url.scrub(str(exc.stderr or "").strip())
-                last = text.splitlines()[-1] if text else f"git exited {exc.status}"
-                low = text.lower()
-                if any(s in low for s in _NOT_THERE):
-                    raise SourceError(
-                        f"commit {commit} is not available at {shown}",
-                        hint="check the commit (sync-llama.last) and --llama-repo; "
-                        "a fork may not have it",
-                    ) from None
-                if attempt < retries:
-                    log(f"fetch failed ({last.strip()}); retrying in {retry_delay:.0f}s")
-                    time.sleep(retry_delay * attempt)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        raise SourceError(
-            f"cannot fetch {commit} from {shown} after {retries} attempts: {str(last).strip()}",
-            hint="check the network or pass --llama-repo PATH/URL, --llama-src or --llama-sdist",
-        )
+            raise
 
 
 def _dirty_state(tree: Path) -> tuple[bool, str]:

@@ -27,7 +27,8 @@ from sdrpc_build.build.source import DEFAULT_LLAMA_REPO
 from sdrpc_build.build.store import list_manifests
 from sdrpc_build.build.url import SecretUrl
 from sdrpc_build.cli._common import Parser, err_console, out_console, run_parsed
-from sdrpc_build.cli.build_report import build_reporter, print_table
+from sdrpc_build.cli.build_report import build_reporter, print_table, shout
+from sdrpc_build.cli.build_vulkan import add_vulkan_options, headers_choice
 from sdrpc_build.errors import EXIT_CODES, PinsError, Terminated, UsageError
 from sdrpc_build.paths import artifacts_dir, cache_dir, shown_path
 
@@ -116,6 +117,7 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="NAME==VERSION",
         help="use the llama.cpp vendored in a PyPI sdist, e.g. llama-cpp-python==0.3.35",
     )
+    add_vulkan_options(p)
     o = p.add_argument_group("output")
     o.add_argument("--cache-dir", type=Path, help="cache root (env SDRPC_CACHE_DIR)")
     o.add_argument("--dry-run", action="store_true", help="print pins, plan and cmake lines only")
@@ -228,6 +230,7 @@ def _options(args: argparse.Namespace, env: Mapping[str, str]) -> BuildOptions:
         jobs=jobs,
         verify=not args.no_verify,
         exact_ggml_dir=exact_dir,
+        vulkan_headers=headers_choice(args),
     )
 
 
@@ -372,8 +375,12 @@ def _cmd(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         wheel_path = build_wheel(
             res.manifest, args.out, env=env, scratch_root=opts.cache_root / "tmp"
         )
+    cpu_only = res.verify is not None and res.verify.cpu_only  # a GPU build found no GPU
     for w in res.warnings:
-        err.print(f"[bold yellow]warning:[/bold yellow] {w}")
+        if cpu_only and w.startswith("ONLY THE CPU"):
+            shout(PROG, w)
+        else:
+            err.print(f"[bold yellow]warning:[/bold yellow] {w}")
     if args.json:
         doc = _result_json(res)
         doc["wheel"] = str(wheel_path) if wheel_path else None

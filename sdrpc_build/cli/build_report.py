@@ -26,7 +26,7 @@ from rich.table import Table
 from sdrpc_build.build.pipeline import Reporter
 from sdrpc_build.cli._common import err_console
 
-__all__ = ["PlainReporter", "RichReporter", "build_reporter", "print_table"]
+__all__ = ["PlainReporter", "RichReporter", "build_reporter", "print_table", "shout"]
 
 #: seconds between two compile-step lines when not on a terminal
 STEP_INTERVAL = 5.0
@@ -152,3 +152,12 @@ def print_table(table: Table, file: Optional[TextIO] = None) -> None:
         if width > con.width:
             con = Console(file=file or sys.stdout, highlight=False, soft_wrap=True, width=width)
     con.print(table)
+
+
+def shout(prog: str, text: str, file: Optional[TextIO] = None) -> None:
+    """A warning nobody scrolls past: framed, every line ``PROG: WARNING:``, on stderr."""
+    stream = file or sys.stderr
+    bar = "*" * 72
+    print(f"{prog}: WARNING: {bar}", file=stream)
+    print(f"{prog}: WARNING: {text}", file=stream)
+    print(f"{prog}: WARNING: {bar}", file=stream, flush=True)
