@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,18 +15,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import servers
-from procs import free_port
+from procs import free_port, wait_accepting
 
-
-def wait_accepting(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"server on port {port} did not accept within {timeout}s")
+__all__ = ["wait_accepting"]  # tests/golden/capture.py imports it from here
 
 
 @pytest.fixture(scope="session")

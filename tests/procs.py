@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import subprocess
+import time
 from pathlib import Path
 
-__all__ = ["alive", "free_port", "port_bound"]
+__all__ = ["alive", "free_port", "port_bound", "wait_accepting"]
 
 
 def free_port() -> int:
@@ -33,3 +36,14 @@ def port_bound(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def wait_accepting(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not accept within {timeout}s")

@@ -126,11 +126,13 @@ def build_server(
     backend: str = "cpu",
     defines: tuple[tuple[str, str], ...] = (),
     vulkan_headers: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Path:
     """A real server built *by sdrpc-build* from the llama-cpp-python==version sdist.
 
     CPU by default; ``backend``/``defines``/``vulkan_headers`` are sdrpc-build's
-    ``--backend``/``-D``/``--vulkan-headers``.
+    ``--backend``/``-D``/``--vulkan-headers``; ``env`` the environment it builds and
+    verifies with (default: this process's).
     """
     from sdrpc_build.build.pins import Pin, SdPins
     from sdrpc_build.build.pipeline import BuildOptions, build
@@ -162,4 +164,4 @@ def build_server(
         import shutil
 
         shutil.copy2(sdist_path("llama-cpp-python", version), archive)
-    return build(pins, opts, os.environ).manifest.binary
+    return build(pins, opts, os.environ if env is None else env).manifest.binary

@@ -356,7 +356,9 @@ def build(
             rep.log(f"removed {path.name}, left behind by a killed build")
     rep.phase("toolchain")
     cached = cached_source(sources_dir(opts.cache_root), pins.llama_commit.value)
-    known = opts.llama_src or (cached.tree if cached is not None else None)  # read, not checked
+    # a tree at hand (cached, --llama-src: read here, checked later) says which minimum
+    # versions it needs; without one the recipe's minimums stand (checked before any fetch)
+    known = opts.llama_src or (cached.tree if cached is not None else None)
     headers = _preflight(recipe, opts, env, known, cache_problem, rep)
     local: Optional[Source] = None
     if opts.llama_src is not None:
@@ -382,16 +384,6 @@ def build(
                 return BuildResult(hit, True, None, None, time.monotonic() - t0)
         rep.phase("source")
         source = local or _get_source(pins, opts, env, rep)
-        if known is None:  # the second look, now that the tree says which versions it needs
-            doctor.require_buildable(
-                recipe,
-                env,
-                opts.cache_root,
-                (*opts.defines, *(headers.defines() if headers else ())),
-                need_git=False,
-                need_disk=False,
-                tree=source.tree,
-            )
         facts = read_tree_facts(source.tree)
         project_dir = source.tree
         if opts.exact_ggml_dir is not None:

@@ -22,8 +22,7 @@ from typing import Any
 
 import pytest
 import vulkan
-from conftest import wait_accepting
-from procs import free_port
+from procs import free_port, wait_accepting
 
 pytestmark = pytest.mark.integration
 
