@@ -333,7 +333,10 @@ def _preflight(
     if cache_problem is not None:
         raise cache_problem
     rep.phase("vulkan headers")
-    return fetch_auto(opts.cache_root, choice.repo, retries=opts.fetch_retries, log=rep.log)
+    try:
+        return fetch_auto(opts.cache_root, choice.repo, retries=opts.fetch_retries, log=rep.log)
+    except OSError as exc:
+        raise cache_error(exc, "write the Vulkan headers cache") from None
 
 
 def build(

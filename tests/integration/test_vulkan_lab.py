@@ -177,6 +177,22 @@ def test_hidden_lavapipe_device_hint_names_visible_devices(
     assert "GGML_VK_VISIBLE_DEVICES" in err or "--visible-devices" in err, err
 
 
+def test_unknown_device_lists_what_the_server_sees_in_its_environment(
+    vk_server: Path, lab: dict[str, str], tmp_path: Path
+) -> None:
+    """-d Vulkan7 is refused with the real list, made with the environment the server gets:
+    --visible-devices 0,1 (GGML_VK_VISIBLE_DEVICES for a Vulkan build) leaves two devices."""
+    proc = _launch(["--binary", str(vk_server), "-d", "Vulkan7", "-p", "0"], lab, tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 23, err
+    assert "unknown device 'Vulkan7'" in err and "offers: Vulkan0, Vulkan1, Vulkan2" in err, err
+    args = ["--binary", str(vk_server), "--visible-devices", "0,1", "-d", "Vulkan2", "-p", "0"]
+    proc = _launch(args, lab, tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 23, err
+    assert "offers: Vulkan0, Vulkan1, CPU\n" in err, err  # Vulkan2 is hidden
+
+
 def test_build_refuses_too_old_vulkan_headers_first(tmp_path: Path) -> None:
     old = tmp_path / "old-headers" / "vulkan"
     old.mkdir(parents=True)
