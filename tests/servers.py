@@ -20,6 +20,7 @@ from filelock import FileLock
 from sdrpc_build.build.pins import Pin, SdPins
 from sdrpc_build.build.pipeline import BuildOptions, build
 from sdrpc_build.build.sdist import safe_members
+from sdrpc_build.build.vulkan_headers import HeadersChoice
 
 __all__ = [
     "LLAMA_SDISTS",
@@ -128,10 +129,14 @@ def build_server(
     *,
     backend: str = "cpu",
     defines: tuple[tuple[str, str], ...] = (),
+    vulkan_headers: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Path:
     """A real server built *by sdrpc-build* from the llama-cpp-python==version sdist.
 
-    CPU by default; ``backend``/``defines`` are sdrpc-build's ``--backend``/``-D``.
+    CPU by default; ``backend``/``defines``/``vulkan_headers`` are sdrpc-build's
+    ``--backend``/``-D``/``--vulkan-headers``; ``env`` the environment it builds and
+    verifies with (default: this process's).
     """
     commit = LLAMA_SDISTS[version][0]
     pins = SdPins(
@@ -150,10 +155,11 @@ def build_server(
         llama_sdist=f"llama-cpp-python=={version}",
         backend=backend,
         defines=defines,
+        vulkan_headers=HeadersChoice(vulkan_headers) if vulkan_headers else None,
     )
     downloads = sdrpc_cache() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / f"llama_cpp_python-{version}.tar.gz"
     if not archive.exists():
         shutil.copy2(sdist_path("llama-cpp-python", version), archive)
-    return build(pins, opts, os.environ).manifest.binary
+    return build(pins, opts, os.environ if env is None else env).manifest.binary

@@ -184,15 +184,19 @@ def lavapipe_env(n: int, shader_cache: Path | None = None) -> dict[str, str]:
 def vulkan_server() -> Path:
     """A real Vulkan ``ggml-rpc-server`` (llama.cpp 4df29be4, GGML_MAX_NAME=160), built once.
 
-    Built by sdrpc-build (``--backend vulkan -D Vulkan_INCLUDE_DIR=<trixie headers>``) into the
-    shared test cache; the first build takes ~4 min on 2 cores, later calls are cache hits.
+    Built by sdrpc-build (``--backend vulkan --vulkan-headers <trixie headers>``) into the
+    shared test cache; the first build takes ~5 min on 2 cores, later calls are cache hits.
+    The cache key holds the headers' version and content digest, not their path: the same
+    headers fetched by ``--vulkan-headers auto`` (test_vulkan_headers.py) hit this build. It is
+    verified with the lab's three lavapipe devices visible (recorded in its manifest).
     """
     include = headers_include()
     return servers.build_server(
         LAB_VERSION,
         LAB_MAX_NAME,
         backend="vulkan",
-        defines=(("Vulkan_INCLUDE_DIR", str(include)),),
+        vulkan_headers=str(include),
+        env={**os.environ, **lavapipe_env(3)},  # verification sees the lab's devices
     )
 
 

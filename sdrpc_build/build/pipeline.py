@@ -62,7 +62,18 @@ from sdrpc_build.build.toolchain import (
     prepare_build_dir,
 )
 from sdrpc_build.build.url import SecretUrl
-from sdrpc_build.build.verify import VerifyResult, verify_binary
+from sdrpc_build.build.verify import VerifyResult, runtime_env, verify_binary
+from sdrpc_build.build.vulkan_headers import (
+    REQUIREMENT as VULKAN_HEADERS,
+)
+from sdrpc_build.build.vulkan_headers import (
+    Headers,
+    HeadersChoice,
+    auto_dir,
+    fetch_auto,
+    headers_record,
+    prepare,
+)
 from sdrpc_build.errors import StoreError, ToolError, VerifyError
 from sdrpc_build.paths import artifacts_dir, sources_dir
 from sdrpc_build.run import run_logged
@@ -112,6 +123,7 @@ class BuildOptions:
     verify: bool = True
     fetch_retries: int = 3
     exact_ggml_dir: Optional[Path] = None  # --exact: build against this ggml tree
+    vulkan_headers: Optional[HeadersChoice] = None  # --vulkan-headers auto|PATH
 
 
 @dataclass(frozen=True)
@@ -135,6 +147,7 @@ def _request(
     tools: Optional[Toolchain],
     source_state: str,
     exact_ggml: str = "",
+    headers: Optional[Headers] = None,
 ) -> BuildRequest:
     return BuildRequest(
         commit=pins.llama_commit.value,
@@ -146,6 +159,8 @@ def _request(
         tool_versions=tools.versions() if tools else (),
         source_state=source_state,
         exact_ggml=exact_ggml,
+        resolved_defines=headers.defines() if headers else (),
+        inputs=(headers.key_input(),) if headers else (),
     )
 
 
@@ -162,9 +177,31 @@ def dry_run(pins: SdPins, opts: BuildOptions, env: Mapping[str, str]) -> DryRun:
     """The plan without network or build; the tree facts only if the source is cached."""
     recipe = resolve_recipe(opts)
     notes: list[str] = []
+    choice = opts.vulkan_headers
+    headers = prepare(choice, recipe, opts.defines, env, opts.cache_root)
+    if choice is not None and headers is None:  # auto, not fetched yet: where it will be
+        headers = Headers(
+            auto_dir(opts.cache_root, choice.repo) / "include",
+            (),
+            "auto",
+            str(choice.repo),
+            "(digest of the fetched headers)",
+        )
+        notes.append(f"Vulkan headers would be fetched from {choice.repo}")
+    source: Optional[Source] = None
+    if opts.llama_src is not None:
+        source = Source(opts.llama_src, pins.llama_commit.value, "local", str(opts.llama_src))
+    else:
+        source = cached_source(sources_dir(opts.cache_root), pins.llama_commit.value)
     try:  # the preflight sdrpc-build runs (and sdrpc doctor shows)
         doctor.require_buildable(
-            recipe, env, opts.cache_root, opts.defines, need_git=not opts.llama_sdist
+            recipe,
+            env,
+            opts.cache_root,
+            (*opts.defines, *(headers.defines() if headers and headers.version else ())),
+            need_git=not opts.llama_sdist or bool(choice and choice.auto),
+            provided=(VULKAN_HEADERS,) if headers and not headers.version else (),
+            tree=source.tree if source else None,
         )
     except ToolError as exc:
         notes.append(f"{exc.message} ({exc.hint})")
@@ -173,11 +210,6 @@ def dry_run(pins: SdPins, opts: BuildOptions, env: Mapping[str, str]) -> DryRun:
     except ToolError as exc:
         tools = None
         notes.append(f"{exc.message} ({exc.hint})")
-    source: Optional[Source] = None
-    if opts.llama_src is not None:
-        source = Source(opts.llama_src, pins.llama_commit.value, "local", str(opts.llama_src))
-    else:
-        source = cached_source(sources_dir(opts.cache_root), pins.llama_commit.value)
     facts = read_tree_facts(source.tree) if source and source.tree.is_dir() else None
     if facts is None:
         notes.append(
@@ -186,7 +218,7 @@ def dry_run(pins: SdPins, opts: BuildOptions, env: Mapping[str, str]) -> DryRun:
     if facts is not None and opts.exact_ggml_dir is not None:
         facts = exact_facts(facts, opts.exact_ggml_dir)
     exact_id = "(digest of the sd.cpp ggml tree)" if opts.exact_ggml_dir else ""
-    req = _request(pins, recipe, opts, tools, "clean", exact_id)
+    req = _request(pins, recipe, opts, tools, "clean", exact_id, headers)
     plan = make_plan(req, facts)
     tree = source.tree if source else sources_dir(opts.cache_root) / pins.llama_commit.value
     dirs = build_dirs(opts.cache_root, plan.key, tree, exact=bool(opts.exact_ggml_dir))
@@ -225,6 +257,40 @@ def scratch_parents(cache_root: Path) -> list[Path]:
     ]
 
 
+def _preflight(
+    recipe: Recipe,
+    opts: BuildOptions,
+    env: Mapping[str, str],
+    known: Optional[Path],
+    cache_problem: Optional[StoreError],
+    rep: Reporter,
+) -> Optional[Headers]:
+    """The preflight sdrpc doctor shows (exit 6 with what to install, before any fetch or
+    configure), then the Vulkan headers ``--vulkan-headers auto`` fetches, if any."""
+    choice = opts.vulkan_headers
+    headers = prepare(choice, recipe, opts.defines, env, opts.cache_root)  # no network
+    fetch_headers = choice is not None and headers is None
+    doctor.require_buildable(
+        recipe,
+        env,
+        opts.cache_root,
+        (*opts.defines, *(headers.defines() if headers else ())),
+        need_git=not opts.llama_sdist or fetch_headers,
+        need_disk=cache_problem is None,  # an unusable cache is exit 9, not "no disk"
+        provided=(VULKAN_HEADERS,) if fetch_headers else (),
+        tree=known,  # a tree at hand says which minimum versions it needs
+    )
+    if choice is None or headers is not None:
+        return headers
+    if cache_problem is not None:
+        raise cache_problem
+    rep.phase("vulkan headers")
+    try:
+        return fetch_auto(opts.cache_root, choice.repo, retries=opts.fetch_retries, log=rep.log)
+    except OSError as exc:
+        raise cache_error(exc, "write the Vulkan headers cache") from None
+
+
 def build(
     pins: SdPins,
     opts: BuildOptions,
@@ -244,19 +310,18 @@ def build(
         for path in clean_stale(scratch_parents(opts.cache_root)):
             rep.log(f"removed {path.name}, left behind by a killed build")
     rep.phase("toolchain")
-    if cache_problem is None:  # else nothing is built: a cache hit, or the cache's exit 9
-        # the preflight sdrpc doctor shows: exit 6 with what to install, before any fetch
-        doctor.require_buildable(
-            recipe, env, opts.cache_root, opts.defines, need_git=not opts.llama_sdist
-        )
-    tools = discover_toolchain(recipe, env)
-    state = "clean"
+    cached = cached_source(sources_dir(opts.cache_root), pins.llama_commit.value)
+    # a tree at hand (cached, --llama-src: read here, checked later) says which minimum
+    # versions it needs; without one the recipe's minimums stand (checked before any fetch)
+    known = opts.llama_src or (cached.tree if cached is not None else None)
+    headers = _preflight(recipe, opts, env, known, cache_problem, rep)
     local: Optional[Source] = None
     if opts.llama_src is not None:
         local = from_local_checkout(opts.llama_src, pins.llama_commit.value, opts.allow_dirty)
-        state = local.state
+    tools = discover_toolchain(recipe, env)
+    state = local.state if local is not None else "clean"
     exact_id = tree_digest(opts.exact_ggml_dir) if opts.exact_ggml_dir else ""
-    req = _request(pins, recipe, opts, tools, state, exact_id)
+    req = _request(pins, recipe, opts, tools, state, exact_id, headers)
     key = cache_key(req)
     arts = artifacts_dir(opts.cache_root)
     if cache_problem is not None:
@@ -325,7 +390,8 @@ def build(
                 tree_protocol=facts.protocol,
                 client_protocol=pins.client_protocol.value,
                 device_prefix=recipe.device_prefix,
-                env=env,
+                env=env,  # the environment the user builds (and will launch) with
+                visible_devices_env=recipe.visible_devices_env,
             )
             if not vres.ok:
                 raise VerifyError(
@@ -334,6 +400,15 @@ def build(
                     f"and the log {log_path}",
                 )
         manifest = _manifest(pins, opts, req, recipe, plan, facts, source, tools, vres)
+        manifest = replace(
+            manifest,
+            extra={
+                # what the server saw at verification (names and values of the backend's
+                # run-time variables, never secrets), and the Vulkan headers it was built with
+                "verify_env": runtime_env(env, recipe.name, recipe.visible_devices_env),
+                "vulkan_headers": headers_record(recipe, headers, opts.defines, env),
+            },
+        )
         manifest = replace(manifest, build_seconds=round(build_seconds, 2))
         rep.phase("store")
         entry = install_entry(arts, key, binary, manifest, log_path)

@@ -86,6 +86,11 @@ class BuildRequest:
     tool_versions: tuple[tuple[str, str], ...] = ()
     source_state: str = "clean"  # or "dirty:<hash>" for --llama-src --allow-dirty
     exact_ggml: str = ""  # --exact: identity of the sd.cpp tree's own ggml (commit or digest)
+    #: defines sdrpc resolved itself (``--vulkan-headers``: ``Vulkan_INCLUDE_DIR``); the key
+    #: holds ``inputs`` instead: what those paths contain (version and content digest), so
+    #: the same headers found elsewhere are the same build, and changed ones a new build
+    resolved_defines: tuple[tuple[str, str], ...] = ()
+    inputs: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,8 @@ def cache_key(req: BuildRequest) -> str:
         "exact_ggml": req.exact_ggml,
         "layout": 1,
     }
+    if req.inputs:  # absent otherwise: the keys of builds without such inputs stay the same
+        doc["inputs"] = list(req.inputs)
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
     exact = "-exact" if req.exact_ggml else ""
     return f"{req.recipe.name}-{req.commit[:10]}-n{req.max_name}{exact}-{digest}"
@@ -200,7 +207,7 @@ def make_plan(req: BuildRequest, facts: Optional[TreeFacts]) -> BuildPlan:
     if req.portable:
         defines["GGML_NATIVE"] = "OFF"
         defines["GGML_RPC_RDMA"] = "OFF"
-    for key, value in req.user_defines:
+    for key, value in (*req.user_defines, *req.resolved_defines):
         defines[key] = value
     return BuildPlan(request=req, facts=facts, defines=tuple(defines.items()), notes=tuple(notes))
 

@@ -77,7 +77,10 @@ _REQUIRE_KEYS = {
     "platforms": list,
     "why": str,
     "install": dict,
+    "needed_by": dict,
+    "fetch": str,
 }
+_NEEDED_BY_KEYS = {"file": str, "contains": str}
 #: what a requirement is looked up as (see :class:`Requirement`)
 REQUIREMENT_KINDS = ("tool", "header", "library", "file")
 #: how a version is read from a found file (the readers live in sdrpc_build.build.doctor)
@@ -118,6 +121,10 @@ class Requirement:
     holding a ``file``): then only that place counts, as in CMake.
     ``skip_if_defined``: a ``-D`` of any of these makes the requirement moot
     (e.g. another BLAS vendor). ``min_version`` is read with ``version_from``.
+    ``needed_by`` (``file``, ``contains``): the minimum holds for trees whose ``file``
+    contains ``contains`` (the symbol that needs it); once the tree is at hand, a tree
+    without it takes any version. ``fetch``: the sdrpc-build option that fetches the
+    requirement instead (e.g. ``--vulkan-headers auto``); doctor names it.
     """
 
     name: str
@@ -132,9 +139,19 @@ class Requirement:
     platforms: tuple[str, ...] = PLATFORMS
     why: str = field(default="", compare=False)
     install: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    needed_by: Optional[tuple[str, str]] = None
+    fetch: Optional[str] = None
 
     def install_hint(self, platform: str) -> str:
-        """How to get it on ``platform``; ``{min_version}`` in the text is filled in."""
+        """How to get it on ``platform``; ``{min_version}`` in the text is filled in.
+
+        A requirement sdrpc-build can fetch names that option first."""
+        how = self._install_hint(platform)
+        return (
+            f"pass {self.fetch} to sdrpc-build (it fetches them), or {how}" if self.fetch else how
+        )
+
+    def _install_hint(self, platform: str) -> str:
         for plat, how in self.install:
             if plat == platform:
                 return how.replace("{min_version}", ".".join(map(str, self.min_version or ())))
@@ -245,6 +262,16 @@ def _requirement(r: Any, where: str) -> Requirement:
             f"{where}: min_version and version_from go together",
             hint='e.g. min_version = "1.3.272" and version_from = "vulkan-header"',
         )
+    needed_by: Optional[tuple[str, str]] = None
+    if "needed_by" in r:
+        nb = r["needed_by"]
+        check_keys(nb, _NEEDED_BY_KEYS, f"{where} needed_by")
+        if set(nb) != set(_NEEDED_BY_KEYS) or "min_version" not in r:
+            raise RecipeError(
+                f"{where}: needed_by needs 'file' and 'contains', and a min_version",
+                hint='e.g. needed_by = { file = "ggml/src/x.cpp", contains = "Symbol" }',
+            )
+        needed_by = (nb["file"], nb["contains"])
     return Requirement(
         name=r["name"],
         kind=kind,
@@ -260,6 +287,8 @@ def _requirement(r: Any, where: str) -> Requirement:
         ),
         why=r.get("why", ""),
         install=install_table(r.get("install", {}), where),
+        needed_by=needed_by,
+        fetch=r.get("fetch"),
     )
 
 

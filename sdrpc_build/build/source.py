@@ -45,6 +45,7 @@ __all__ = [
     "fetch_git",
     "from_local_checkout",
     "install_tree",
+    "shallow_checkout",
     "source_lock",
 ]
 
@@ -159,6 +160,61 @@ def _fetch_into(
     return done
 
 
+def shallow_checkout(
+    tmp: Path,
+    url: SecretUrl,
+    ref: str,
+    *,
+    retries: int = 3,
+    retry_delay: float = 1.0,
+    log: Callable[[str], None] = lambda _m: None,
+    what: str = "",
+    not_there_hint: str = "check --llama-repo; a fork or mirror may not have it",
+    fallback_hint: str = "check the network or pass --llama-repo PATH/URL, --llama-src or "
+    "--llama-sdist",
+) -> str:
+    """Shallow-fetch ``ref`` (a commit, or ``refs/tags/NAME``) from ``url`` into a new
+    repository at ``tmp`` (replaced), check it out detached and return HEAD's commit.
+
+    Only git sees the real URL; its messages are scrubbed and ``.git/FETCH_HEAD`` (which
+    names the URL) is deleted. A ref the remote lacks is a :class:`SourceError` at once;
+    other failures are retried ``retries`` times, all attempts together within
+    :data:`FETCH_TIMEOUT` seconds. ``tmp`` is removed on any failure.
+    """
+    shown = str(url)
+    local = _local_path(url.reveal())
+    target = local.as_uri() if local is not None else url.reveal()
+    env = _git_env(url.has_credentials)
+    label = what or ref
+    deadline = time.monotonic() + FETCH_TIMEOUT
+    last = ""
+    for attempt in range(1, retries + 1):
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir(parents=True)
+            done = _fetch_into(tmp, target, shown, ref, env, deadline)
+            if done.ok:
+                head = run(_git(tmp, "rev-parse", "HEAD"), timeout=GIT_TIMEOUT, env=env)
+                # FETCH_HEAD names the URL the commit came from, credentials included
+                (tmp / ".git" / "FETCH_HEAD").unlink(missing_ok=True)
+                return head.stdout.strip()
+            shutil.rmtree(tmp, ignore_errors=True)
+            text = url.scrub((done.stderr or done.problem).strip())
+            last = text.splitlines()[-1] if text else f"git {done.why}"
+            if any(s in text.lower() for s in _NOT_THERE):
+                raise SourceError(f"{label} is not available at {shown}", hint=not_there_hint)
+            if attempt < retries and time.monotonic() + retry_delay * attempt < deadline:
+                log(f"fetch failed ({last.strip()}); retrying in {retry_delay:.0f}s")
+                time.sleep(retry_delay * attempt)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    raise SourceError(
+        f"cannot fetch {label} from {shown} after {retries} attempts: {last.strip()}",
+        hint=fallback_hint,
+    )
+
+
 def fetch_git(
     sources_root: Path,
     commit: str,
@@ -179,49 +235,30 @@ def fetch_git(
         hit = cached_source(sources_root, commit)
         if hit is not None:
             return hit
-        local = _local_path(repo_url.reveal())
-        target = local.as_uri() if local is not None else repo_url.reveal()
-        env = _git_env(repo_url.has_credentials)
         tmp = scratch_path(sources_root, commit)
-        deadline = time.monotonic() + FETCH_TIMEOUT
-        last = ""
-        for attempt in range(1, retries + 1):
+        try:
+            head = shallow_checkout(
+                tmp,
+                repo_url,
+                commit,
+                retries=retries,
+                retry_delay=retry_delay,
+                log=log,
+                what=f"commit {commit}",
+                not_there_hint="check the commit (sync-llama.last) and --llama-repo; "
+                "a fork may not have it",
+            )
+            if head != commit:
+                raise SourceError(
+                    f"{shown} gave commit {head or '?'}, not {commit}",
+                    hint="the remote rewrote history; check --llama-repo",
+                )
+            install_tree(tmp, sources_root / commit, commit, "git", shown)
+            log(f"fetched {commit[:12]} from {shown}")
+            return Source(sources_root / commit, commit, "git", shown, fetched=True)
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            try:
-                tmp.mkdir(parents=True)
-                done = _fetch_into(tmp, target, shown, commit, env, deadline)
-                if done.ok:
-                    head = run(_git(tmp, "rev-parse", "HEAD"), timeout=GIT_TIMEOUT, env=env)
-                    # FETCH_HEAD names the URL the commit came from, credentials included
-                    (tmp / ".git" / "FETCH_HEAD").unlink(missing_ok=True)
-                    if head.stdout.strip() != commit:
-                        raise SourceError(
-                            f"{shown} gave commit {head.stdout.strip() or '?'}, not {commit}",
-                            hint="the remote rewrote history; check --llama-repo",
-                        )
-                    install_tree(tmp, sources_root / commit, commit, "git", shown)
-                    log(f"fetched {commit[:12]} from {shown}")
-                    return Source(sources_root / commit, commit, "git", shown, fetched=True)
-                shutil.rmtree(tmp, ignore_errors=True)
-                text = repo_url.scrub((done.stderr or done.problem).strip())
-                last = text.splitlines()[-1] if text else f"git {done.why}"
-                low = text.lower()
-                if any(s in low for s in _NOT_THERE):
-                    raise SourceError(
-                        f"commit {commit} is not available at {shown}",
-                        hint="check the commit (sync-llama.last) and --llama-repo; "
-                        "a fork may not have it",
-                    ) from None
-                if attempt < retries and time.monotonic() + retry_delay * attempt < deadline:
-                    log(f"fetch failed ({last.strip()}); retrying in {retry_delay:.0f}s")
-                    time.sleep(retry_delay * attempt)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        raise SourceError(
-            f"cannot fetch {commit} from {shown} after {retries} attempts: {str(last).strip()}",
-            hint="check the network or pass --llama-repo PATH/URL, --llama-src or --llama-sdist",
-        )
+            raise
 
 
 def _dirty_state(tree: Path) -> tuple[bool, str]:

@@ -9,12 +9,14 @@ read its device list from the banner, and stop it (SIGTERM, then SIGKILL), alway
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from sdrpc_build.build.url import redact_text
 from sdrpc_build.errors import VerifyError
 from sdrpc_build.launch.banner import parse_device_list
 from sdrpc_build.launch.ports import pick_free_port
@@ -24,11 +26,27 @@ from sdrpc_build.protocol.compat import device_problems, name_length_problem, ve
 from sdrpc_build.protocol.layouts import Version, format_version
 from sdrpc_build.protocol.probe import DEADLINE_FACTOR, ProbeResult, probe
 
-__all__ = ["PROBE_TIMEOUT", "VerifyResult", "judge_verification", "verify_binary"]
+__all__ = [
+    "PROBE_TIMEOUT",
+    "RUNTIME_ENV_PREFIXES",
+    "VerifyResult",
+    "judge_verification",
+    "runtime_env",
+    "verify_binary",
+]
 
 HOST = "127.0.0.1"
 PROBE_TIMEOUT = 2.0  # seconds per exchange of one probe
 TAIL = 15  # lines of the server's output shown when it never answered
+#: per backend, the environment variables that decide which devices its server sees
+#: (loader, drivers, device filters): recorded in the manifest as verification saw them
+RUNTIME_ENV_PREFIXES: Mapping[str, tuple[str, ...]] = {
+    "vulkan": ("VK_", "GGML_VK_", "MESA_", "LP_", "RADV_", "ANV_"),
+    "cuda": ("CUDA_", "GGML_CUDA_"),
+    "hip": ("HIP_", "ROCR_", "HSA_", "GGML_HIP_"),
+    "sycl": ("ONEAPI_", "SYCL_", "GGML_SYCL_"),
+}
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|PWD|CREDENTIAL|AUTH|(^|_)KEY($|_)", re.I)
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,8 @@ class VerifyResult:
     seconds: float = 0.0
     endpoint: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: a GPU build whose server listed only the CPU: it would compute on the CPU
+    cpu_only: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -51,8 +71,42 @@ class VerifyResult:
             "devices": list(self.devices),
             "problems": list(self.problems),
             "warnings": list(self.warnings),
+            "cpu_only": self.cpu_only,
             "seconds": round(self.seconds, 3),
         }
+
+
+def runtime_env(
+    env: Mapping[str, str], backend: str, visible_devices_env: Optional[str] = None
+) -> dict[str, str]:
+    """The backend's run-time variables in ``env`` (names and values), for the manifest.
+
+    Never a secret: a name that looks like one is left out, and credentials in a value
+    (a URL's userinfo) are masked."""
+    prefixes = RUNTIME_ENV_PREFIXES.get(backend, ())
+    return {
+        k: redact_text(v)
+        for k, v in sorted(env.items())
+        if (k.startswith(prefixes) or k == visible_devices_env) and not _SECRET_NAME.search(k)
+    }
+
+
+def cpu_only_warning(
+    device_prefix: str, devices: tuple[str, ...], visible_env: Optional[str]
+) -> str:
+    """What to say, loudly, when a GPU build's server lists only the CPU."""
+    text = (
+        f"ONLY THE CPU: no {device_prefix} device listed (only {', '.join(devices)}): started "
+        "in this environment, the server computes on the CPU; check the GPU driver"
+    )
+    if visible_env:
+        text += (
+            f" and {visible_env} (a device it does not list is hidden; ggml-vulkan hides "
+            "CPU-type devices such as lavapipe unless it lists them)"
+            if visible_env == "GGML_VK_VISIBLE_DEVICES"
+            else f" and {visible_env} (a device it does not list is hidden)"
+        )
+    return text + "; the manifest records the environment verification used (verify_env)"
 
 
 def judge_verification(
@@ -63,6 +117,7 @@ def judge_verification(
     max_name: int,
     devices: tuple[str, ...],
     device_prefix: str,
+    visible_devices_env: Optional[str] = None,
 ) -> tuple[list[str], list[str]]:
     """Pure: (problems, warnings) for what a server reported against what was expected.
 
@@ -88,10 +143,7 @@ def judge_verification(
         problems.extend(filter(None, [name_length_problem(result.max_name, max_name)]))
     problems.extend(device_problems(result))
     if devices and not any(d.startswith(device_prefix) for d in devices):
-        warnings.append(
-            f"no {device_prefix} device listed (only {', '.join(devices)}): the "
-            "server will run on the CPU; check drivers / visible devices"
-        )
+        warnings.append(cpu_only_warning(device_prefix, devices, visible_devices_env))
     elif not devices:
         warnings.append("the server's device list could not be read from its banner")
     return problems, warnings
@@ -106,6 +158,7 @@ def verify_binary(
     device_prefix: str,
     env: Mapping[str, str],
     timeout: float = 60.0,
+    visible_devices_env: Optional[str] = None,
 ) -> VerifyResult:
     """Run the server briefly on loopback and check it answers like the build promised."""
     port = pick_free_port(HOST)
@@ -148,6 +201,7 @@ def verify_binary(
         max_name=max_name,
         devices=devices,
         device_prefix=device_prefix,
+        visible_devices_env=visible_devices_env,
     )
     return VerifyResult(
         ok=not problems,
@@ -158,4 +212,5 @@ def verify_binary(
         warnings=tuple(warnings),
         seconds=run.seconds,
         endpoint=f"{HOST}:{port}",
+        cpu_only=bool(devices) and not any(d.startswith(device_prefix) for d in devices),
     )

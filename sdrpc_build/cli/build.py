@@ -33,6 +33,7 @@ from sdrpc_build.cli.build_report import (
     print_pins,
     print_result,
 )
+from sdrpc_build.cli.build_vulkan import add_vulkan_options, headers_choice
 from sdrpc_build.errors import ExitCode, PinsError, Terminated, UsageError
 from sdrpc_build.paths import artifacts_dir, cache_dir, shown_path
 
@@ -134,6 +135,7 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="NAME==VERSION",
         help="use the llama.cpp vendored in a PyPI sdist, e.g. llama-cpp-python==0.3.35",
     )
+    add_vulkan_options(p)
     o = p.add_argument_group("output")
     o.add_argument("--cache-dir", type=Path, help="cache root (env SDRPC_CACHE_DIR)")
     o.add_argument("--dry-run", action="store_true", help="print pins, plan and cmake lines only")
@@ -244,6 +246,7 @@ def _options(args: argparse.Namespace, env: Mapping[str, str]) -> BuildOptions:
         jobs=jobs,
         verify=not args.no_verify,
         exact_ggml_dir=exact_dir,
+        vulkan_headers=headers_choice(args),
     )
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "print_pins",
     "print_result",
     "print_table",
+    "shout",
 ]
 
 #: seconds between two compile-step lines when not on a terminal
@@ -204,8 +205,12 @@ def print_dry_run(pins: SdPins, dry: DryRun, as_json: bool) -> None:
 
 def print_result(res: BuildResult, wheel: Optional[Path], as_json: bool) -> None:
     """Warnings on stderr; the JSON object, or a summary line, the manifest and the binary."""
+    cpu_only = res.verify is not None and res.verify.cpu_only  # a GPU build found no GPU
     for w in res.warnings:
-        err_console().print(f"[bold yellow]warning:[/bold yellow] {w}")
+        if cpu_only and w.startswith("ONLY THE CPU"):
+            shout("sdrpc-build", w)
+        else:
+            err_console().print(f"[bold yellow]warning:[/bold yellow] {w}")
     m = res.manifest
     if as_json:
         doc = {
@@ -285,3 +290,12 @@ def print_builds(manifests: Sequence[Manifest], as_json: bool) -> None:
         verified = "yes" if m.verified else "no"
         t.add_row(m.key, m.backend, m.commit, str(m.max_name), m.protocol, verified, m.created)
     print_table(t)
+
+
+def shout(prog: str, text: str, file: Optional[TextIO] = None) -> None:
+    """A warning nobody scrolls past: framed, every line ``PROG: WARNING:``, on stderr."""
+    stream = file or sys.stderr
+    bar = "*" * 72
+    print(f"{prog}: WARNING: {bar}", file=stream)
+    print(f"{prog}: WARNING: {text}", file=stream)
+    print(f"{prog}: WARNING: {bar}", file=stream, flush=True)

@@ -78,10 +78,18 @@ def _print(report: DoctorReport) -> None:
         backends.add_column(col)
     for b in report.backends:
         mark = "[green]yes[/green]" if b.buildable else "[red]no[/red]"
+        if b.buildable_with:  # only what sdrpc-build fetches itself is missing
+            mark = f"[yellow]buildable with {b.buildable_with}[/yellow]"
         backends.add_row(b.backend, mark, ", ".join(b.missing), "; ".join(b.notes))
     con.print(backends)
     can = report.buildable
     con.print(f"can build here: {', '.join(can) if can else 'none of the backends checked'}")
+    for b in report.backends:
+        if b.buildable_with:
+            con.print(
+                f"buildable with {b.buildable_with}: sdrpc-build --backend {b.backend} "
+                f"{b.buildable_with}"
+            )
 
 
 def _wanted(names: list[str], recipes: list[Recipe]) -> list[str]:

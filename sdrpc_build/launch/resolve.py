@@ -26,6 +26,7 @@ from sdrpc_build.launch.banner import BannerDevice
 from sdrpc_build.launch.config import ServerOptions
 from sdrpc_build.launch.private import show_path
 from sdrpc_build.launch.spec import (
+    VISIBLE_DEVICES_VARS,
     Resolver,
     ServerSpec,
     backend_from_devices,
@@ -34,7 +35,14 @@ from sdrpc_build.launch.spec import (
     valid_name,
 )
 
-__all__ = ["Build", "BuildLocator", "Environment", "resolve_build", "resolve_servers"]
+__all__ = [
+    "Build",
+    "BuildLocator",
+    "Environment",
+    "hidden_devices_hint",
+    "resolve_build",
+    "resolve_servers",
+]
 
 MAX_PORT = 65535
 DeviceLister = Callable[[Path, Mapping[str, str]], Optional[tuple[BannerDevice, ...]]]
@@ -160,11 +168,35 @@ def _free_port(world: Environment, host: str, taken: Mapping[int, str]) -> int:
     return port
 
 
+def hidden_devices_hint(
+    asked: str, offered: Sequence[str], backend: Optional[str]
+) -> Optional[str]:
+    """Why a GPU device may be missing when a binary offers only the CPU: the backend's
+    visible-devices variable hides it (ggml-vulkan hides CPU-type devices such as lavapipe
+    unless GGML_VK_VISIBLE_DEVICES names them). None when a GPU is offered, or no variable
+    applies."""
+    if any(not n.startswith("CPU") for n in offered):
+        return None
+    guess = backend_from_devices([asked])
+    wanted = guess if guess not in (None, "cpu", "blas") else backend
+    var = VISIBLE_DEVICES_VARS.get((wanted or "").lower())
+    if var is None:
+        return None
+    hint = (
+        f"the {asked} device may be hidden: {var} decides which devices the server sees; "
+        f"pass --visible-devices 0,1,... (it sets {var}) or set {var} yourself"
+    )
+    if var == "GGML_VK_VISIBLE_DEVICES":
+        hint += "; ggml-vulkan hides CPU-type devices (lavapipe, llvmpipe) unless it lists them"
+    return hint + "; else check the GPU driver"
+
+
 def _check_devices(
     o: ServerOptions,
     offered: Optional[tuple[BannerDevice, ...]],
     binary: Path,
     warn: Callable[[str], None],
+    backend: Optional[str] = None,
 ) -> None:
     if not o.devices:
         return
@@ -181,7 +213,8 @@ def _check_devices(
         raise DeviceError(
             f"{_where(o)}unknown device {unknown[0]!r}; {binary.name} offers: "
             + (", ".join(names) or "no devices"),
-            hint="device names are case-sensitive; pick from the list above",
+            hint=hidden_devices_hint(unknown[0], names, backend)
+            or "device names are case-sensitive; pick from the list above",
             details=listing or None,
         )
 
@@ -214,7 +247,7 @@ def _expand(
         offered = None
     if o.devices or per_device:
         offered = world.list_devices(build.binary, build_env(spec, world.env))
-        _check_devices(o, offered, build.binary, world.warn)
+        _check_devices(o, offered, build.binary, world.warn, spec.backend)
     if not per_device:
         return [spec]
     if offered is None:

@@ -130,4 +130,26 @@ def test_vulkan_headers_verdict_names_the_minimum_version(
     blocked = "vulkan-headers" in list(verdicts["vulkan"]["missing"])  # type: ignore[call-overload]
     assert blocked == (vk["status"] != "ok")
     if blocked:
-        assert str(vk["hint"]).startswith("install Vulkan headers >= 1.3.272 (e.g. the LunarG SDK")
+        assert str(vk["hint"]).startswith(
+            "pass --vulkan-headers auto to sdrpc-build (it fetches them), or install Vulkan "
+            "headers >= 1.3.272 (e.g. the LunarG SDK"
+        )
+
+
+def test_buildable_with_an_option_passes_the_preflight_with_it(
+    verdicts: dict[str, dict[str, object]], tmp_path: Path
+) -> None:
+    """A backend doctor calls "buildable with OPTION" passes sdrpc-build's preflight with that
+    option (dry run: the preflight's verdict, nothing fetched)."""
+    with_option = {b: str(v["buildable_with"]) for b, v in verdicts.items() if v["buildable_with"]}
+    for backend, option in with_option.items():
+        run = _run(
+            "sdrpc_build.cli.build",
+            *("--llama-commit", V5, "--max-name", "160", "--backend", backend, *option.split()),
+            *("--dry-run", "--json"),
+            cache=tmp_path / "cache",
+        )
+        assert run.returncode == 0, run.stderr
+        notes = json.loads(run.stdout)["notes"]
+        assert not any("cannot be built here" in n for n in notes), (backend, notes)
+        assert not (tmp_path / "cache" / "sources").exists()

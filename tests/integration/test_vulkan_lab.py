@@ -161,27 +161,36 @@ def test_compute_on_vulkan_through_rpc_matches_cpu(
     assert re.search(r"\[graph_compute\] device: 0, n_nodes: [1-9]", text), text
 
 
-# ---------------------------------------------------------------- gaps for issue 12
-# Strict xfails: each documents a change the package needs; it starts passing (and then
-# fails as XPASS) once the fix lands, so whoever fixes it removes the marker.
+# ---------------------------------------------------------------- what users are told
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 gap: sdrpc_build/supervise/resolve.py _check_devices() answers an "
-    "unknown VulkanN with 'device names are case-sensitive' although ggml-vulkan merely hid "
-    "a CPU-type device (lavapipe); when the recipe/build is vulkan and the binary offers "
-    "only CPU, the hint should name GGML_VK_VISIBLE_DEVICES / --visible-devices",
-)
 def test_hidden_lavapipe_device_hint_names_visible_devices(
     vk_server: Path, lab: dict[str, str], tmp_path: Path
 ) -> None:
+    """ggml-vulkan hid the CPU-type lavapipe devices (no GGML_VK_VISIBLE_DEVICES): the binary
+    offers only the CPU, and the hint names the variable, not "names are case-sensitive"."""
     env = {k: v for k, v in lab.items() if k != "GGML_VK_VISIBLE_DEVICES"}
     proc = _launch(["--binary", str(vk_server), "-d", "Vulkan1", "-p", "0"], env, tmp_path)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 23, err
     assert "offers: CPU" in err
     assert "GGML_VK_VISIBLE_DEVICES" in err or "--visible-devices" in err, err
+
+
+def test_unknown_device_lists_what_the_server_sees_in_its_environment(
+    vk_server: Path, lab: dict[str, str], tmp_path: Path
+) -> None:
+    """-d Vulkan7 is refused with the real list, made with the environment the server gets:
+    --visible-devices 0,1 (GGML_VK_VISIBLE_DEVICES for a Vulkan build) leaves two devices."""
+    proc = _launch(["--binary", str(vk_server), "-d", "Vulkan7", "-p", "0"], lab, tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 23, err
+    assert "unknown device 'Vulkan7'" in err and "offers: Vulkan0, Vulkan1, Vulkan2" in err, err
+    args = ["--binary", str(vk_server), "--visible-devices", "0,1", "-d", "Vulkan2", "-p", "0"]
+    proc = _launch(args, lab, tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 23, err
+    assert "offers: Vulkan0, Vulkan1, CPU\n" in err, err  # Vulkan2 is hidden
 
 
 def test_build_refuses_too_old_vulkan_headers_first(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from sdrpc_build.build.doctor import (
     require_buildable,
 )
 from sdrpc_build.build.doctor.checks import Doctor
-from sdrpc_build.build.doctor.preflight import verdict
+from sdrpc_build.build.doctor.preflight import for_tree, verdict
 from sdrpc_build.build.recipes import RUNTIME_CHECKS, list_recipes, load_recipe, parse_recipe
 from sdrpc_build.cli import build as cli_build
 from sdrpc_build.cli import doctor as cli_doctor
@@ -221,11 +221,14 @@ def test_vulkan_header_version_decides(header: str, status: str) -> None:
     if status == "too-old":
         assert "1.3.239 < 1.3.272" in check.detail
         assert check.hint == (
-            "install Vulkan headers >= 1.3.272 (e.g. the LunarG SDK, or Debian trixie's "
-            "libvulkan-dev)"
+            "pass --vulkan-headers auto to sdrpc-build (it fetches them), or install Vulkan "
+            "headers >= 1.3.272 (e.g. the LunarG SDK, or Debian trixie's libvulkan-dev)"
         )
         assert report.buildable == []
         assert _backend(report, "vulkan")[1] == ("vulkan-headers",)
+        # only what sdrpc-build fetches itself is missing: doctor says with which option
+        assert report.backends[0].buildable_with == "--vulkan-headers auto"
+        assert report.as_dict()["buildable_with"] == {"vulkan": "--vulkan-headers auto"}
     else:
         assert report.buildable == ["vulkan"]
 
@@ -398,8 +401,11 @@ def test_doctor_hints_name_only_flags_doctor_takes(
     for r in list_recipes():
         hints += [req.install_hint(p) for req in r.requires for p in ("linux", "macos", "windows")]
     assert len(hints) > 50
-    foreign = {f: h for h in hints for f in (_flags(h) & sdrpc_flags) - has}
+    foreign = {
+        f: h for h in hints for f in (_flags(h) & sdrpc_flags) - has if not _says_whose(h, f)
+    }
     assert foreign == {}
+    assert any(_says_whose(h, "--vulkan-headers") for h in hints)  # allowed: named as such
 
 
 def test_runtime_checks_come_from_the_recipe() -> None:
@@ -418,3 +424,71 @@ def test_runtime_checks_come_from_the_recipe() -> None:
     assert note.startswith("vulkan-driver: vulkaninfo not found")
     with pytest.raises(RecipeError, match="did you mean 'rocm-driver'"):
         parse_recipe("x", b'runtime_checks = ["rocm-drivers"]\n[defines]\nA = "ON"\n', "x")
+
+
+def _says_whose(hint: str, flag: str) -> bool:
+    """``flag`` is named as sdrpc-build's own, in the same clause (``pass F to sdrpc-build``)."""
+    return any(flag in part and "sdrpc-build" in part for part in re.split(r"[;,]", hint))
+
+
+def test_vulkan_buildable_with_auto_headers_needs_git_and_the_rest() -> None:
+    """Too old headers alone: buildable with --vulkan-headers auto. Not when git (which
+    fetches them) or anything sdrpc cannot fetch (glslc) is missing too."""
+    files = {**VULKAN_DEBIAN}
+    m = Machine(exes=("cmake", "ninja", "cc", "c++", "git", "glslc"), files=files)
+    assert m.diagnose(["vulkan"]).backends[0].buildable_with == "--vulkan-headers auto"
+    del m.files["/usr/include/vulkan/vulkan_core.h"]  # missing counts like too old
+    assert m.diagnose(["vulkan"]).backends[0].buildable_with == "--vulkan-headers auto"
+    no_git = Machine(exes=("cmake", "ninja", "cc", "c++", "glslc"), files=files)
+    assert no_git.diagnose(["vulkan"]).backends[0].buildable_with == ""
+    no_glslc = Machine(exes=("cmake", "ninja", "cc", "c++", "git"), files=files)
+    b = no_glslc.diagnose(["vulkan"]).backends[0]
+    assert (b.buildable, b.buildable_with) == (False, "")
+    assert set(b.missing) == {"glslc", "vulkan-headers"}
+
+
+def test_auto_headers_are_provided_not_looked_for() -> None:
+    """sdrpc-build --vulkan-headers auto: the preflight skips the headers it fetches later,
+    and still checks everything else."""
+    m = Machine(exes=("cmake", "ninja", "cc", "c++", "git", "glslc"), files=VULKAN_DEBIAN)
+    recipe = load_recipe("vulkan")
+
+    def error(**kw: object) -> Optional[ToolError]:
+        try:
+            require_buildable(recipe, {}, Path("/cache"), probes=m.probes(), **kw)  # type: ignore[arg-type]
+        except ToolError as exc:
+            return exc
+        return None
+
+    assert error() is not None
+    assert error(provided=("vulkan-headers",)) is None
+    del m.exes["glslc"]
+    e = error(provided=("vulkan-headers",))
+    assert e is not None and "glslc" in e.message and "vulkan-headers" not in e.message
+
+
+def test_the_tree_says_which_header_version_it_needs() -> None:
+    """The minimum (1.3.272) is needed_by vk::LayerSettingEXT: a tree whose ggml-vulkan.cpp
+    does not use it builds with Debian 12's 1.3.239 headers; one that does, does not."""
+    m = Machine(exes=("cmake", "ninja", "cc", "c++", "git", "glslc"), files=VULKAN_DEBIAN)
+    recipe = load_recipe("vulkan")
+    cpp = "/tree/ggml/src/ggml-vulkan/ggml-vulkan.cpp"
+
+    def error() -> Optional[ToolError]:
+        try:
+            require_buildable(recipe, {}, Path("/cache"), probes=m.probes(), tree=Path("/tree"))
+        except ToolError as exc:
+            return exc
+        return None
+
+    m.files[cpp] = "std::vector<vk::LayerSettingEXT> settings = {};"
+    e = error()
+    assert e is not None and "vulkan-headers 1.3.239 < 1.3.272" in e.message
+    assert "--vulkan-headers auto" in (e.hint or "")
+    m.files[cpp] = "// an older tree: no layer settings"
+    assert error() is None
+    del m.files[cpp]  # a tree without the file: the recipe's minimum stands
+    assert error() is not None
+    req = next(r for r in recipe.requires if r.name == "vulkan-headers")
+    assert for_tree(recipe, lambda _p: "", Path("/t")).requires != recipe.requires
+    assert req.needed_by == ("ggml/src/ggml-vulkan/ggml-vulkan.cpp", "LayerSettingEXT")

@@ -87,6 +87,28 @@ def test_unknown_device_lists_what_the_binary_offers(tmp_path: Path, binary: Pat
     assert s.devices == ("CUDA1",)
 
 
+def test_only_cpu_offered_hint_names_the_visible_devices_variable(
+    tmp_path: Path, binary: Path
+) -> None:
+    """A Vulkan binary whose lavapipe device ggml-vulkan hid offers only the CPU: the hint
+    says which variable hides devices, not "names are case-sensitive"."""
+    w = World(tmp_path, devices=(BannerDevice("CPU", "EPYC", 100, 90),))
+    with pytest.raises(DeviceError, match="unknown device 'Vulkan1'; .* offers: CPU") as info:
+        resolve_servers([ServerOptions(binary=binary, devices=("Vulkan1",))], w.env)
+    hint = info.value.hint or ""
+    assert "GGML_VK_VISIBLE_DEVICES" in hint and "--visible-devices" in hint, hint
+    assert "lavapipe" in hint
+    with pytest.raises(DeviceError) as info:  # CUDA: its own variable
+        resolve_servers([ServerOptions(binary=binary, devices=("CUDA0",))], w.env)
+    assert "CUDA_VISIBLE_DEVICES" in (info.value.hint or "")
+    with pytest.raises(DeviceError) as info:  # a GPU is offered: a misspelt name, as before
+        resolve_servers([ServerOptions(binary=binary, devices=("cuda0",))], World(tmp_path).env)
+    assert "case-sensitive" in (info.value.hint or "")
+    with pytest.raises(DeviceError) as info:  # no variable for the name: as before
+        resolve_servers([ServerOptions(binary=binary, devices=("GPU7",))], w.env)
+    assert "case-sensitive" in (info.value.hint or "")
+
+
 def test_per_device_one_server_each_on_consecutive_ports(tmp_path: Path, binary: Path) -> None:
     w = World(tmp_path)
     specs = resolve_servers(

@@ -10,7 +10,8 @@ same message and install command doctor prints.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Optional
@@ -20,11 +21,18 @@ from sdrpc_build.build.doctor.hints import install_hint
 from sdrpc_build.build.doctor.probes import Probes, system_probes
 from sdrpc_build.build.doctor.results import BackendReport, Check
 from sdrpc_build.build.doctor.versions import vstr
-from sdrpc_build.build.recipes import Recipe
+from sdrpc_build.build.recipes import Recipe, Requirement
 from sdrpc_build.build.toolchain import current_platform
 from sdrpc_build.errors import ToolError
 
-__all__ = ["ADVISORY", "REQUIRED", "blocked_error", "require_buildable", "verdict"]
+__all__ = [
+    "ADVISORY",
+    "REQUIRED",
+    "blocked_error",
+    "for_tree",
+    "require_buildable",
+    "verdict",
+]
 
 #: machine-wide checks every backend needs
 REQUIRED = ("cmake", "c-compiler", "cxx-compiler", "git", "disk")
@@ -39,8 +47,13 @@ def verdict(
     defines: Mapping[str, str] = _NONE,
     required: Sequence[str] = REQUIRED,
     runtime: bool = True,
+    provided: Sequence[str] = (),
 ) -> BackendReport:
-    """Whether ``recipe`` builds here with the build's ``-D`` values ``defines``."""
+    """Whether ``recipe`` builds here with the build's ``-D`` values ``defines``.
+
+    ``provided``: requirements sdrpc-build fetches itself for this build (``--vulkan-headers
+    auto``), not looked for. When only requirements it could fetch (``fetch`` in the recipe)
+    block and git is there, the report names the option (``buildable_with``)."""
     plat = doc.plat
     if plat not in recipe.platforms:
         where = ", ".join(recipe.platforms)
@@ -62,14 +75,20 @@ def verdict(
             )
         )
     tools: dict[str, str] = {}
+    fetchable: dict[str, str] = {}
     for req in recipe.requires:
-        c = doc.requirement(req, defines, tools)
+        c = None if req.name in provided else doc.requirement(req, defines, tools)
         if c is None:
             continue
         if not c.ok:
             blockers.append(c)
+            if req.fetch:
+                fetchable[c.name] = req.fetch
         elif req.kind == "tool" and c.path:
             tools[req.name] = c.path
+    with_option = ""
+    if blockers and all(c.name in fetchable for c in blockers) and doc.get("git").ok:
+        with_option = " ".join(dict.fromkeys(fetchable[c.name] for c in blockers))
     notes = []
     # the recipe's runtime_checks: a build works without them, the server then finds no device
     for name in recipe.runtime_checks if runtime else ():
@@ -83,7 +102,23 @@ def verdict(
         tuple(c.name for c in blockers),
         tuple(notes),
         tuple(blockers),
+        with_option,
     )
+
+
+def for_tree(recipe: Recipe, read_text: Callable[[Path], Optional[str]], tree: Path) -> Recipe:
+    """``recipe`` as ``tree`` needs it: a requirement whose minimum version is ``needed_by`` a
+    symbol the tree does not use takes any version there (its file read with ``read_text``)."""
+
+    def needed(req: Requirement) -> Requirement:
+        if req.needed_by is None or req.min_version is None:
+            return req
+        text = read_text(tree / req.needed_by[0])
+        if text is None or req.needed_by[1] in text:
+            return req
+        return replace(req, min_version=None, version_from=None)
+
+    return replace(recipe, requires=tuple(needed(r) for r in recipe.requires))
 
 
 def blocked_error(report: BackendReport) -> ToolError:
@@ -104,17 +139,30 @@ def require_buildable(
     need_disk: bool = True,
     platform: Optional[str] = None,
     probes: Optional[Probes] = None,
+    provided: Sequence[str] = (),
+    tree: Optional[Path] = None,
 ) -> None:
     """Raise :func:`blocked_error` unless ``recipe`` builds here (sdrpc-build, before configure).
 
-    ``defines`` are the user's ``-D`` values (e.g. ``Vulkan_INCLUDE_DIR``);
-    ``need_git`` is False when the source comes from an sdist; ``need_disk`` is
-    False when the cache cannot be written anyway (only a cache hit can be served).
+    ``defines`` are the build's ``-D`` values (e.g. ``Vulkan_INCLUDE_DIR``, given or from
+    ``--vulkan-headers``); ``need_git`` is False when the source comes from an sdist;
+    ``need_disk`` is False when the cache cannot be written anyway (only a cache hit can be
+    served); ``provided`` names requirements the build fetches itself; ``tree``, once the
+    llama.cpp tree is at hand, says which minimum versions it needs (:func:`for_tree`).
     """
     if probes is None:
         probes = system_probes(env, platform or current_platform())
+    if tree is not None:
+        recipe = for_tree(recipe, probes.read_text, tree)
     skip = {n for n, needed in (("git", need_git), ("disk", need_disk)) if not needed}
     required = tuple(n for n in REQUIRED if n not in skip)
-    report = verdict(Doctor(probes, cache_root), recipe, dict(defines), required, runtime=False)
+    report = verdict(
+        Doctor(probes, cache_root),
+        recipe,
+        dict(defines),
+        required,
+        runtime=False,
+        provided=provided,
+    )
     if not report.buildable:
         raise blocked_error(report)

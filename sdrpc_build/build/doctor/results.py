@@ -46,6 +46,8 @@ class BackendReport:
     missing: tuple[str, ...]  # required checks that failed
     notes: tuple[str, ...]  # optional checks that failed (e.g. no GPU driver)
     blockers: tuple[Check, ...] = ()  # the failed checks behind ``missing``, with hints
+    #: the sdrpc-build option that fetches every blocker (e.g. "--vulkan-headers auto"), or ""
+    buildable_with: str = ""
 
     @property
     def problem(self) -> str:
@@ -68,6 +70,7 @@ class BackendReport:
             "backend": self.backend,
             "supported": self.supported,
             "buildable": self.buildable,
+            "buildable_with": self.buildable_with or None,
             "missing": list(self.missing),
             "notes": list(self.notes),
         }
@@ -93,6 +96,9 @@ class DoctorReport:
         return {
             "platform": self.platform,
             "buildable": self.buildable,
+            "buildable_with": {
+                b.backend: b.buildable_with for b in self.backends if b.buildable_with
+            },
             "checks": [c.as_dict() for c in self.checks],
             "backends": [b.as_dict() for b in self.backends],
         }
