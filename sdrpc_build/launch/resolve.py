@@ -46,6 +46,7 @@ from sdrpc_build.launch.spec import (
 __all__ = [
     "Build",
     "BuildLocator",
+    "BuildMissing",
     "ClientPins",
     "Environment",
     "resolve_build",
