@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import servers
-from test_launch import Launch
+from integration.test_launch import Launch
 
 pytestmark = pytest.mark.integration
 
