@@ -37,7 +37,7 @@ from sdrpc_build.cli.build_vulkan import add_vulkan_options, headers_choice
 from sdrpc_build.errors import ExitCode, PinsError, Terminated, UsageError
 from sdrpc_build.paths import artifacts_dir, cache_dir, shown_path
 
-__all__ = ["CODES", "main", "make_parser"]
+__all__ = ["CODES", "exact_ggml_dir", "main", "make_parser", "read_pins"]
 
 PROG = "sdrpc-build"
 #: what sdrpc-build may exit with
@@ -165,18 +165,41 @@ def _jobs(text: Optional[str]) -> Optional[int]:
 
 
 def _pins(args: argparse.Namespace, env: Mapping[str, str]) -> SdPins:
-    if args.llama_commit is not None and not is_full_sha(args.llama_commit):
+    return read_pins(
+        env,
+        sd_cpp=args.sd_cpp,
+        sd_ref=args.sd_ref,
+        llama_commit=args.llama_commit,
+        max_name_text=args.max_name,
+        github_api=args.github_api,
+        github_raw=args.github_raw,
+    )
+
+
+def read_pins(
+    env: Mapping[str, str],
+    *,
+    sd_cpp: Optional[Path],
+    sd_ref: Optional[str],
+    llama_commit: Optional[str],
+    max_name_text: Optional[str],
+    github_api: Optional[SecretUrl] = None,
+    github_raw: Optional[SecretUrl] = None,
+) -> SdPins:
+    """The client's pins from the pin options (sdrpc-build's and sdrpc-launch's): a remote
+    ref, a tree (default: the current directory), or ``--llama-commit`` + ``--max-name``."""
+    if llama_commit is not None and not is_full_sha(llama_commit):
         raise UsageError(
-            f"--llama-commit {args.llama_commit[:60]!r} is not a full 40-hex commit",
+            f"--llama-commit {llama_commit[:60]!r} is not a full 40-hex commit",
             hint="pinned means a full SHA; abbreviations and branch names are refused",
         )
     max_name: Optional[int] = None
-    if args.max_name is not None:
-        max_name = parse_max_name_value(args.max_name, "--max-name", UsageError)
-    if args.sd_ref:
-        cfg = RemoteConfig.from_env(env, api=args.github_api, raw=args.github_raw)
-        return read_remote_ref(args.sd_ref, cfg, llama_commit=args.llama_commit, max_name=max_name)
-    if args.sd_cpp is None and args.llama_commit is not None:
+    if max_name_text is not None:
+        max_name = parse_max_name_value(max_name_text, "--max-name", UsageError)
+    if sd_ref:
+        cfg = RemoteConfig.from_env(env, api=github_api, raw=github_raw)
+        return read_remote_ref(sd_ref, cfg, llama_commit=llama_commit, max_name=max_name)
+    if sd_cpp is None and llama_commit is not None:
         # no tree: the commit and the name length must both be given
         if max_name is None:
             raise UsageError(
@@ -186,7 +209,7 @@ def _pins(args: argparse.Namespace, env: Mapping[str, str]) -> SdPins:
                 "--sd-cpp PATH / --sd-ref OWNER/REPO@REF to read it",
             )
         return SdPins(
-            llama_commit=Pin(args.llama_commit, "--llama-commit"),
+            llama_commit=Pin(llama_commit, "--llama-commit"),
             max_name=Pin(max_name, "--max-name"),
             client_protocol=Pin(None, "unknown (no sd.cpp tree)"),
             ggml_url=Pin(None, "unknown (no sd.cpp tree)"),
@@ -195,11 +218,11 @@ def _pins(args: argparse.Namespace, env: Mapping[str, str]) -> SdPins:
             rpc_client=Pin(None, "unknown (no sd.cpp tree)"),
             origin="command line",
         )
-    tree = args.sd_cpp or Path(os.getcwd())
+    tree = sd_cpp or Path(os.getcwd())
     try:
-        return read_sd_tree(tree, llama_commit=args.llama_commit, max_name=max_name)
+        return read_sd_tree(tree, llama_commit=llama_commit, max_name=max_name)
     except PinsError as exc:
-        if args.sd_cpp is None and "not a stable-diffusion.cpp tree" in exc.message:
+        if sd_cpp is None and "not a stable-diffusion.cpp tree" in exc.message:
             raise PinsError(
                 "the current directory is not a stable-diffusion.cpp tree",
                 hint="cd into an sd.cpp checkout, pass --sd-cpp PATH or --sd-ref OWNER/REPO@REF, "
@@ -208,30 +231,34 @@ def _pins(args: argparse.Namespace, env: Mapping[str, str]) -> SdPins:
         raise
 
 
+def exact_ggml_dir(sd_cpp: Optional[Path], sd_ref: Optional[str]) -> Path:
+    """``--exact``: the sd.cpp tree's ggml submodule (default tree: the current directory)."""
+    if sd_ref:
+        raise UsageError(
+            "--exact needs a local sd.cpp tree, not --sd-ref",
+            hint="clone it with submodules and pass --sd-cpp PATH",
+        )
+    exact_dir = ((sd_cpp or Path(os.getcwd())) / "ggml").expanduser()
+    try:
+        is_tree = (exact_dir / "CMakeLists.txt").is_file()
+    except OSError as exc:
+        raise PinsError(
+            f"cannot read {shown_path(exact_dir)}: {exc.strerror or exc}",
+            hint="check the --sd-cpp path and its permissions",
+        ) from None
+    if not is_tree:
+        raise UsageError(
+            f"--exact: {shown_path(exact_dir)} is not a ggml tree",
+            hint="run: git submodule update --init ggml (in the sd.cpp tree)",
+        )
+    return exact_dir
+
+
 def _options(args: argparse.Namespace, env: Mapping[str, str]) -> BuildOptions:
     if args.llama_src and args.llama_sdist:
         raise UsageError("--llama-src and --llama-sdist are exclusive", hint="pick one source")
     jobs = _jobs(args.jobs)
-    exact_dir: Optional[Path] = None
-    if args.exact:
-        if args.sd_ref:
-            raise UsageError(
-                "--exact needs a local sd.cpp tree, not --sd-ref",
-                hint="clone it with submodules and pass --sd-cpp PATH",
-            )
-        exact_dir = ((args.sd_cpp or Path(os.getcwd())) / "ggml").expanduser()
-        try:
-            is_tree = (exact_dir / "CMakeLists.txt").is_file()
-        except OSError as exc:
-            raise PinsError(
-                f"cannot read {shown_path(exact_dir)}: {exc.strerror or exc}",
-                hint="check the --sd-cpp path and its permissions",
-            ) from None
-        if not is_tree:
-            raise UsageError(
-                f"--exact: {shown_path(exact_dir)} is not a ggml tree",
-                hint="run: git submodule update --init ggml (in the sd.cpp tree)",
-            )
+    exact_dir = exact_ggml_dir(args.sd_cpp, args.sd_ref) if args.exact else None
     return BuildOptions(
         cache_root=cache_dir(env, args.cache_dir),
         backend=args.backend,

@@ -5,6 +5,7 @@ Usage::
     sdrpc-launch                                    # one server on 127.0.0.1:50052, newest build
     sdrpc-launch --host 0.0.0.0 -d Vulkan1,Vulkan2 -p 50053
     sdrpc-launch --backend cuda --visible-devices 0
+    sdrpc-launch --sd-cpp ~/src/stable-diffusion.cpp   # the build for that client (built if none)
     sdrpc-launch --per-device                       # one server per device the binary offers
     sdrpc-launch --config servers.toml              # several servers ([[server]] tables)
     sdrpc-launch --config servers.toml --detach     # in the background, once all are ready
@@ -35,11 +36,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
+from sdrpc_build.build.url import SecretUrl
 from sdrpc_build.cli._common import Parser, run_parsed
 from sdrpc_build.cli.launch_ctl import main as control_main
 from sdrpc_build.cli.launch_detach import detach
 from sdrpc_build.cli.launch_report import PROG, ChildReporter, Reporter, security_warning
-from sdrpc_build.cli.launch_wiring import BUILDS, readiness_check
+from sdrpc_build.cli.launch_wiring import BUILDS, PinArgs, client_pins, readiness_check
 from sdrpc_build.errors import ServerFatalError, UsageError
 from sdrpc_build.launch import settings
 from sdrpc_build.launch.child import DetachedChild
@@ -52,7 +54,13 @@ from sdrpc_build.launch.config import (
 from sdrpc_build.launch.instance import DEFAULT_INSTANCE
 from sdrpc_build.launch.ports import ensure_port_free, pick_free_port
 from sdrpc_build.launch.procs import line_buffer_prefix, list_devices
-from sdrpc_build.launch.resolve import Environment, resolve_servers
+from sdrpc_build.launch.resolve import (
+    BuildMissing,
+    ClientPins,
+    Environment,
+    resolve_build,
+    resolve_servers,
+)
 from sdrpc_build.launch.runner import Runner
 from sdrpc_build.launch.settings import Policy
 from sdrpc_build.launch.supervisor import Supervisor
@@ -93,6 +101,31 @@ def _parser() -> argparse.ArgumentParser:
         "--build", metavar="KEY", help="an sdrpc build: key, key prefix or manifest.json path"
     )
     sel.add_argument("--cache-dir", help="sdrpc's cache (artifact store; default: user cache)")
+    pin = p.add_argument_group(
+        "the client's pins (as sdrpc-build's): only a build made for them is started, "
+        "built first when the store has none"
+    )
+    pin.add_argument("--sd-cpp", metavar="PATH", type=Path, help="the client's sd.cpp tree")
+    pin.add_argument(
+        "--sd-ref", metavar="OWNER/REPO@REF", help="the client's sd.cpp, resolved remotely"
+    )
+    pin.add_argument("--llama-commit", metavar="SHA", help="llama.cpp commit (40 hex)")
+    pin.add_argument(
+        "--max-name", metavar="N", help="GGML_MAX_NAME (required with --llama-commit alone)"
+    )
+    pin.add_argument(
+        "--exact", action="store_true", help="a build against the --sd-cpp tree's own ggml"
+    )
+    pin.add_argument(
+        "--llama-repo", type=SecretUrl.parse, metavar="URL|PATH", help="source for a build"
+    )
+    pin.add_argument("--llama-src", type=Path, metavar="PATH", help="source for a build")
+    pin.add_argument("--llama-sdist", metavar="NAME==VERSION", help="source for a build")
+    pin.add_argument(
+        "--no-build",
+        action="store_true",
+        help="refuse (exit 25) instead of building when no build matches the pins",
+    )
     srv = p.add_argument_group("server options (one server; see --config for several)")
     srv.add_argument("--name", help="server name (log file, cache dir); default rpc-PORT")
     srv.add_argument("--host", help=f"IPv4 address to bind (default {settings.DEFAULT_HOST})")
@@ -238,19 +271,37 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     instance = args.instance or DEFAULT_INSTANCE
     # checked here, before anything starts (the --detach parent checks what its child will run)
     options, policy = _settings(args)
+    pins = client_pins(_pin_args(args), env, root, PROG)
     if args.ready_fd is not None:  # we are the supervisor that --detach started
         child = DetachedChild.begin(
             args.ready_fd, run_dir(root), instance, log_dir, policy.stop_timeout, _warn_stderr
         )
-        return child.run(lambda: _supervise(args, options, policy, env, root, log_dir, child))
+        return child.run(lambda: _supervise(args, options, policy, env, root, log_dir, child, pins))
     if args.detach:
+        if pins[0] is not None:  # build what is missing here, its progress on this stderr
+            for o in options:
+                resolve_build(o, artifacts_dir(root), BUILDS, pins=pins[0], build_missing=pins[1])
         return detach(argv, instance, env, run_dir(root), log_dir, policy, args.json)
     if args.instance is not None:
         raise UsageError(
             "--instance needs --detach",
             hint="a foreground sdrpc-launch has no instance name; status and stop take one",
         )
-    return _supervise(args, options, policy, env, root, log_dir, None)
+    return _supervise(args, options, policy, env, root, log_dir, None, pins)
+
+
+def _pin_args(args: argparse.Namespace) -> PinArgs:
+    return PinArgs(
+        sd_cpp=args.sd_cpp,
+        sd_ref=args.sd_ref,
+        llama_commit=args.llama_commit,
+        max_name=args.max_name,
+        exact=args.exact,
+        llama_repo=args.llama_repo,
+        llama_src=args.llama_src,
+        llama_sdist=args.llama_sdist,
+        no_build=args.no_build,
+    )
 
 
 def _supervise(
@@ -261,6 +312,7 @@ def _supervise(
     root: Path,
     log_dir: Path,
     child: Optional[DetachedChild],
+    pins: tuple[Optional[ClientPins], Optional[BuildMissing]] = (None, None),
 ) -> int:
     early_warnings: list[str] = []
     world = Environment(
@@ -273,6 +325,8 @@ def _supervise(
         pick_free_port=pick_free_port,
         list_devices=list_devices,
         warn=early_warnings.append,
+        pins=pins[0],
+        build_missing=pins[1],
     )
     specs = resolve_servers(options, world, per_device=args.per_device)
     reporter = (

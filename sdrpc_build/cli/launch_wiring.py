@@ -8,29 +8,136 @@ probe, judged by protocol.compat's name-length rule.
 from __future__ import annotations
 
 import platform
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from sdrpc_build.build import store
+from sdrpc_build.build.exact import tree_digest
+from sdrpc_build.build.pipeline import BuildOptions, build
+from sdrpc_build.build.source import DEFAULT_LLAMA_REPO
 from sdrpc_build.build.toolchain import current_platform
+from sdrpc_build.build.url import SecretUrl
 from sdrpc_build.build.wheel import installed_servers
-from sdrpc_build.errors import SdrpcError
+from sdrpc_build.cli.build import exact_ggml_dir, read_pins
+from sdrpc_build.cli.build_report import build_reporter
+from sdrpc_build.errors import SdrpcError, UsageError
 from sdrpc_build.launch.readiness import Readiness, RemoteDevice
-from sdrpc_build.launch.resolve import Build, BuildLocator
+from sdrpc_build.launch.resolve import Build, BuildLocator, BuildMissing, ClientPins
 from sdrpc_build.launch.spec import ServerSpec, client_host
 from sdrpc_build.protocol.compat import name_length_problem
 from sdrpc_build.protocol.layouts import format_version
 from sdrpc_build.protocol.probe import probe
 
-__all__ = ["BUILDS", "PROBE_TIMEOUT", "readiness_check", "server_build"]
+__all__ = [
+    "BUILDS",
+    "DEFAULT_BACKEND",
+    "PROBE_TIMEOUT",
+    "PinArgs",
+    "client_pins",
+    "readiness_check",
+    "server_build",
+]
 
 PROBE_TIMEOUT = 3.0  # seconds per exchange of one readiness probe
+DEFAULT_BACKEND = "cpu"  # what is built for the client's pins when no --backend is given
 
 
 def server_build(m: store.Manifest) -> Build:
     """A store manifest as launch sees it (a protocol written "unknown" is not known)."""
     protocol = m.protocol if m.protocol and m.protocol != "unknown" else None
-    return Build(m.binary, m.backend, m.max_name, protocol, m.key, m.created, m.platform)
+    return Build(
+        m.binary,
+        m.backend,
+        m.max_name,
+        protocol,
+        m.key,
+        m.created,
+        m.platform,
+        commit=m.commit or None,
+        exact=m.exact.ggml_digest if m.exact else None,
+    )
+
+
+@dataclass(frozen=True)
+class PinArgs:
+    """sdrpc-launch's pin options (sdrpc-build's, read by sdrpc-build's code)."""
+
+    sd_cpp: Optional[Path] = None
+    sd_ref: Optional[str] = None
+    llama_commit: Optional[str] = None
+    max_name: Optional[str] = None
+    exact: bool = False
+    llama_repo: Optional[SecretUrl] = None
+    llama_src: Optional[Path] = None
+    llama_sdist: Optional[str] = None
+    no_build: bool = False
+
+    @property
+    def given(self) -> bool:
+        return self.sd_cpp is not None or self.sd_ref is not None or self.llama_commit is not None
+
+
+def client_pins(
+    a: PinArgs, env: Mapping[str, str], cache_root: Path, prog: str
+) -> tuple[Optional[ClientPins], Optional[BuildMissing]]:
+    """The client's pins and how to build a server for them (None, None: no pins given)."""
+    if not a.given:
+        for flag, value in (
+            ("--max-name", a.max_name),
+            ("--exact", a.exact or None),
+            ("--llama-sdist", a.llama_sdist),
+            ("--llama-src", a.llama_src),
+            ("--llama-repo", a.llama_repo),
+            ("--no-build", a.no_build or None),
+        ):
+            if value is not None:
+                raise UsageError(
+                    f"{flag} needs the client's pins",
+                    hint="give --sd-cpp PATH, --sd-ref OWNER/REPO@REF or --llama-commit SHA "
+                    "--max-name N",
+                )
+        return None, None
+    if a.llama_src is not None and a.llama_sdist is not None:
+        raise UsageError("--llama-src and --llama-sdist are exclusive", hint="pick one source")
+    if a.exact and a.sd_cpp is None:
+        raise UsageError(
+            "--exact needs --sd-cpp PATH", hint="the sd.cpp tree whose ggml the server must match"
+        )
+    exact_dir = exact_ggml_dir(a.sd_cpp, a.sd_ref) if a.exact else None
+    sd = read_pins(
+        env,
+        sd_cpp=a.sd_cpp,
+        sd_ref=a.sd_ref,
+        llama_commit=a.llama_commit,
+        max_name_text=a.max_name,
+    )
+    digest = tree_digest(exact_dir) if exact_dir is not None else None
+    pins = ClientPins(sd.llama_commit.value, sd.max_name.value, digest, sd.origin)
+    if a.no_build:
+        return pins, None
+
+    def build_missing(backend: Optional[str]) -> Build:
+        opts = BuildOptions(
+            cache_root=cache_root,
+            backend=backend or DEFAULT_BACKEND,
+            llama_repo=a.llama_repo or DEFAULT_LLAMA_REPO,
+            llama_src=a.llama_src,
+            llama_sdist=a.llama_sdist,
+            exact_ggml_dir=exact_dir,
+        )
+        print(
+            f"{prog}: no {opts.backend} build matches the client's pins "
+            f"(llama.cpp {pins.commit[:10]}, GGML_MAX_NAME {pins.max_name}): building it",
+            file=sys.stderr,
+            flush=True,
+        )
+        with build_reporter(prog) as reporter:
+            return server_build(build(sd, opts, env, reporter).manifest)
+
+    return pins, build_missing
 
 
 def _platform() -> str:

@@ -24,6 +24,15 @@ from sdrpc_build.errors import (
 )
 from sdrpc_build.launch.banner import BannerDevice
 from sdrpc_build.launch.config import ServerOptions
+from sdrpc_build.launch.match import (
+    Build,
+    ClientPins,
+    choose,
+    describe,
+    mismatch,
+    pin_groups,
+    usable,
+)
 from sdrpc_build.launch.private import show_path
 from sdrpc_build.launch.spec import (
     VISIBLE_DEVICES_VARS,
@@ -38,6 +47,8 @@ from sdrpc_build.launch.spec import (
 __all__ = [
     "Build",
     "BuildLocator",
+    "BuildMissing",
+    "ClientPins",
     "Environment",
     "hidden_devices_hint",
     "resolve_build",
@@ -46,17 +57,8 @@ __all__ = [
 
 MAX_PORT = 65535
 DeviceLister = Callable[[Path, Mapping[str, str]], Optional[tuple[BannerDevice, ...]]]
-
-
-@dataclass(frozen=True)
-class Build:
-    binary: Path
-    backend: Optional[str] = None
-    max_name: Optional[int] = None
-    protocol: Optional[str] = None  # "5.0.0"; None when not known
-    key: Optional[str] = None
-    created: str = ""  # ISO 8601 time: the newest build wins
-    platform: str = ""  # "linux-x86_64"; "" = runs anywhere
+#: builds a server of this backend (None: the default one) for the client's pins
+BuildMissing = Callable[[Optional[str]], Build]
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,62 @@ class Environment:
     pick_free_port: Callable[[str], int]
     list_devices: DeviceLister
     warn: Callable[[str], None]
+    pins: Optional[ClientPins] = None  # the client's pins: only a build that fits them
+    build_missing: Optional[BuildMissing] = None  # builds one for (pins, backend) when none fits
 
 
-def resolve_build(o: ServerOptions, artifacts_root: Path, builds: BuildLocator) -> Build:
-    """``binary`` as given, else a build from the store: by key, by backend, or the newest."""
+def resolve_build(
+    o: ServerOptions,
+    artifacts_root: Path,
+    builds: BuildLocator,
+    *,
+    pins: Optional[ClientPins] = None,
+    build_missing: Optional[BuildMissing] = None,
+    warn: Optional[Callable[[str], None]] = None,
+) -> Build:
+    """``binary`` as given, else a build from the store: by key, by backend, or the newest.
+
+    With the client's ``pins``: only a build made for them (a ``--binary``/``--build`` made
+    for other pins is refused); none in the store is built with ``build_missing`` (refused
+    when None).
+    """
+    found = _resolve_build(o, artifacts_root, builds, pins, build_missing, warn or _no_warn)
+    if pins is not None and (o.binary is not None or o.build is not None):
+        if found.commit is None and found.key is None:  # a bare binary: no manifest to check
+            (warn or _no_warn)(
+                f"{_where(o)}{found.binary.name} has no sdrpc manifest: its llama.cpp commit "
+                f"cannot be checked; only GGML_MAX_NAME {pins.max_name} is (at readiness)"
+            )
+            return replace(found, max_name=pins.max_name)
+        why = mismatch(found, pins)
+        if why is not None:
+            raise NoServerBinaryError(
+                f"{_where(o)}{describe(found)} does not match the client's pins: {why}",
+                hint=_pins_hint(o.backend),
+            )
+    return found
+
+
+def _no_warn(text: str) -> None:
+    pass
+
+
+def _pins_hint(backend: Optional[str]) -> str:
+    return (
+        "leave out --binary/--build: sdrpc-launch picks (or builds) the matching one"
+        + (f" of --backend {backend}" if backend else "")
+        + "; or drop the pins options to run it anyway"
+    )
+
+
+def _resolve_build(
+    o: ServerOptions,
+    artifacts_root: Path,
+    builds: BuildLocator,
+    pins: Optional[ClientPins],
+    build_missing: Optional[BuildMissing],
+    warn: Callable[[str], None],
+) -> Build:
     if o.binary is not None:
         b = o.binary.expanduser()
         try:
@@ -131,10 +185,9 @@ def resolve_build(o: ServerOptions, artifacts_root: Path, builds: BuildLocator) 
             f"cannot read the artifact store {show_path(artifacts_root)}: {exc.strerror}",
             hint=store_hint,
         ) from None
-    candidates.sort(key=lambda m: m.created, reverse=True)
-    found = [m for m in candidates if not m.platform or m.platform == here]
-    if o.backend is not None:
-        found = [m for m in found if m.backend == o.backend]
+    if pins is not None:
+        return _matching_build(o, artifacts_root, candidates, pins, here, build_missing)
+    found = usable(candidates, o.backend, here)
     if not found:
         what = f"no {o.backend} build" if o.backend else "no build"
         raise NoServerBinaryError(
@@ -143,7 +196,40 @@ def resolve_build(o: ServerOptions, artifacts_root: Path, builds: BuildLocator) 
             + (f" --backend {o.backend}" if o.backend else "")
             + ", or give --binary PATH",
         )
+    groups = pin_groups(candidates, o.backend, here)
+    if groups > 1:
+        what = f"{o.backend} builds" if o.backend else "builds"
+        warn(
+            f"{_where(o)}picked {describe(found[0])}, the newest of {len(found)} "
+            f"{what} made for {groups} different clients; give --sd-cpp PATH (or "
+            "--llama-commit SHA --max-name N) to pick the one that matches your sd.cpp"
+        )
     return found[0]
+
+
+def _matching_build(
+    o: ServerOptions,
+    artifacts_root: Path,
+    candidates: list[Build],
+    pins: ClientPins,
+    here: str,
+    build_missing: Optional[BuildMissing],
+) -> Build:
+    choice = choose(candidates, pins, o.backend, here)
+    if choice.build is not None:
+        return choice.build
+    if build_missing is not None:
+        return build_missing(o.backend)
+    what = f"no {o.backend} build" if o.backend else "no build"
+    listing = "\n".join(f"  {describe(b)}: {why}" for b, why in choice.rejected)
+    raise NoServerBinaryError(
+        f"{_where(o)}{what} for {here} in {show_path(artifacts_root)} matches the client's "
+        f"pins (llama.cpp {pins.commit[:10]}, GGML_MAX_NAME {pins.max_name}"
+        + (", --exact" if pins.exact else "")
+        + ")",
+        hint="leave out --no-build to build it, or build it with sdrpc-build and the same pins",
+        details=listing or None,
+    )
 
 
 def _where(o: ServerOptions) -> str:
@@ -279,7 +365,14 @@ def resolve_servers(
         host, note = check_host(o.host, world.resolve_host)
         if note:
             world.warn(note)
-        build = resolve_build(o, world.artifacts_root, world.builds)
+        build = resolve_build(
+            o,
+            world.artifacts_root,
+            world.builds,
+            pins=world.pins,
+            build_missing=world.build_missing,
+            warn=world.warn,
+        )
         pairs += [(spec, o) for spec in _expand(o, build, per_device, world, host)]
     taken: dict[int, str] = {}
     named: list[tuple[ServerSpec, ServerOptions]] = []
