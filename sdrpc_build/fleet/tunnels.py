@@ -110,6 +110,10 @@ TUNNEL_POLICY = Policy(
     stop_timeout=3.0,
     probe_interval=0.2,
 )
+# ssh's getopt letters (OpenSSH 9): flags, and options that take a value
+_SSH_FLAGS = frozenset("1246afgknqstvxACGKMNTVXY")
+_SSH_VALUED = frozenset("bcDeEFiIJlLmoOpPQRSwWB")
+_SSH_BANNED = frozenset("fGMOQSVWs")
 PROBE_TIMEOUT = 2.0  # per HELLO exchange through a tunnel
 LOOPBACK = "127.0.0.1"
 FORMAT = 1
@@ -215,9 +219,41 @@ def check_specs(specs: Sequence[TunnelSpec]) -> tuple[TunnelSpec, ...]:
             raise UsageError(f"{what}: give each server's port once", hint="e.g. forwards=(50052,)")
         if any(not 0 < p < 65536 for p in s.forwards):
             raise UsageError(f"{what}: a port out of range in {s.forwards}", hint="1 to 65535")
+        bad = _bad_ssh_option(s.ssh_options)
+        if bad is not None:
+            raise UsageError(
+                f"{what}: ssh option {bad!r} cannot be used for a supervised tunnel",
+                hint="options such as -o KEY=VALUE, -i FILE, -p PORT, -J JUMP; "
+                "nothing that backgrounds ssh, runs a command or controls a master",
+            )
     if not specs:
         raise UsageError("no tunnel to open", hint="give at least one host")
-    return tuple(specs)
+    return tuple(
+        s if s.config is None else replace(s, config=s.config.expanduser().absolute())
+        for s in specs
+    )
+
+
+def _bad_ssh_option(options: Sequence[str]) -> Optional[str]:
+    """The first argument that would break supervision (ssh's own option syntax): -f forks
+    away from the supervisor, -M/-O/-S drive a master, -W/-s/-G/-Q/-V replace the tunnel, and a
+    word that is no option's value would become the destination or a remote command."""
+    i = 0
+    while i < len(options):
+        arg = options[i]
+        if not arg.startswith("-") or arg in ("-", "--"):
+            return arg
+        for j, letter in enumerate(arg[1:], 1):
+            if letter in _SSH_BANNED or letter not in _SSH_FLAGS | _SSH_VALUED:
+                return arg
+            if letter in _SSH_VALUED:
+                if j == len(arg) - 1:  # the value is the next argument
+                    i += 1
+                    if i == len(options):
+                        return arg
+                break
+        i += 1
+    return None
 
 
 def assign_ports(

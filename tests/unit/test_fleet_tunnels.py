@@ -94,6 +94,15 @@ def test_the_fast_ciphers_keep_every_openssh_default_as_a_fallback() -> None:
         [TunnelSpec("gpu1", "gpu1", (50052, 50052))],
         [TunnelSpec("gpu1", "gpu1", (0,))],
         [TunnelSpec("gpu1", "gpu1", (65536,))],
+        [TunnelSpec("gpu1", "gpu1", (1,), ssh_options=("-f",))],
+        [TunnelSpec("gpu1", "gpu1", (1,), ssh_options=("-fN",))],
+        [TunnelSpec("gpu1", "gpu1", (1,), ssh_options=("-v", "-S", "/tmp/ctl"))],
+        [TunnelSpec("gpu1", "gpu1", (1,), ssh_options=("-O", "exit"))],
+        [TunnelSpec("gpu1", "gpu1", (1,), ssh_options=("-W", "h:22"))],
+        [TunnelSpec("gpu1", "gpu1", (1,), ssh_options=("-p", "22", "otherhost"))],
+        [TunnelSpec("gpu1", "gpu1", (1,), ssh_options=("-o",))],
+        [TunnelSpec("gpu1", "gpu1", (1,), ssh_options=("-Z",))],
+        [TunnelSpec("gpu1", "gpu1", (1,), ssh_options=("--", "rm -rf /"))],
     ],
 )
 def test_bad_specs_are_usage_errors(specs: list[TunnelSpec]) -> None:
@@ -236,3 +245,22 @@ def test_status_and_close_of_nothing(tmp_path: Path) -> None:
     assert (status.running, status.state, status.hosts) == (False, None, ())
     assert close_tunnels("fleet-x", tmp_path) is False
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("-o", "ConnectTimeout=9", "-i", "/k/id", "-p", "2222"),
+        ("-oCompression=yes", "-C", "-4", "-J", "jump@bastion"),
+        ("-vvi", "/k/id", "-lme"),
+        (),
+    ],
+)
+def test_ordinary_ssh_options_are_accepted(options: tuple[str, ...]) -> None:
+    (spec,) = tunnels.check_specs([TunnelSpec("gpu1", "gpu1", (1,), ssh_options=options)])
+    assert spec.ssh_options == options
+
+
+def test_a_relative_ssh_config_is_made_absolute(tmp_path: Path) -> None:
+    (spec,) = tunnels.check_specs([TunnelSpec("gpu1", "gpu1", (1,), config=Path("cfg"))])
+    assert spec.config == Path.cwd() / "cfg"
