@@ -9,6 +9,11 @@ sees an older file than the report) and removes it when it ends.
 Before the first "all ready", any server exit is a failure of the whole start: the supervisor
 stops every server and exits non-zero with that server's last output lines, so a detached
 start is either complete or leaves nothing behind.
+
+With ``start="settled"`` (sdrpc's SSH tunnels: one host down must not stop the others) the start
+ends instead once every server is ready or has failed at least once: the parent gets an
+"all-ready" of the ready ones whose ``failed`` lists the others, which go on restarting under the
+restart policy. Only when every server has failed for good (FATAL) does the start fail.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, Optional
+from typing import IO, Any, Literal, Optional
 
 from sdrpc_build.errors import LaunchError, SdrpcError
 from sdrpc_build.launch.identity import ProcessTable, system_table
@@ -36,11 +41,16 @@ from sdrpc_build.launch.instance import (
 )
 from sdrpc_build.launch.lines import tail_line
 from sdrpc_build.launch.runner import Runner
-from sdrpc_build.launch.supervisor import DeviceRow, Event, Supervisor
+from sdrpc_build.launch.spec import client_host
+from sdrpc_build.launch.state import State
+from sdrpc_build.launch.supervisor import DeviceRow, Event, Supervisor, device_rows
 
-__all__ = ["DetachedChild", "event_from_wire", "event_to_wire"]
+__all__ = ["DetachedChild", "StartRule", "event_from_wire", "event_to_wire"]
 
 TAIL = 15
+#: when a detached start is over: every server ready ("all-ready"), or every server ready or
+#: failed at least once ("settled"; the failed ones keep restarting)
+StartRule = Literal["all-ready", "settled"]
 
 
 def event_to_wire(e: Event) -> dict[str, Any]:
@@ -79,6 +89,7 @@ class DetachedChild:
         table: ProcessTable,
         clock: Callable[[], float] = time.time,
         warn: Callable[[str], None] = lambda text: None,
+        start: StartRule = "all-ready",
     ) -> None:
         self._pipe = pipe
         self.path = path
@@ -90,6 +101,8 @@ class DetachedChild:
         self.runner: Optional[Runner] = None
         self.started = False  # the parent got "all-ready"
         self.failure: Optional[LaunchError] = None
+        self.start_rule: StartRule = start
+        self._settled: dict[str, bool] = {}  # "settled" start: server -> failed (not yet ready)
         self._save_warned = False
 
     @classmethod
@@ -101,6 +114,7 @@ class DetachedChild:
         log_dir: Path,
         stop_timeout: float,
         warn: Callable[[str], None],
+        start: StartRule = "all-ready",
     ) -> DetachedChild:
         pipe = os.fdopen(fd, "w", encoding="utf-8", buffering=1)
         table = system_table()
@@ -112,7 +126,7 @@ class DetachedChild:
             supervisor_log=supervisor_log(log_dir, instance),
             stop_timeout=stop_timeout,
         )
-        return cls(pipe, state_path(run_dir, instance), state, table, warn=warn)
+        return cls(pipe, state_path(run_dir, instance), state, table, warn=warn, start=start)
 
     # -- lifecycle --------------------------------------------------------------------------
     def run(self, body: Callable[[], int]) -> int:
@@ -163,11 +177,50 @@ class DetachedChild:
         if e.kind == "all-ready" and self.failure is not None:
             return  # the servers left are ready, but the start failed: not for the parent
         self._send(event_to_wire(e))
-        if e.kind == "exited" and e.data.get("failure") and self.failure is None:
+        if self.start_rule == "settled":
+            self._settle(e)
+        elif e.kind == "exited" and e.data.get("failure") and self.failure is None:
             self._fail(e)
         elif e.kind == "all-ready" and self.failure is None:
-            self.started = True
-            self._close()
+            self._started()
+
+    def _settle(self, e: Event) -> None:
+        """The "settled" start rule: done once each server is ready or has failed once."""
+        if e.kind == "all-ready":
+            self._started()
+            return
+        if e.server is None or self.sup is None:
+            return
+        if e.kind == "ready":
+            self._settled[e.server] = False
+        elif e.kind == "fatal" or (e.kind == "exited" and e.data.get("failure")):
+            self._settled[e.server] = True
+        if set(self._settled) != set(self.sup.servers):
+            return
+        servers = list(self.sup.servers.values())
+        if all(s.machine.state is State.FATAL for s in servers):
+            if self.failure is None:
+                self._fail(e)
+            return
+        ready = [s for s in servers if s.machine.state is State.READY]
+        settled = Event(
+            "all-ready",
+            None,
+            e.time,
+            {
+                "rpc_servers": ",".join(f"{client_host(s.spec.host)}:{s.spec.port}" for s in ready),
+                "devices": device_rows(ready),
+                "first": True,
+                "failed": [s.spec.name for s in servers if self._settled[s.spec.name]],
+            },
+        )
+        self._apply(settled)
+        self._send(event_to_wire(settled))
+        self._started()
+
+    def _started(self) -> None:
+        self.started = True
+        self._close()
 
     def on_warning(self, text: str) -> None:
         if not self.started:

@@ -152,6 +152,7 @@ def start_detached(
             _wait(rfd, deadline, start, table, on_event, warn)
             if start.ready is None:
                 raise _failure(start, proc, log, req)
+        _keep(proc)
         try:
             state: Optional[InstanceState] = read_state(path)
         except StateFileError:
@@ -159,6 +160,17 @@ def start_detached(
         return Started(instance, start.ready, state, path, proc.pid, log, tuple(start.warnings))
     finally:
         lock.release()
+
+
+#: the supervisors this process started that may still run: referenced, so that a library
+#: caller (``fleet``) does not get a ResourceWarning when the Popen would be collected, and
+#: reaped (no zombie) at the next start once they have ended
+_DETACHED: list[subprocess.Popen[bytes]] = []
+
+
+def _keep(proc: subprocess.Popen[bytes]) -> None:
+    _DETACHED[:] = [p for p in _DETACHED if p.poll() is None]
+    _DETACHED.append(proc)
 
 
 def _refuse_if_running(

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import socket
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,15 +22,21 @@ from sdrpc_build.errors import PortInUseError
 __all__ = [
     "PortHolder",
     "ensure_port_free",
+    "ephemeral_range",
     "find_listener",
     "listening_inodes",
     "pick_free_port",
+    "pick_stable_port",
     "time_wait_left",
 ]
 
 _LISTEN = "0A"
 _TIME_WAIT = "06"
 TIME_WAIT_S = 60.0  # Linux's TCP_TIMEWAIT_LEN
+EPHEMERAL = (32768, 60999)  # Linux's default ip_local_port_range
+STABLE_FROM = 20000  # stable ports: from here up to the ephemeral range
+_MIN_SPAN = 1000
+_TRIES = 200
 
 
 @dataclass(frozen=True)
@@ -183,3 +191,60 @@ def pick_free_port(host: str, proc: Path = Path("/proc")) -> int:
         except OSError as exc:
             raise _bind_error(host, 0, exc, proc) from None
         return int(s.getsockname()[1])
+
+
+def ephemeral_range(proc: Path = Path("/proc")) -> tuple[int, int]:
+    """The ports the kernel hands to outgoing connections (``ip_local_port_range``)."""
+    try:
+        lo, hi = map(int, (proc / "sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return EPHEMERAL
+    return (lo, hi) if 0 < lo <= hi < 65536 else EPHEMERAL
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ssh and rpc-server do
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_stable_port(
+    host: str,
+    avoid: Collection[int] = (),
+    *,
+    proc: Path = Path("/proc"),
+    rng: random.Random | None = None,
+) -> int:
+    """A free port to keep for a long time, even while nothing listens on it.
+
+    A port from the kernel's ephemeral range (what ``-p 0`` gets) can be taken by any outgoing
+    connection while its listener is down (a tunnel reconnecting), and the listener then cannot
+    bind it again. So: a random free port between :data:`STABLE_FROM` and the ephemeral range
+    (above it where that leaves no room), none of ``avoid``; the kernel's pick as a last resort.
+    """
+    lo, hi = ephemeral_range(proc)
+    start = STABLE_FROM if lo - STABLE_FROM >= _MIN_SPAN else 1024
+    if lo - start >= _MIN_SPAN:
+        span = range(start, lo)
+    elif 65535 - hi >= _MIN_SPAN:
+        span = range(hi + 1, 65536)
+    else:
+        span = range(0)
+    pick = rng or random.SystemRandom()
+    taken = set(avoid)
+    for _ in range(_TRIES if span else 0):
+        port = pick.choice(span)
+        if port not in taken and _bindable(host, port):
+            return port
+    for _ in range(_TRIES):
+        port = pick_free_port(host, proc)
+        if port not in taken:
+            return port
+    raise PortInUseError(
+        f"found no free port on {host} after {2 * _TRIES} tries",
+        hint="free some ports, or check the address",
+    )

@@ -22,6 +22,7 @@ __all__ = [
     "private_dir",
     "private_fd",
     "show_path",
+    "write_private",
 ]
 
 DIR_MODE = 0o700
@@ -93,3 +94,20 @@ def cannot_write(path: Path, exc: OSError, hint: str) -> LaunchError:
     why = exc.strerror or str(exc)
     where = exc.filename if isinstance(exc.filename, str) else str(path)
     return LaunchError(f"cannot write {show_path(where)}: {why}", hint=hint)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (temp file + fsync + rename), 0600, in a 0700
+    directory: readers see the old file or the new one, never half. Raises OSError."""
+    private_dir(path.parent, tighten=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with os.fdopen(private_fd(tmp, append=False), "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

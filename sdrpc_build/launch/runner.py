@@ -28,10 +28,15 @@ from sdrpc_build.launch.lines import LineSplitter
 from sdrpc_build.launch.private import cannot_write, open_log, private_dir
 from sdrpc_build.launch.procs import Child, ProcessFactory, spawn
 from sdrpc_build.launch.readiness import Readiness, ReadinessCheck
-from sdrpc_build.launch.spec import build_argv, build_env
+from sdrpc_build.launch.spec import ServerSpec, build_argv, build_env
 from sdrpc_build.launch.supervisor import Action, Event, Kill, Probe, Prune, Spawn, Supervisor
 
-__all__ = ["Runner"]
+__all__ = ["CommandBuilder", "Runner"]
+
+#: the command line of a server (default: :func:`~sdrpc_build.launch.spec.build_argv` with the
+#: runner's line-buffer prefix); another program supervised like a server (an ``ssh -N`` tunnel)
+#: brings its own
+CommandBuilder = Callable[[ServerSpec], list[str]]
 
 MAX_SLEEP = 5.0
 READ_CHUNK = 65536  # one read per server per wake-up: a chatty server cannot starve the others
@@ -53,6 +58,7 @@ class Runner:
         line_buffer: Optional[list[str]] = None,
         factory: ProcessFactory = spawn,
         clock: Callable[[], float] = time.monotonic,
+        command: Optional[CommandBuilder] = None,
     ) -> None:
         self.sup = supervisor
         self.base_env = dict(base_env)
@@ -63,6 +69,7 @@ class Runner:
         self.factory = factory
         self.readiness = readiness
         self.clock = clock
+        self.command = command
         self.children: dict[str, Child] = {}
         self._lines: dict[str, LineSplitter] = {}
         self._logs: dict[str, IO[str]] = {}
@@ -213,7 +220,7 @@ class Runner:
 
     def _spawn(self, name: str) -> None:
         spec = self.sup.servers[name].spec
-        argv = build_argv(spec, self.line_buffer)
+        argv = self.command(spec) if self.command else build_argv(spec, self.line_buffer)
         env = build_env(spec, self.base_env)
         try:
             child = self.factory(argv, env, None)

@@ -12,15 +12,16 @@ import pytest
 
 from sdrpc_build.cli.launch_report import ChildReporter
 from sdrpc_build.errors import LaunchError, UsageError
-from sdrpc_build.launch.child import DetachedChild, event_from_wire, event_to_wire
+from sdrpc_build.launch.child import DetachedChild, StartRule, event_from_wire, event_to_wire
 from sdrpc_build.launch.identity import ProcessIdentity, ProcessInfo, ProcessTable
 from sdrpc_build.launch.instance import InstanceState, read_state, state_path
 from sdrpc_build.launch.readiness import Readiness, RemoteDevice
 from sdrpc_build.launch.spec import ServerSpec
-from sdrpc_build.launch.state import Policy
+from sdrpc_build.launch.state import Policy, State
 from sdrpc_build.launch.supervisor import Action, Event, Probe, Supervisor
 
 READY = Readiness("ready", protocol="5.0.0", devices=(RemoteDevice(0, 1 << 30, 2 << 30),))
+DEFAULT_POLICY = Policy()
 TABLE = ProcessTable("proc", lambda pid: ProcessInfo(f"{pid}@boot"))
 
 
@@ -53,7 +54,10 @@ class FakeRunner:
 
 
 def make(
-    tmp_path: Path, names: tuple[str, ...] = ("a", "b")
+    tmp_path: Path,
+    names: tuple[str, ...] = ("a", "b"),
+    start: StartRule = "all-ready",
+    policy: Policy = DEFAULT_POLICY,
 ) -> tuple[DetachedChild, Pipe, Supervisor, FakeRunner]:
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -67,10 +71,10 @@ def make(
     )
     pipe = Pipe()
     child = DetachedChild(
-        pipe, state_path(tmp_path / "run", "default"), state, TABLE, lambda: 100.0
+        pipe, state_path(tmp_path / "run", "default"), state, TABLE, lambda: 100.0, start=start
     )
     specs = [ServerSpec(n, Path("/bin/x"), port=50052 + i) for i, n in enumerate(names)]
-    sup = Supervisor(specs, Policy())
+    sup = Supervisor(specs, policy)
     runner = FakeRunner()
     child.attach(sup, runner)  # type: ignore[arg-type]
     return child, pipe, sup, runner
@@ -228,3 +232,65 @@ def test_a_gone_parent_does_not_stop_the_supervisor(tmp_path: Path) -> None:
     bring_up(child, sup, "a", 101, 0.1)
     assert runner.stops == 0
     assert load(child.path).phase == "running"
+
+
+def test_a_settled_start_ends_with_the_failed_ones_restarting(tmp_path: Path) -> None:
+    """start="settled" (tunnels): b's failed first attempt does not stop a; the parent gets an
+    all-ready of a naming b as failed, and b goes on restarting."""
+    child, pipe, sup, runner = make(tmp_path, ("a", "b", "c"), start="settled")
+    feed(child, sup.begin(0.0))
+    bring_up(child, sup, "a", 101, 0.1)
+    sup.spawned("b", 102, 0.1)
+    sup.line("b", "ssh: connect to host 10.0.0.2 port 22: No route to host", 0.2)
+    feed(child, sup.exited("b", 255, 0.3))
+    assert runner.stops == 0 and not child.started  # c has not settled yet
+    bring_up(child, sup, "c", 103, 0.4)
+    assert runner.stops == 0 and child.started and pipe.closed_by_child
+    last = pipe.messages()[-1]
+    assert last["kind"] == "all-ready"
+    assert last["data"]["failed"] == ["b"]
+    assert last["data"]["rpc_servers"] == "127.0.0.1:50052,127.0.0.1:50054"
+    ready = event_from_wire(last)
+    assert [d.server for d in ready.data["devices"]] == ["a", "c"]
+    child.raise_if_start_failed()
+    state = load(child.path)
+    assert state.phase == "running"
+    b = state.server("b")
+    assert b is not None and b.phase == "restarting"
+    assert sup.servers["b"].machine.state is State.BACKOFF
+    # b comes back later: the file follows, nothing more goes to the (closed) pipe
+    sent = len(pipe.messages())
+    feed(child, sup.tick(5.0))
+    bring_up(child, sup, "b", 104, 5.1)
+    b = load(child.path).server("b")
+    assert b is not None and b.phase == "ready" and b.restarts == 1
+    assert len(pipe.messages()) == sent
+
+
+def test_a_settled_start_with_every_server_ready_is_the_usual_all_ready(tmp_path: Path) -> None:
+    child, pipe, sup, runner = make(tmp_path, ("a", "b"), start="settled")
+    feed(child, sup.begin(0.0))
+    bring_up(child, sup, "a", 101, 0.1)
+    assert not child.started
+    bring_up(child, sup, "b", 102, 0.2)
+    assert child.started and runner.stops == 0
+    messages = pipe.messages()
+    assert [m["kind"] for m in messages].count("all-ready") == 1
+    assert messages[-1]["kind"] == "all-ready" and messages[-1]["data"]["failed"] == []
+    assert load(child.path).rpc_servers == "127.0.0.1:50052,127.0.0.1:50053"
+
+
+def test_a_settled_start_fails_when_every_server_failed_for_good(tmp_path: Path) -> None:
+    child, pipe, sup, runner = make(
+        tmp_path, ("a", "b"), start="settled", policy=Policy(max_failures=1)
+    )
+    feed(child, sup.begin(0.0))
+    sup.spawned("a", 101, 0.0)
+    feed(child, sup.exited("a", 255, 0.1))
+    assert not child.started and runner.stops == 0
+    sup.spawned("b", 102, 0.0)
+    feed(child, sup.exited("b", 255, 0.2))
+    assert not child.started and runner.stops == 1
+    assert "all-ready" not in [m["kind"] for m in pipe.messages()]
+    with pytest.raises(LaunchError, match="b ended before it was ready"):
+        child.raise_if_start_failed()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 from pathlib import Path
 
@@ -8,10 +9,13 @@ import pytest
 
 from sdrpc_build.errors import PortInUseError
 from sdrpc_build.launch.ports import (
+    STABLE_FROM,
     ensure_port_free,
+    ephemeral_range,
     find_listener,
     listening_inodes,
     pick_free_port,
+    pick_stable_port,
     time_wait_left,
 )
 
@@ -89,3 +93,50 @@ def test_an_address_this_machine_lacks() -> None:
         ) as info:
             call()
         assert info.value.hint
+
+
+def _proc_with_range(tmp_path: Path, text: str) -> Path:
+    knob = tmp_path / "sys" / "net" / "ipv4" / "ip_local_port_range"
+    knob.parent.mkdir(parents=True)
+    knob.write_text(text)
+    return tmp_path
+
+
+def test_ephemeral_range_from_proc(tmp_path: Path) -> None:
+    assert ephemeral_range(_proc_with_range(tmp_path, "40000\t50000\n")) == (40000, 50000)
+    assert ephemeral_range(tmp_path / "nothing") == (32768, 60999)
+    assert ephemeral_range(_proc_with_range(tmp_path / "bad", "9 x\n")) == (32768, 60999)
+
+
+def test_stable_ports_stay_out_of_the_ephemeral_range(tmp_path: Path) -> None:
+    """An outgoing connection may take any ephemeral port while a tunnel is down: a stable
+    port is below that range, free, and none of the ports to avoid."""
+    proc = _proc_with_range(tmp_path, "32768 60999")
+    rng = random.Random(7)
+    ports = [pick_stable_port("127.0.0.1", proc=proc, rng=rng) for _ in range(50)]
+    assert all(STABLE_FROM <= p < 32768 for p in ports)
+    avoid = set(ports)
+    again = [
+        pick_stable_port("127.0.0.1", avoid, proc=proc, rng=random.Random(n)) for n in range(5)
+    ]
+    assert not avoid & set(again)
+
+
+def test_stable_port_when_the_ephemeral_range_is_everything(tmp_path: Path) -> None:
+    proc = _proc_with_range(tmp_path, "1024 65535")
+    port = pick_stable_port("127.0.0.1", proc=proc)
+    assert 1024 <= port <= 65535
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # it was free
+
+
+def test_a_stable_port_is_not_one_in_use(tmp_path: Path) -> None:
+    proc = _proc_with_range(tmp_path, "21000 60999")  # stable ports: 1024..20999
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = held.getsockname()[1]
+        rng = random.Random(1)
+        picked = {pick_stable_port("127.0.0.1", proc=proc, rng=rng) for _ in range(30)}
+        assert all(1024 <= p < 21000 for p in picked)
+        assert busy not in picked

@@ -289,3 +289,31 @@ def test_a_late_signal_is_counted_not_raised(tmp_path: Path) -> None:
         signal.signal(signal.SIGINT, before)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     assert [e.kind for e in seen][-2:] == ["exited", "stopped"]
+
+
+def test_a_command_builder_replaces_the_server_command_line(tmp_path: Path) -> None:
+    """Another program supervised like a server (an ``ssh -N`` tunnel) brings its argv."""
+    children: list[FakeChild] = []
+
+    def factory(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None) -> FakeChild:
+        children.append(FakeChild(argv, env))
+        return children[-1]
+
+    def stop_when_ready(e: Event) -> None:
+        if e.kind == "all-ready":
+            runner.request_stop()
+
+    spec = ServerSpec(name="gpu1", binary=Path("/usr/bin/ssh"), port=41000)
+    runner = Runner(
+        Supervisor([spec], Policy(probe_interval=0.01)),
+        base_env={"SSH_AUTH_SOCK": "/run/agent"},
+        on_event=stop_when_ready,
+        on_output=lambda n, t: None,
+        line_buffer=["stdbuf", "-oL"],
+        factory=factory,  # type: ignore[arg-type]  # FakeChild quacks like procs.Child
+        readiness=lambda s: Readiness("ready"),
+        command=lambda s: [str(s.binary), "-N", "-L", f"127.0.0.1:{s.port}:127.0.0.1:50052", "h"],
+    )
+    runner.run(install_signals=False)
+    assert children[0].argv == ["/usr/bin/ssh", "-N", "-L", "127.0.0.1:41000:127.0.0.1:50052", "h"]
+    assert children[0].env == {"SSH_AUTH_SOCK": "/run/agent"}
