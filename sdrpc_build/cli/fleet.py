@@ -13,7 +13,7 @@ from pathlib import Path
 from sdrpc_build.cli._common import Parser, run_parsed
 from sdrpc_build.fleet.errors import FleetDownError, FleetHostsError
 from sdrpc_build.fleet.model import Fleet, load_fleet
-from sdrpc_build.fleet.ops import down, status, up
+from sdrpc_build.fleet.ops import down, status, tunnels, up
 from sdrpc_build.fleet.runner import HostOutcome
 from sdrpc_build.paths import cache_dir
 
@@ -95,12 +95,14 @@ def _down(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     fleet, root = _load(args)
     states, hosts = status(fleet, os.environ, root)
+    links = tunnels(fleet, root).hosts if fleet.client.transport == "ssh" else ()
     if args.json:
         print(
             json.dumps(
                 {
                     "servers": [asdict(s) for s in states],
                     "hosts": [_outcome_json(o) for o in hosts],
+                    "tunnels": [asdict(t) for t in links],
                 },
                 indent=2,
             )
@@ -111,6 +113,9 @@ def _status(args: argparse.Namespace) -> int:
                 f"{s.host:<16} {s.unit:<32} {s.active}/{s.sub:<10} "
                 f"restarts={s.restarts if s.restarts is not None else '?'}"
             )
+        for t in links:
+            ports = ",".join(f"127.0.0.1:{f.local}->{f.remote}" for f in t.forwards)
+            print(f"{t.host:<16} tunnel {t.phase:<12} restarts={t.restarts} {ports}")
         for o in hosts:
             if not o.ok:
                 print(f"{o.name:<16} UNREACHABLE  {o.reason or ''}")

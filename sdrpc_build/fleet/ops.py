@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
@@ -14,6 +15,13 @@ from sdrpc_build.build.store import Manifest
 from sdrpc_build.fleet.model import Fleet, FleetServer, Host
 from sdrpc_build.fleet.pins import build_options, client_pins
 from sdrpc_build.fleet.runner import HostOutcome, host_vars, run_playbook, work_dir
+from sdrpc_build.fleet.tunnels import (
+    TunnelSpec,
+    TunnelStatus,
+    close_tunnels,
+    open_tunnels,
+    tunnel_status,
+)
 from sdrpc_build.fleet.units import INSTALL_ROOT, ServerUnit, render_unit
 from sdrpc_build.fleet.wheelhouse import build_wheelhouse
 from sdrpc_build.protocol.compat import ClientSpec, judge
@@ -28,6 +36,8 @@ __all__ = [
     "parse_show",
     "ssh_config",
     "status",
+    "tunnel_instance",
+    "tunnels",
     "up",
 ]
 
@@ -129,18 +139,55 @@ def _up_vars(
     }
 
 
-def _client_check(fleet: Fleet, pins: SdPins, hosts: list[Host]) -> dict[str, str]:
-    """Under lan: every server of ``hosts`` probed from here against the pins; host -> why."""
+def tunnel_instance(fleet: Fleet) -> str:
+    """The detached instance (sdrpc-launch status --instance NAME) holding this fleet's
+    tunnels: one per fleet.toml (its resolved path)."""
+    digest = hashlib.sha256(str(fleet.path.resolve()).encode()).hexdigest()[:10]
+    return f"fleet-{digest}"
+
+
+def _tunnel_spec(h: Host, cfg: Optional[Path]) -> TunnelSpec:
+    target = f"{h.ssh.user}@{h.ssh.host}" if h.ssh.user else str(h.ssh.host)
+    options = ("-o", f"Port={h.ssh.port}") if h.ssh.port else ()
+    return TunnelSpec(h.name, target, tuple(s.port for s in h.servers), options, cfg)
+
+
+def _open_tunnels(
+    fleet: Fleet, hosts: list[Host], env: Mapping[str, str], cache_root: Path
+) -> dict[str, tuple[str, ...]]:
+    """Under ssh: one supervised ``ssh -N -L`` per remote host; host -> local endpoints
+    (a host on this machine, ``ssh = "local"``, needs no tunnel: its 127.0.0.1 is ours)."""
+    cfg = ssh_config(fleet, env)
+    remote = [h for h in hosts if not h.ssh.local]
+    out = {h.name: tuple(f"127.0.0.1:{s.port}" for s in h.servers) for h in hosts if h.ssh.local}
+    if remote:
+        state = open_tunnels(
+            [_tunnel_spec(h, cfg) for h in remote],
+            cache_root=cache_root,
+            instance=tunnel_instance(fleet),
+            env=env,
+        )
+        for t in state.tunnels:
+            out[t.spec.host] = tuple(f"127.0.0.1:{f.local}" for f in t.forwards)
+    return out
+
+
+def _client_check(
+    fleet: Fleet, pins: SdPins, hosts: list[Host], endpoints: Mapping[str, tuple[str, ...]]
+) -> dict[str, str]:
+    """Every server of ``hosts`` probed from here (at ``endpoints``: the host's address
+    under lan, the tunnel under ssh) against the pins, once, at ``up``; host -> why."""
     spec = ClientSpec(
         protocol=pins.client_protocol.value, max_name=pins.max_name.value, source="fleet.toml"
     )
-    targets = [(h, s) for h in hosts for s in h.servers]
+    targets = [
+        (h, s, ep) for h in hosts for s, ep in zip(h.servers, endpoints[h.name], strict=True)
+    ]
 
-    def one(t: tuple[Host, FleetServer]) -> tuple[str, Optional[str]]:
-        h, s = t
-        r = probe(
-            bind_address(fleet, h), s.port, timeout=CHECK_TIMEOUT, expect_max_name=spec.max_name
-        )
+    def one(t: tuple[Host, FleetServer, str]) -> tuple[str, Optional[str]]:
+        h, s, ep = t
+        address, _, port = ep.rpartition(":")
+        r = probe(address, int(port), timeout=CHECK_TIMEOUT, expect_max_name=spec.max_name)
         v = judge(r, spec)
         return h.name, None if v.kind == "compatible" else f"{s.name}: " + "; ".join(v.reasons)
 
@@ -176,21 +223,20 @@ def up(
         }
         play = run_playbook("up.yml", hv, work, timeout=timeout)
     reports = [_report(fleet, h, play.host(h.name)) for h in fleet.hosts]
-    if fleet.client.transport == "lan":
-        healthy = [h for h, r in zip(fleet.hosts, reports, strict=True) if r.ok]
-        bad = _client_check(fleet, pins, healthy)
-        reports = [
-            HostReport(r.name, False, r.changed, r.endpoints, "client check", bad[r.name])
-            if r.name in bad
-            else r
-            for r in reports
-        ]
+    healthy = [h for h, r in zip(fleet.hosts, reports, strict=True) if r.ok]
+    if fleet.client.transport == "ssh":  # reached through tunnels: their local ports
+        local = _open_tunnels(fleet, healthy, env, cache_root)
+        reports = [replace(r, endpoints=local.get(r.name, r.endpoints)) for r in reports]
+    endpoints = {r.name: r.endpoints for r in reports}
+    bad = _client_check(fleet, pins, healthy, endpoints)
+    reports = [
+        HostReport(r.name, False, r.changed, r.endpoints, "client check", bad[r.name])
+        if r.name in bad
+        else r
+        for r in reports
+    ]
     ok = all(r.ok for r in reports)
-    rpc = (
-        ",".join(e for r in reports for e in r.endpoints)
-        if ok and fleet.client.transport == "lan"
-        else None
-    )
+    rpc = ",".join(e for r in reports for e in r.endpoints) if ok else None
     return UpResult(tuple(reports), fleet.client.transport, rpc, play.seconds)
 
 
@@ -202,9 +248,16 @@ def _plain_vars(fleet: Fleet, env: Mapping[str, str]) -> dict[str, dict[str, Any
 def down(
     fleet: Fleet, env: Mapping[str, str], cache_root: Path, *, timeout: float = 600.0
 ) -> tuple[HostOutcome, ...]:
-    """Stop and remove every sdrpc unit and /opt/sdrpc on every host."""
+    """Close this fleet's tunnels; stop and remove every sdrpc unit and /opt/sdrpc on every
+    host."""
+    close_tunnels(tunnel_instance(fleet), cache_root)
     with work_dir(cache_root) as work:
         return run_playbook("down.yml", _plain_vars(fleet, env), work, timeout=timeout).hosts
+
+
+def tunnels(fleet: Fleet, cache_root: Path) -> TunnelStatus:
+    """The client side of ``status`` under ssh: per host, its tunnel (never the RPC port)."""
+    return tunnel_status(tunnel_instance(fleet), cache_root)
 
 
 def parse_show(host: str, text: str) -> list[ServerState]:

@@ -18,6 +18,10 @@ import pytest
 from lab import Lab, lab_unavailable_reason
 from servers import LLAMA_SDISTS, build_server, sdrpc_cache
 
+from sdrpc_build.fleet.model import load_fleet
+from sdrpc_build.fleet.ops import tunnel_instance
+from sdrpc_build.fleet.tunnels import tunnel_file
+
 _REASON = lab_unavailable_reason()
 pytestmark = [
     pytest.mark.integration,
@@ -29,14 +33,16 @@ MAX_NAME = 160
 PORTS = (50052, 50053)
 
 
-def fleet_toml(lab: Lab, hosts: list[str], path: Path, *, servers_per_host: int = 1) -> Path:
+def fleet_toml(
+    lab: Lab, hosts: list[str], path: Path, *, servers_per_host: int = 1, transport: str = "lan"
+) -> Path:
     commit = LLAMA_SDISTS[VERSION][0]
     lines = [
         "[client]",
         f'llama-commit = "{commit}"',
         f"max-name = {MAX_NAME}",
         f'llama-sdist = "llama-cpp-python=={VERSION}"',
-        'transport = "lan"',
+        f'transport = "{transport}"',
         'build-on = "client"',
         f'ssh-config = "{lab.ssh_config_path}"',
     ]
@@ -185,3 +191,81 @@ def test_unreachable_host_partial_fleet(
     assert d.returncode == 0, d.stdout + d.stderr
     for h in hosts:
         assert host_state(lab, h) == "", h
+
+
+def sdrpc_launch_status(instance: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sdrpc_build.cli.launch",
+            "status",
+            "--instance",
+            instance,
+            "--cache-dir",
+            str(sdrpc_cache()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _ssh_processes(instance_hint: str) -> list[str]:
+    """ssh -N tunnel processes on this machine whose command line names ``instance_hint``."""
+    out = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            cmd
+            and cmd[0].endswith(b"ssh")
+            and b"-N" in cmd
+            and instance_hint.encode() in b" ".join(cmd)
+        ):
+            out.append(d.name)
+    return out
+
+
+def test_ssh_transport_servers_stay_on_loopback_reached_through_tunnels(
+    lab_factory: Callable[..., Lab], tmp_path: Path, server_built: Path
+) -> None:
+    """transport = "ssh" (the default): servers bind 127.0.0.1 on their hosts, the client
+    reaches them through supervised ssh tunnels on stable local ports; down closes them."""
+    lab = lab_factory(2)
+    toml = fleet_toml(lab, lab.hosts, tmp_path / "fleet.toml", transport="ssh")
+    r = sdrpc("up", str(toml), "--json")
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        res = json.loads(r.stdout)
+        eps = res["rpc_servers"].split(",")
+        assert len(eps) == 2 and all(e.startswith("127.0.0.1:") for e in eps), eps
+        assert not set(eps) & {f"127.0.0.1:{p}" for p in PORTS}  # local tunnel ports
+        for h in lab.hosts:  # nothing listens on the host's bridge address
+            listening = lab.exec(h, "ss -Hltn").stdout
+            assert f"127.0.0.1:{PORTS[0]}" in listening, listening
+            assert f"{lab.address(h)}:{PORTS[0]}" not in listening
+            assert f"0.0.0.0:{PORTS[0]}" not in listening
+        c = check(eps)
+        assert c.returncode == 0, c.stdout + c.stderr
+        assert all(s["verdict"] == "compatible" for s in json.loads(c.stdout)["servers"])
+        st = sdrpc("status", str(toml), "--json")
+        assert st.returncode == 0, st.stdout + st.stderr
+        tunnels = json.loads(st.stdout)["tunnels"]
+        assert sorted(t["host"] for t in tunnels) == sorted(lab.hosts)
+        assert all(t["phase"] == "up" for t in tunnels), tunnels
+        again = sdrpc("up", str(toml), "--json")  # the same local ports: the string stays valid
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert json.loads(again.stdout)["rpc_servers"] == res["rpc_servers"]
+    finally:
+        d = sdrpc("down", str(toml), "--json")
+    assert d.returncode == 0, d.stdout + d.stderr
+    for h in lab.hosts:
+        assert host_state(lab, h) == "", host_state(lab, h)
+    assert _ssh_processes(str(lab.ssh_config_path)) == []
+    instance = tunnel_instance(load_fleet(toml))
+    assert not tunnel_file(sdrpc_cache(), instance).exists()
+    assert sdrpc_launch_status(instance).returncode == 27  # no supervisor left either
