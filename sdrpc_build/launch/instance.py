@@ -8,7 +8,6 @@ behind by a killed supervisor, whose PID now names another process, is recognise
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import stat
@@ -19,7 +18,7 @@ from typing import Any, Literal, Optional, cast
 from sdrpc_build.errors import StateFileError, UsageError
 from sdrpc_build.launch import settings
 from sdrpc_build.launch.identity import ProcessIdentity
-from sdrpc_build.launch.private import private_dir, private_fd, show_path
+from sdrpc_build.launch.private import show_path, write_private
 from sdrpc_build.launch.spec import valid_name
 from sdrpc_build.launch.supervisor import DeviceRow
 
@@ -246,19 +245,7 @@ def _check_name(name: str) -> str:
 # -- files --------------------------------------------------------------------------------------
 def write_state(path: Path, state: InstanceState) -> None:
     """Atomically replace ``path``: readers see the old file or the new one, never half."""
-    private_dir(path.parent, tighten=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps(state_to_json(state), indent=2) + "\n"
-    try:
-        with os.fdopen(private_fd(tmp, append=False), "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_private(path, json.dumps(state_to_json(state), indent=2) + "\n")
 
 
 def _check_private(path: Path, st: os.stat_result) -> None:
