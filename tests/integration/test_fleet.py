@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import pytest
@@ -90,6 +90,23 @@ def host_state(lab: Lab, host: str) -> str:
     return lab.exec(host, cmd).stdout.strip()
 
 
+def ssh_left(before: Collection[int] = ()) -> set[int]:
+    """ssh processes that are masters (``-M`` / a ControlPath) or zombies, not in ``before``."""
+    found = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) in before:
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
+        if comm == "ssh" and (state == "Z" or b"-M" in argv or b"-oControlMaster=auto" in argv):
+            found.add(int(d.name))
+    return found
+
+
 @pytest.fixture(scope="module")
 def server_built() -> Path:
     return build_server(VERSION, MAX_NAME)
@@ -102,10 +119,12 @@ def test_up_status_restart_idempotent_down(
     hosts = lab.hosts
     toml = fleet_toml(lab, hosts, tmp_path / "fleet.toml", servers_per_host=2)
 
+    before = ssh_left()
     t0 = time.monotonic()
     r = sdrpc("up", str(toml), "--json")
     first = time.monotonic() - t0
     assert r.returncode == 0, r.stdout + r.stderr
+    assert ssh_left(before) == set()  # the run's ssh masters ended and reaped
     assert 'transport = "lan"' in r.stderr  # the loud warning
     res = json.loads(r.stdout)
     assert res["ok"] and all(h["ok"] for h in res["hosts"])
@@ -149,6 +168,7 @@ def test_up_status_restart_idempotent_down(
     second = time.monotonic() - t0
     assert r2.returncode == 0, r2.stdout + r2.stderr
     assert [h["changed"] for h in json.loads(r2.stdout)["hosts"]] == [0] * len(hosts)
+    assert ssh_left(before) == set()
     print(f"\nup 3 hosts x 2 servers: first {first:.1f} s, second {second:.1f} s")
 
     # down: nothing left on any host
