@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from sdrpc_build.fleet.pins import build_options, client_pins
 from sdrpc_build.fleet.runner import HostOutcome, host_vars, run_playbook, work_dir
 from sdrpc_build.fleet.units import INSTALL_ROOT, ServerUnit, render_unit
 from sdrpc_build.fleet.wheelhouse import build_wheelhouse
+from sdrpc_build.launch.activity import ActivityState, parse_activity
 from sdrpc_build.protocol.compat import ClientSpec, judge
 from sdrpc_build.protocol.probe import probe
 
@@ -27,6 +30,7 @@ __all__ = [
     "bind_address",
     "down",
     "parse_show",
+    "parse_status",
     "ssh_config",
     "status",
     "up",
@@ -67,6 +71,7 @@ class ServerState:
     sub: str
     restarts: Optional[int]
     pid: Optional[int]
+    activity: ActivityState = "unknown"  # busy/idle, from its log since its last start
 
 
 def ssh_config(fleet: Fleet, env: Mapping[str, str]) -> Optional[Path]:
@@ -246,9 +251,26 @@ def parse_show(host: str, text: str) -> list[ServerState]:
     return out
 
 
+def parse_status(host: str, out: str) -> list[ServerState]:
+    """The host side's ``status`` JSON: state from ``systemctl show``, busy/idle from the lines
+    the server logged since its last start (a server that is not running: unknown)."""
+    try:
+        servers = json.loads(out)["servers"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    states = []
+    for srv in servers:
+        for st in parse_show(host, str(srv.get("show", ""))):
+            running = st.active == "active" and st.sub == "running"
+            act = parse_activity(str(x) for x in srv.get("log", [])).state if running else "unknown"
+            states.append(dataclasses.replace(st, activity=act))
+    return states
+
+
 def status(
     fleet: Fleet, env: Mapping[str, str], cache_root: Path, *, timeout: float = 300.0
 ) -> tuple[list[ServerState], tuple[HostOutcome, ...]]:
+    """Each server's unit state, restarts and busy/idle; no server is probed."""
     with work_dir(cache_root) as work:
         play = run_playbook(
             "status.yml", _plain_vars(fleet, env), work, timeout=timeout, want_outputs=[STATUS_TASK]
@@ -258,6 +280,6 @@ def status(
         for o in play.hosts
         for task, out in o.outputs
         if task == STATUS_TASK
-        for st in parse_show(o.name, out)
+        for st in parse_status(o.name, out)
     ]
     return states, play.hosts

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -107,6 +108,29 @@ def ssh_left(before: Collection[int] = ()) -> set[int]:
     return found
 
 
+def busy_idle_from_logs(lab: Lab, toml: Path) -> None:
+    """status: busy while a client holds a server, idle after; from the logs, not the port."""
+    hosts = lab.hosts
+
+    def activity() -> dict[tuple[str, str], str]:
+        s = sdrpc("status", str(toml), "--json")
+        assert s.returncode == 0, s.stdout + s.stderr
+        return {(x["host"], x["unit"]): x["activity"] for x in json.loads(s.stdout)["servers"]}
+
+    held = (hosts[0], "sdrpc-server-cpu-50053.service")
+    assert set(activity().values()) == {"idle"}
+    with socket.create_connection((lab.address(hosts[0]), PORTS[1]), timeout=10):
+        deadline = time.monotonic() + 30
+        while (now := activity())[held] != "busy":
+            assert time.monotonic() < deadline, now
+            time.sleep(0.5)
+        assert [k for k, v in now.items() if v == "busy"] == [held]
+    deadline = time.monotonic() + 30
+    while (now := activity())[held] != "idle":
+        assert time.monotonic() < deadline, now
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def server_built() -> Path:
     return build_server(VERSION, MAX_NAME)
@@ -162,13 +186,21 @@ def test_up_status_restart_idempotent_down(
     assert all(x["restarts"] == 0 for x in states if x["host"] != victim)
     assert check(endpoints).returncode == 0
 
+    busy_idle_from_logs(lab, toml)
+
     # a second up with nothing changed changes nothing
     t0 = time.monotonic()
-    r2 = sdrpc("up", str(toml), "--json")
+    r2 = sdrpc("up", str(toml), "--print-rpc-servers")
     second = time.monotonic() - t0
     assert r2.returncode == 0, r2.stdout + r2.stderr
-    assert [h["changed"] for h in json.loads(r2.stdout)["hosts"]] == [0] * len(hosts)
-    assert ssh_left(before) == set()
+    # stdout: the --rpc-servers string alone (sd-cli --rpc-servers "$(sdrpc up ...)")
+    assert r2.stdout == ",".join(endpoints) + "\n"
+    report = [line.split() for line in r2.stderr.splitlines() if line.startswith(tuple(hosts))]
+    # nothing changed anywhere, and no ssh master left behind
+    assert ([(w[0], w[1], w[2]) for w in report], ssh_left(before)) == (
+        [(h, "ok", "changed=0") for h in hosts],
+        set(),
+    )
     print(f"\nup 3 hosts x 2 servers: first {first:.1f} s, second {second:.1f} s")
 
     # down: nothing left on any host
@@ -204,4 +236,52 @@ def test_unreachable_host_partial_fleet(
     d = sdrpc("down", str(toml))
     assert d.returncode == 0, d.stdout + d.stderr
     for h in hosts:
+        assert host_state(lab, h) == "", h
+
+
+def test_foreign_listener_and_other_pins_are_refused_not_touched(
+    lab_factory: Callable[..., Lab], tmp_path: Path, server_built: Path
+) -> None:
+    lab = lab_factory(3)
+    ok, busy, other = lab.hosts
+    toml = fleet_toml(lab, lab.hosts, tmp_path / "fleet.toml")
+    # busy: a process sdrpc did not start listens on the configured port
+    lab.exec(busy, f"systemd-run --unit=foreign-http python3 -m http.server {PORTS[0]}")
+    deadline = time.monotonic() + 20
+    while f":{PORTS[0]}" not in lab.exec(busy, "ss -Hltn").stdout:
+        assert time.monotonic() < deadline, "the foreign listener did not start"
+        time.sleep(0.2)
+    foreign_pid = lab.exec(busy, "systemctl show -P MainPID foreign-http").stdout.strip()
+    # other: an sdrpc server built for GGML_MAX_NAME 128 is installed already
+    key = "cpu-4df29be4f4-n128-planted"
+    unit = f"/etc/systemd/system/sdrpc-server-cpu-{PORTS[0]}.service"
+    planted = f"[Service]\nExecStart=/opt/sdrpc/servers/{key}/bin/ggml-rpc-server -p 50052\n"
+    manifest = json.dumps({"commit": LLAMA_SDISTS[VERSION][0], "max_name": 128})
+    lab.exec(
+        other,
+        f"mkdir -p /opt/sdrpc/servers/{key} && printf %s '{manifest}' > "
+        f"/opt/sdrpc/servers/{key}/manifest.json && printf '{planted}' > {unit}",
+    )
+    before = lab.exec(other, f"cat {unit}").stdout
+
+    r = sdrpc("up", str(toml), "--json")
+    assert r.returncode == 42, r.stdout + r.stderr
+    by = {h["name"]: h for h in json.loads(r.stdout)["hosts"]}
+    assert by[ok]["ok"]
+    assert not by[busy]["ok"] and not by[other]["ok"]
+    assert f"port {PORTS[0]} is taken by python3 (pid {foreign_pid})" in by[busy]["reason"]
+    assert "GGML_MAX_NAME 128, the client needs" in by[other]["reason"]
+    assert "GGML_MAX_NAME 160" in by[other]["reason"]
+    assert "Traceback" not in r.stderr
+    # nothing of theirs touched: the foreign server runs, the planted unit is as it was
+    assert lab.exec(busy, "systemctl show -P MainPID foreign-http").stdout.strip() == foreign_pid
+    assert f":{PORTS[0]}" in lab.exec(busy, "ss -Hltn").stdout
+    assert lab.exec(busy, "ls /etc/systemd/system | grep sdrpc; true").stdout == ""
+    assert lab.exec(other, f"cat {unit}").stdout == before
+    assert check([f"{lab.address(ok)}:{PORTS[0]}"]).returncode == 0
+
+    lab.exec(busy, "systemctl stop foreign-http")
+    d = sdrpc("down", str(toml))
+    assert d.returncode == 0, d.stdout + d.stderr
+    for h in lab.hosts:
         assert host_state(lab, h) == "", h

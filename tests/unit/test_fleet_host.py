@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 from types import ModuleType
 
+from sdrpc_build.fleet.ops import parse_status
 from sdrpc_build.fleet.payload import Member, write_payload
 from sdrpc_build.fleet.runner import PLAYBOOK_DIR
 
@@ -74,3 +75,25 @@ def test_payload_is_deterministic_and_private(tmp_path: Path) -> None:
             ("servers/k/bin/x", 0o755),
             ("units/b.service", 0o644),
         ]
+
+
+def test_parse_status_busy_idle_from_the_log_of_running_servers() -> None:
+    def show(unit: str, active: str, sub: str) -> str:
+        return f"Id={unit}\nActiveState={active}\nSubState={sub}\nNRestarts=1\nMainPID=7\n"
+
+    out = json.dumps(
+        {
+            "servers": [
+                {"show": show("a", "active", "running"), "log": ["Accepted client connection"]},
+                {
+                    "show": show("b", "active", "running"),
+                    "log": ["Accepted client connection", "Client connection closed"],
+                },
+                {"show": show("c", "active", "running"), "log": []},
+                {"show": show("d", "failed", "failed"), "log": ["Accepted client connection"]},
+            ]
+        }
+    )
+    got = [(s.unit, s.activity, s.restarts) for s in parse_status("h", out)]
+    assert got == [("a", "busy", 1), ("b", "idle", 1), ("c", "idle", 1), ("d", "unknown", 1)]
+    assert parse_status("h", "not json") == []

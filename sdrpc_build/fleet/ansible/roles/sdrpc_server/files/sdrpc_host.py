@@ -6,6 +6,9 @@ Standard library only (the host may not have sdrpc yet); one JSON object on stdo
   of the payload (servers + units), whether every wanted unit is installed, enabled and active,
   and what to refuse: a foreign process on a configured port (sdrpc never stops what it did not
   start) or an sdrpc server built for other pins than the client's.
+* ``status``: each installed sdrpc unit's ``systemctl show`` block and the last lines its server
+  logged since its last start (its journal of the current invocation): busy/idle is read from
+  them on the client, never by probing the port.
 * ``apply``: install the payload: server files, unit files (changed ones restarted), stale sdrpc
   units stopped and removed, every wanted unit enabled and started.
 """
@@ -188,6 +191,47 @@ def state(a: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+SHOW = "Id,ActiveState,SubState,NRestarts,MainPID,Result,InvocationID"
+LOG_LINES = 400
+
+
+def _out(argv: list[str]) -> str:
+    r = subprocess.run(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return r.stdout
+
+
+def status(a: dict[str, Any]) -> dict[str, Any]:
+    servers = []
+    for u in installed_units():
+        show = _out(["systemctl", "show", "--property=" + SHOW, u])
+        kv = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+        inv = kv.get("InvocationID", "")
+        log = (
+            _out(
+                [
+                    "journalctl",
+                    "--no-pager",
+                    "-o",
+                    "cat",
+                    "-n",
+                    str(LOG_LINES),
+                    "_SYSTEMD_INVOCATION_ID=" + inv,
+                ]
+            )
+            if inv
+            else ""
+        )
+        servers.append({"show": show, "log": log.splitlines()})
+    return {"servers": servers}
+
+
 def _systemctl(*args: str) -> None:
     subprocess.run(["systemctl", *args], check=True, timeout=120, stdout=subprocess.DEVNULL)
 
@@ -261,7 +305,7 @@ def apply(a: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     cmd, args = argv[1], json.loads(argv[2])
-    out = state(args) if cmd == "state" else apply(args)
+    out = {"state": state, "apply": apply, "status": status}[cmd](args)
     print(json.dumps(out))
     return 0
 
