@@ -50,16 +50,20 @@ def _up(args: argparse.Namespace) -> int:
     fleet, root = _load(args)
     if fleet.client.transport == "lan":
         print(LAN_WARNING, file=sys.stderr)
-    res = up(fleet, os.environ, root)
+    res = up(fleet, os.environ, root, replace=args.replace)
+    # --print-rpc-servers: stdout is the --rpc-servers string alone, the report goes to stderr
+    report = sys.stderr if args.print_rpc_servers else sys.stdout
     if args.json:
-        print(json.dumps({**asdict(res), "ok": res.ok}, indent=2))
+        print(json.dumps({**asdict(res), "ok": res.ok}, indent=2), file=report)
     else:
         for h in res.hosts:
             state = "ok" if h.ok else "FAILED"
             where = " ".join(h.endpoints) if h.ok else f"{h.task}: {h.reason}"
-            print(f"{h.name:<16} {state:<7} changed={h.changed:<3} {where}")
-        if res.rpc_servers:
+            print(f"{h.name:<16} {state:<7} changed={h.changed:<3} {where}", file=report)
+        if res.rpc_servers and not args.print_rpc_servers:
             print(f"--rpc-servers {res.rpc_servers}")
+    if res.rpc_servers and args.print_rpc_servers:
+        print(res.rpc_servers)
     bad = [(h.name, h.task, h.reason) for h in res.hosts if not h.ok]
     if bad:
         raise FleetHostsError(
@@ -111,7 +115,7 @@ def _status(args: argparse.Namespace) -> int:
         for s in states:
             print(
                 f"{s.host:<16} {s.unit:<32} {s.active}/{s.sub:<10} "
-                f"restarts={s.restarts if s.restarts is not None else '?'}"
+                f"restarts={s.restarts if s.restarts is not None else '?':<3} {s.activity}"
             )
         for t in links:
             ports = ",".join(f"127.0.0.1:{f.local}->{f.remote}" for f in t.forwards)
@@ -130,6 +134,18 @@ def _status(args: argparse.Namespace) -> int:
 
 def up_main(argv: list[str] | None = None) -> int:
     p = _parser("up", "Build, install and start the servers of fleet.toml on every host.")
+    p.add_argument(
+        "--print-rpc-servers",
+        action="store_true",
+        help="print only the --rpc-servers string on stdout (everything else on stderr): "
+        'sd-cli --rpc-servers "$(sdrpc up --print-rpc-servers)"',
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace sdrpc servers on the hosts built for other pins than the client's "
+        "(refused without it)",
+    )
     return run_parsed("sdrpc up", p, argv, _up)
 
 
@@ -139,5 +155,7 @@ def down_main(argv: list[str] | None = None) -> int:
 
 
 def status_main(argv: list[str] | None = None) -> int:
-    p = _parser("status", "Each server's unit state and restarts, per host.")
+    p = _parser(
+        "status", "Each server's unit state, restarts and busy/idle (from its log), per host."
+    )
     return run_parsed("sdrpc status", p, argv, _status)

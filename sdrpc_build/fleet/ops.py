@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
@@ -13,6 +15,7 @@ from sdrpc_build.build.pins import SdPins
 from sdrpc_build.build.pipeline import build
 from sdrpc_build.build.store import Manifest
 from sdrpc_build.fleet.model import Fleet, FleetServer, Host
+from sdrpc_build.fleet.payload import Member, write_payload
 from sdrpc_build.fleet.pins import build_options, client_pins
 from sdrpc_build.fleet.runner import HostOutcome, host_vars, run_playbook, work_dir
 from sdrpc_build.fleet.tunnels import (
@@ -24,6 +27,7 @@ from sdrpc_build.fleet.tunnels import (
 )
 from sdrpc_build.fleet.units import INSTALL_ROOT, ServerUnit, render_unit
 from sdrpc_build.fleet.wheelhouse import build_wheelhouse
+from sdrpc_build.launch.activity import ActivityState, parse_activity
 from sdrpc_build.protocol.compat import ClientSpec, judge
 from sdrpc_build.protocol.probe import probe
 
@@ -34,6 +38,7 @@ __all__ = [
     "bind_address",
     "down",
     "parse_show",
+    "parse_status",
     "ssh_config",
     "status",
     "tunnel_instance",
@@ -76,6 +81,7 @@ class ServerState:
     sub: str
     restarts: Optional[int]
     pid: Optional[int]
+    activity: ActivityState = "unknown"  # busy/idle, from its log since its last start
 
 
 def ssh_config(fleet: Fleet, env: Mapping[str, str]) -> Optional[Path]:
@@ -109,31 +115,38 @@ def _up_vars(
     pins: SdPins,
     builds: Mapping[str, Manifest],
     wheelhouse: Path,
-    units_dir: Path,
+    payload_dir: Path,
     cfg: Optional[Path],
+    replace: bool,
 ) -> dict[str, Any]:
     bind = bind_address(fleet, host)
-    d = units_dir / host.name
-    d.mkdir(parents=True, exist_ok=True)
-    units = []
-    artifacts: dict[str, dict[str, str]] = {}
+    members: dict[str, Member] = {}
     for s in host.servers:
         m = builds[s.backend]
-        binary = INSTALL_ROOT / "servers" / m.key / "bin" / m.binary.name
-        text = render_unit(ServerUnit(s, PurePosixPath(binary), bind, _build_line(m)))
-        (d / s.unit).write_text(text, encoding="utf-8")
-        units.append({"name": s.unit, "src": str(d / s.unit)})
-        artifacts[m.key] = {
-            "key": m.key,
-            "binary": str(m.binary),
-            "manifest": str(m.path / "manifest.json"),
-        }
+        binary = PurePosixPath("servers", m.key, "bin", m.binary.name)
+        text = render_unit(ServerUnit(s, INSTALL_ROOT / binary, bind, _build_line(m)))
+        members[f"units/{s.unit}"] = Member(f"units/{s.unit}", text.encode())
+        members[str(binary)] = Member(str(binary), m.binary.read_bytes(), 0o755)
+        man = f"servers/{m.key}/manifest.json"
+        members[man] = Member(man, (m.path / "manifest.json").read_bytes())
+    payload_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    payload = payload_dir / f"{host.name}.tar"
+    digest = write_payload(payload, list(members.values()))
+    allowed = sorted({(m.commit, m.max_name) for m in builds.values()})
     return {
         **host_vars(host, cfg),
         "sdrpc_root": str(INSTALL_ROOT),
         "sdrpc_wheelhouse": str(wheelhouse),
-        "sdrpc_artifacts": list(artifacts.values()),
-        "sdrpc_units": units,
+        "sdrpc_wheelhouse_digest": wheelhouse.stem,
+        "sdrpc_payload": str(payload),
+        "sdrpc_payload_sha256": digest,
+        "sdrpc_host_args": {
+            "root": str(INSTALL_ROOT),
+            "units": [s.unit for s in host.servers],
+            "ports": [s.port for s in host.servers],
+            "allowed": [list(a) for a in allowed],
+            "replace": replace,
+        },
         "sdrpc_check_argv": _check_argv(pins, [f"{bind}:{s.port}" for s in host.servers]),
         "sdrpc_ready_retries": READY_RETRIES,
     }
@@ -206,9 +219,17 @@ def _report(fleet: Fleet, h: Host, o: HostOutcome) -> HostReport:
 
 
 def up(
-    fleet: Fleet, env: Mapping[str, str], cache_root: Path, *, timeout: float = 1800.0
+    fleet: Fleet,
+    env: Mapping[str, str],
+    cache_root: Path,
+    *,
+    timeout: float = 1800.0,
+    replace: bool = False,
 ) -> UpResult:
-    """Build (or find) the servers for [client]'s pins, install and start them everywhere."""
+    """Build (or find) the servers for [client]'s pins, install and start them everywhere.
+
+    A host where a port is taken by a process sdrpc did not start, or where an sdrpc server
+    built for other pins runs (unless ``replace``), fails alone and is left as it was."""
     pins = client_pins(fleet.client, env)
     backends = sorted({s.backend for h in fleet.hosts for s in h.servers})
     builds = {
@@ -218,7 +239,7 @@ def up(
     cfg = ssh_config(fleet, env)
     with work_dir(cache_root) as work:
         hv = {
-            h.name: _up_vars(fleet, h, pins, builds, wheelhouse, work / "units", cfg)
+            h.name: _up_vars(fleet, h, pins, builds, wheelhouse, work / "payload", cfg, replace)
             for h in fleet.hosts
         }
         play = run_playbook("up.yml", hv, work, timeout=timeout)
@@ -226,9 +247,13 @@ def up(
     healthy = [h for h, r in zip(fleet.hosts, reports, strict=True) if r.ok]
     if fleet.client.transport == "ssh":  # reached through tunnels: their local ports
         local = _open_tunnels(fleet, healthy, env, cache_root)
-        reports = [replace(r, endpoints=local.get(r.name, r.endpoints)) for r in reports]
+        reports = [
+            dataclasses.replace(r, endpoints=local.get(r.name, r.endpoints)) for r in reports
+        ]
     endpoints = {r.name: r.endpoints for r in reports}
-    bad = _client_check(fleet, pins, healthy, endpoints)
+    # a host that changed nothing was checked when it changed; it may be serving sd-cli now
+    changed = [h for h, r in zip(fleet.hosts, reports, strict=True) if r.ok and r.changed]
+    bad = _client_check(fleet, pins, changed, endpoints)
     reports = [
         HostReport(r.name, False, r.changed, r.endpoints, "client check", bad[r.name])
         if r.name in bad
@@ -282,9 +307,26 @@ def parse_show(host: str, text: str) -> list[ServerState]:
     return out
 
 
+def parse_status(host: str, out: str) -> list[ServerState]:
+    """The host side's ``status`` JSON: state from ``systemctl show``, busy/idle from the lines
+    the server logged since its last start (a server that is not running: unknown)."""
+    try:
+        servers = json.loads(out)["servers"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    states = []
+    for srv in servers:
+        for st in parse_show(host, str(srv.get("show", ""))):
+            running = st.active == "active" and st.sub == "running"
+            act = parse_activity(str(x) for x in srv.get("log", [])).state if running else "unknown"
+            states.append(dataclasses.replace(st, activity=act))
+    return states
+
+
 def status(
     fleet: Fleet, env: Mapping[str, str], cache_root: Path, *, timeout: float = 300.0
 ) -> tuple[list[ServerState], tuple[HostOutcome, ...]]:
+    """Each server's unit state, restarts and busy/idle; no server is probed."""
     with work_dir(cache_root) as work:
         play = run_playbook(
             "status.yml", _plain_vars(fleet, env), work, timeout=timeout, want_outputs=[STATUS_TASK]
@@ -294,6 +336,6 @@ def status(
         for o in play.hosts
         for task, out in o.outputs
         if task == STATUS_TASK
-        for st in parse_show(o.name, out)
+        for st in parse_status(o.name, out)
     ]
     return states, play.hosts

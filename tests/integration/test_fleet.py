@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,46 @@ def host_state(lab: Lab, host: str) -> str:
     return lab.exec(host, cmd).stdout.strip()
 
 
+def ssh_left(before: Collection[int] = ()) -> set[int]:
+    """ssh processes that are masters (``-M`` / a ControlPath) or zombies, not in ``before``."""
+    found = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) in before:
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
+        if comm == "ssh" and (state == "Z" or b"-M" in argv or b"-oControlMaster=auto" in argv):
+            found.add(int(d.name))
+    return found
+
+
+def busy_idle_from_logs(lab: Lab, toml: Path) -> None:
+    """status: busy while a client holds a server, idle after; from the logs, not the port."""
+    hosts = lab.hosts
+
+    def activity() -> dict[tuple[str, str], str]:
+        s = sdrpc("status", str(toml), "--json")
+        assert s.returncode == 0, s.stdout + s.stderr
+        return {(x["host"], x["unit"]): x["activity"] for x in json.loads(s.stdout)["servers"]}
+
+    held = (hosts[0], "sdrpc-server-cpu-50053.service")
+    assert set(activity().values()) == {"idle"}
+    with socket.create_connection((lab.address(hosts[0]), PORTS[1]), timeout=10):
+        deadline = time.monotonic() + 30
+        while (now := activity())[held] != "busy":
+            assert time.monotonic() < deadline, now
+            time.sleep(0.5)
+        assert [k for k, v in now.items() if v == "busy"] == [held]
+    deadline = time.monotonic() + 30
+    while (now := activity())[held] != "idle":
+        assert time.monotonic() < deadline, now
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def server_built() -> Path:
     return build_server(VERSION, MAX_NAME)
@@ -108,10 +149,12 @@ def test_up_status_restart_idempotent_down(
     hosts = lab.hosts
     toml = fleet_toml(lab, hosts, tmp_path / "fleet.toml", servers_per_host=2)
 
+    before = ssh_left()
     t0 = time.monotonic()
     r = sdrpc("up", str(toml), "--json")
     first = time.monotonic() - t0
     assert r.returncode == 0, r.stdout + r.stderr
+    assert ssh_left(before) == set()  # the run's ssh masters ended and reaped
     assert 'transport = "lan"' in r.stderr  # the loud warning
     res = json.loads(r.stdout)
     assert res["ok"] and all(h["ok"] for h in res["hosts"])
@@ -149,12 +192,21 @@ def test_up_status_restart_idempotent_down(
     assert all(x["restarts"] == 0 for x in states if x["host"] != victim)
     assert check(endpoints).returncode == 0
 
+    busy_idle_from_logs(lab, toml)
+
     # a second up with nothing changed changes nothing
     t0 = time.monotonic()
-    r2 = sdrpc("up", str(toml), "--json")
+    r2 = sdrpc("up", str(toml), "--print-rpc-servers")
     second = time.monotonic() - t0
     assert r2.returncode == 0, r2.stdout + r2.stderr
-    assert [h["changed"] for h in json.loads(r2.stdout)["hosts"]] == [0] * len(hosts)
+    # stdout: the --rpc-servers string alone (sd-cli --rpc-servers "$(sdrpc up ...)")
+    assert r2.stdout == ",".join(endpoints) + "\n"
+    report = [line.split() for line in r2.stderr.splitlines() if line.startswith(tuple(hosts))]
+    # nothing changed anywhere, and no ssh master left behind
+    assert ([(w[0], w[1], w[2]) for w in report], ssh_left(before)) == (
+        [(h, "ok", "changed=0") for h in hosts],
+        set(),
+    )
     print(f"\nup 3 hosts x 2 servers: first {first:.1f} s, second {second:.1f} s")
 
     # down: nothing left on any host
@@ -269,3 +321,51 @@ def test_ssh_transport_servers_stay_on_loopback_reached_through_tunnels(
     instance = tunnel_instance(load_fleet(toml))
     assert not tunnel_file(sdrpc_cache(), instance).exists()
     assert sdrpc_launch_status(instance).returncode == 27  # no supervisor left either
+
+
+def test_foreign_listener_and_other_pins_are_refused_not_touched(
+    lab_factory: Callable[..., Lab], tmp_path: Path, server_built: Path
+) -> None:
+    lab = lab_factory(3)
+    ok, busy, other = lab.hosts
+    toml = fleet_toml(lab, lab.hosts, tmp_path / "fleet.toml")
+    # busy: a process sdrpc did not start listens on the configured port
+    lab.exec(busy, f"systemd-run --unit=foreign-http python3 -m http.server {PORTS[0]}")
+    deadline = time.monotonic() + 20
+    while f":{PORTS[0]}" not in lab.exec(busy, "ss -Hltn").stdout:
+        assert time.monotonic() < deadline, "the foreign listener did not start"
+        time.sleep(0.2)
+    foreign_pid = lab.exec(busy, "systemctl show -P MainPID foreign-http").stdout.strip()
+    # other: an sdrpc server built for GGML_MAX_NAME 128 is installed already
+    key = "cpu-4df29be4f4-n128-planted"
+    unit = f"/etc/systemd/system/sdrpc-server-cpu-{PORTS[0]}.service"
+    planted = f"[Service]\nExecStart=/opt/sdrpc/servers/{key}/bin/ggml-rpc-server -p 50052\n"
+    manifest = json.dumps({"commit": LLAMA_SDISTS[VERSION][0], "max_name": 128})
+    lab.exec(
+        other,
+        f"mkdir -p /opt/sdrpc/servers/{key} && printf %s '{manifest}' > "
+        f"/opt/sdrpc/servers/{key}/manifest.json && printf '{planted}' > {unit}",
+    )
+    before = lab.exec(other, f"cat {unit}").stdout
+
+    r = sdrpc("up", str(toml), "--json")
+    assert r.returncode == 42, r.stdout + r.stderr
+    by = {h["name"]: h for h in json.loads(r.stdout)["hosts"]}
+    assert by[ok]["ok"]
+    assert not by[busy]["ok"] and not by[other]["ok"]
+    assert f"port {PORTS[0]} is taken by python3 (pid {foreign_pid})" in by[busy]["reason"]
+    assert "GGML_MAX_NAME 128, the client needs" in by[other]["reason"]
+    assert "GGML_MAX_NAME 160" in by[other]["reason"]
+    assert "Traceback" not in r.stderr
+    # nothing of theirs touched: the foreign server runs, the planted unit is as it was
+    assert lab.exec(busy, "systemctl show -P MainPID foreign-http").stdout.strip() == foreign_pid
+    assert f":{PORTS[0]}" in lab.exec(busy, "ss -Hltn").stdout
+    assert lab.exec(busy, "ls /etc/systemd/system | grep sdrpc; true").stdout == ""
+    assert lab.exec(other, f"cat {unit}").stdout == before
+    assert check([f"{lab.address(ok)}:{PORTS[0]}"]).returncode == 0
+
+    lab.exec(busy, "systemctl stop foreign-http")
+    d = sdrpc("down", str(toml))
+    assert d.returncode == 0, d.stdout + d.stderr
+    for h in lab.hosts:
+        assert host_state(lab, h) == "", h
