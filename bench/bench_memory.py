@@ -20,8 +20,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,42 +30,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-import servers  # noqa: E402
+from bench_link import _start_server, _stop  # noqa: E402  (one server launcher for the benches)
 
 MIB = 1 << 20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_server(version: str) -> tuple[int, subprocess.Popen[bytes]]:
-    binary = servers.build_server(version, 64)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"rpc-server {version} exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return port, proc
-        time.sleep(0.05)
-    _stop(proc)
-    raise SystemExit(f"rpc-server {version} did not accept within 20 s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
 
 
 def _run(argv: list[str], pythonpath: str, timeout: float) -> dict[str, Any]:
