@@ -166,16 +166,21 @@ def _list(where: str, key: str, v: Any) -> str:
     return _str(where, key, v)
 
 
-def _server(table: Any, where: str, base_dir: Path) -> ServerOptions:
+def _check_table(table: Any, where: str, keys: tuple[str, ...] | list[str]) -> None:
+    """``table`` is a TOML table whose keys are all in ``keys`` ("did you mean" otherwise)."""
     if not isinstance(table, dict):
         raise _fail(where, "must be a table")
     for key in table:
-        if key not in SERVER_KEYS:
+        if key not in keys:
             raise _fail(
                 where,
-                f"unknown key {key!r}{did_you_mean(key, SERVER_KEYS)}",
-                hint="valid keys: " + ", ".join(SERVER_KEYS),
+                f"unknown key {key!r}{did_you_mean(key, keys)}",
+                hint="valid keys: " + ", ".join(keys),
             )
+
+
+def _server(table: Any, where: str, base_dir: Path) -> ServerOptions:
+    _check_table(table, where, SERVER_KEYS)
     o = ServerOptions(origin=where)
     t: Mapping[str, Any] = table
     if "name" in t:
@@ -253,15 +258,7 @@ def parse_server(table: Any, where: str, base_dir: Path) -> ServerOptions:
 
 
 def _supervision(table: Any, where: str) -> Supervision:
-    if not isinstance(table, dict):
-        raise _fail(where, "must be a table")
-    for key in table:
-        if key not in SUPERVISE_KEYS:
-            raise _fail(
-                where,
-                f"unknown key {key!r}{did_you_mean(key, SUPERVISE_KEYS)}",
-                hint="valid keys: " + ", ".join(SUPERVISE_KEYS),
-            )
+    _check_table(table, where, SUPERVISE_KEYS)
     t: Mapping[str, Any] = table
     values: dict[str, Any] = {
         s.field: _number(where, s.key, t[s.key], s.check) for s in settings.SUPERVISE if s.key in t
