@@ -96,7 +96,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--rounds", type=int, default=1)
     a = ap.parse_args()
-    build_server(VERSION, MAX_NAME)  # cached: not part of the figures
+    build_server(VERSION, MAX_NAME, portable=True)  # cached: not part of the figures
     rounds: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(max(1, a.rounds)):

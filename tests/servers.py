@@ -131,12 +131,14 @@ def build_server(
     defines: tuple[tuple[str, str], ...] = (),
     vulkan_headers: str | None = None,
     env: dict[str, str] | None = None,
+    portable: bool = False,
 ) -> Path:
     """A real server built *by sdrpc-build* from the llama-cpp-python==version sdist.
 
     CPU by default; ``backend``/``defines``/``vulkan_headers`` are sdrpc-build's
     ``--backend``/``-D``/``--vulkan-headers``; ``env`` the environment it builds and
-    verifies with (default: this process's).
+    verifies with (default: this process's); ``portable`` is ``--portable`` (what sdrpc up
+    builds: the binary goes to other machines).
     """
     commit = LLAMA_SDISTS[version][0]
     pins = SdPins(
@@ -156,6 +158,7 @@ def build_server(
         backend=backend,
         defines=defines,
         vulkan_headers=HeadersChoice(vulkan_headers) if vulkan_headers else None,
+        portable=portable,
     )
     downloads = sdrpc_cache() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,7 @@ __all__ = [
     "dry_run",
     "resolve_recipe",
     "scratch_parents",
+    "source_tree",
 ]
 
 
@@ -243,6 +244,20 @@ def _get_source(
             log=reporter.log,
         )
     return fetch_git(sroot, commit, opts.llama_repo, retries=opts.fetch_retries, log=reporter.log)
+
+
+def source_tree(
+    pins: SdPins,
+    opts: BuildOptions,
+    env: Mapping[str, str],
+    reporter: Optional[Reporter] = None,
+) -> Source:
+    """The llama.cpp tree a build of ``pins`` uses (from the cache, or fetched/unpacked the way
+    :func:`build` would): what ``sdrpc up`` ships to a host that builds."""
+    cached = cached_source(sources_dir(opts.cache_root), pins.llama_commit.value)
+    if cached is not None and opts.llama_src is None:
+        return cached
+    return _get_source(pins, opts, env, reporter or _Quiet())
 
 
 def scratch_parents(cache_root: Path) -> list[Path]:

@@ -56,6 +56,12 @@ def _up(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**asdict(res), "ok": res.ok}, indent=2), file=report)
     else:
+        for b in res.builds:
+            who = {"client": "built here", "cache": "built before"}.get(
+                str(b.builder), f"built on {b.builder}" if b.builder else "not built"
+            )
+            why = f": {b.reason}" if b.reason else ""
+            print(f"server {b.backend} for {b.platform}: {who}{why}", file=report)
         for h in res.hosts:
             state = "ok" if h.ok else "FAILED"
             where = " ".join(h.endpoints) if h.ok else f"{h.task}: {h.reason}"

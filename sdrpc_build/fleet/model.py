@@ -3,7 +3,9 @@
 [client]
 sd-cpp = "~/src/stable-diffusion.cpp"   # or sd-ref = "OWNER/REPO@REF", or llama-commit + max-name
 transport = "ssh"                       # or "lan": servers bind the host's address
-build-on = "client"                     # build here, ship the verified server
+build-on = "client"                     # build here (a group of another platform: on its
+                                        # first host); "host": the first host of each
+                                        # (backend, platform) group builds; shipped to the rest
 
 [[host]]
 name = "gpu1"
@@ -273,11 +275,11 @@ def _check_client(c: ClientConfig) -> None:
         raise _fail(where, "'exact = true' needs a local tree: 'sd-cpp'")
     if c.llama_src and c.llama_sdist:
         raise _fail(where, "'llama-src' and 'llama-sdist' are exclusive", hint="pick one source")
-    if c.build_on == "host":
+    if c.build_on == "host" and c.exact:
         raise _fail(
             where,
-            'build-on = "host" is not supported yet',
-            hint='use build-on = "client" (the hosts must share this machine\'s platform)',
+            "'exact = true' builds on the client (against its sd.cpp tree's ggml)",
+            hint='use build-on = "client" with exact = true',
         )
 
 

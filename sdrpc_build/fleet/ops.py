@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import platform as pyplatform
+import sys
+import time
+import zipfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,8 +16,26 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
 from sdrpc_build.build.pins import SdPins
-from sdrpc_build.build.pipeline import build
+from sdrpc_build.build.pipeline import build, source_tree
 from sdrpc_build.build.store import Manifest
+from sdrpc_build.errors import SdrpcError
+from sdrpc_build.fleet.groups import (
+    CLIENT,
+    Doctor,
+    Group,
+    client_platform,
+    parse_doctor,
+    plan_groups,
+    platform_tag,
+)
+from sdrpc_build.fleet.hostbuild import (
+    BUILD_ROOT,
+    build_argv,
+    cached_server,
+    install_wheel,
+    server_key,
+    source_tar,
+)
 from sdrpc_build.fleet.model import Fleet, FleetServer, Host
 from sdrpc_build.fleet.payload import Member, write_payload
 from sdrpc_build.fleet.pins import build_options, client_pins
@@ -28,10 +50,12 @@ from sdrpc_build.fleet.tunnels import (
 from sdrpc_build.fleet.units import INSTALL_ROOT, ServerUnit, render_unit
 from sdrpc_build.fleet.wheelhouse import build_wheelhouse
 from sdrpc_build.launch.activity import ActivityState, parse_activity
+from sdrpc_build.launch.private import write_private
 from sdrpc_build.protocol.compat import ClientSpec, judge
 from sdrpc_build.protocol.probe import probe
 
 __all__ = [
+    "BuildReport",
     "HostReport",
     "ServerState",
     "UpResult",
@@ -49,6 +73,8 @@ __all__ = [
 READY_RETRIES = 30  # readiness on the host: this many tries, 1 s apart
 CHECK_TIMEOUT = 3.0
 STATUS_TASK = "sdrpc status"
+STATE_TASK = "sdrpc host state"
+DOCTOR_TASK = "sdrpc doctor"
 
 
 @dataclass(frozen=True)
@@ -62,11 +88,25 @@ class HostReport:
 
 
 @dataclass(frozen=True)
+class BuildReport:
+    """Who provided the server of one (backend, platform) group: "client" (built or found
+    here), "cache" (a host built it at an earlier up), a host's name, or None (nobody could)."""
+
+    backend: str
+    platform: str
+    hosts: tuple[str, ...]
+    builder: Optional[str]
+    seconds: float = 0.0
+    reason: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class UpResult:
     hosts: tuple[HostReport, ...]
     transport: str
     rpc_servers: Optional[str]  # under lan, when every host is ok
     seconds: float
+    builds: tuple[BuildReport, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -113,13 +153,31 @@ def _up_vars(
     fleet: Fleet,
     host: Host,
     pins: SdPins,
-    builds: Mapping[str, Manifest],
+    builds: Optional[Mapping[str, Manifest]],
     wheelhouse: Path,
-    payload_dir: Path,
+    payload_dir: Optional[Path],
     cfg: Optional[Path],
     replace: bool,
 ) -> dict[str, Any]:
+    """The host vars of up.yml; without ``builds`` (not provided yet) those of prepare.yml."""
     bind = bind_address(fleet, host)
+    v: dict[str, Any] = {
+        **host_vars(host, cfg),
+        "sdrpc_root": str(INSTALL_ROOT),
+        "sdrpc_wheelhouse": str(wheelhouse),
+        "sdrpc_wheelhouse_digest": wheelhouse.stem,
+        "sdrpc_host_args": {
+            "root": str(INSTALL_ROOT),
+            "units": [s.unit for s in host.servers],
+            "ports": [s.port for s in host.servers],
+            "allowed": [[str(pins.llama_commit.value), pins.max_name.value]],
+            "replace": replace,
+        },
+        "sdrpc_check_argv": _check_argv(pins, [f"{bind}:{s.port}" for s in host.servers]),
+        "sdrpc_ready_retries": READY_RETRIES,
+    }
+    if builds is None or payload_dir is None:
+        return v
     members: dict[str, Member] = {}
     for s in host.servers:
         m = builds[s.backend]
@@ -131,25 +189,9 @@ def _up_vars(
         members[man] = Member(man, (m.path / "manifest.json").read_bytes())
     payload_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     payload = payload_dir / f"{host.name}.tar"
-    digest = write_payload(payload, list(members.values()))
-    allowed = sorted({(m.commit, m.max_name) for m in builds.values()})
-    return {
-        **host_vars(host, cfg),
-        "sdrpc_root": str(INSTALL_ROOT),
-        "sdrpc_wheelhouse": str(wheelhouse),
-        "sdrpc_wheelhouse_digest": wheelhouse.stem,
-        "sdrpc_payload": str(payload),
-        "sdrpc_payload_sha256": digest,
-        "sdrpc_host_args": {
-            "root": str(INSTALL_ROOT),
-            "units": [s.unit for s in host.servers],
-            "ports": [s.port for s in host.servers],
-            "allowed": [list(a) for a in allowed],
-            "replace": replace,
-        },
-        "sdrpc_check_argv": _check_argv(pins, [f"{bind}:{s.port}" for s in host.servers]),
-        "sdrpc_ready_retries": READY_RETRIES,
-    }
+    v["sdrpc_payload"] = str(payload)
+    v["sdrpc_payload_sha256"] = write_payload(payload, list(members.values()))
+    return v
 
 
 def tunnel_instance(fleet: Fleet) -> str:
@@ -218,7 +260,159 @@ def _report(fleet: Fleet, h: Host, o: HostOutcome) -> HostReport:
     return HostReport(h.name, o.ok, o.changed, eps, o.task, o.reason)
 
 
-def up(
+def _host_key(fleet: Fleet, h: Host, cfg: Optional[Path]) -> str:
+    """A host's identity for the platform record: how ssh reaches it."""
+    return f"{cfg or ''}|{h.ssh}" if not h.ssh.local else "local"
+
+
+def _load_platforms(path: Path) -> dict[str, list[str]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        str(k): [str(x) for x in v] for k, v in data.items() if isinstance(v, list) and len(v) == 4
+    }
+
+
+def _facts_of(out: str) -> Optional[list[str]]:
+    try:
+        facts = json.loads(out)["platform"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return [str(x) for x in facts] if isinstance(facts, list) and len(facts) == 4 else None
+
+
+class _Provider:
+    """The servers of each (backend, platform) group, from here, the cache or a host."""
+
+    def __init__(self, fleet: Fleet, pins: SdPins, env: Mapping[str, str], cache_root: Path):
+        self.fleet, self.pins, self.env, self.cache_root = fleet, pins, env, cache_root
+        self.here = client_platform()
+
+    def cached(self, backend: str, platform: str) -> bool:
+        return cached_server(self.cache_root, server_key(self.pins, backend, platform)) is not None
+
+    def needs_host_build(self, backend: str, platform: str) -> bool:
+        here = self.fleet.client.build_on == CLIENT and platform == self.here
+        return not here and not self.cached(backend, platform)
+
+    def provide(self, g: Group) -> Optional[Manifest]:
+        if g.builder == CLIENT:
+            opts = dataclasses.replace(
+                build_options(self.fleet.client, g.backend, self.cache_root), portable=True
+            )
+            return build(self.pins, opts, self.env).manifest
+        if g.builder == "cache":
+            return cached_server(self.cache_root, server_key(self.pins, g.backend, g.platform))
+        return None
+
+
+def _prepare_vars(h: Host, up_vars: Mapping[str, Any]) -> dict[str, Any]:
+    v = {k: val for k, val in up_vars.items() if not k.startswith("sdrpc_payload")}
+    v["sdrpc_payload_sha256"] = ""
+    args = dict(v["sdrpc_host_args"])
+    args.pop("platform", None)  # not known yet: this play learns it
+    v["sdrpc_host_args"] = args
+    backends = sorted({s.backend for s in h.servers})
+    v["sdrpc_doctor_argv"] = [
+        str(INSTALL_ROOT / "venv/bin/sdrpc"),
+        "doctor",
+        "--json",
+        "--cache-dir",
+        str(INSTALL_ROOT / BUILD_ROOT / "cache"),
+        *[w for b in backends for w in ("--backend", b)],
+    ]
+    return v
+
+
+def _build_on_hosts(
+    fleet: Fleet,
+    pins: SdPins,
+    groups: list[Group],
+    base_vars: Mapping[str, Mapping[str, Any]],
+    env: Mapping[str, str],
+    cache_root: Path,
+    work: Path,
+    timeout: float,
+) -> tuple[dict[tuple[str, str], Manifest], dict[tuple[str, str], str]]:
+    """Each group's builder builds its server with its own sdrpc-build; the wheels come back
+    and are unpacked here. (backend, platform) -> server, and -> why it failed."""
+    if fleet.client.exact:  # the sd.cpp tree's ggml is here, not on the hosts
+        why = (
+            "'exact = true' builds only on the client, and this group's platform is not "
+            f"the client's ({client_platform()})"
+        )
+        return {}, {(g.backend, g.platform): why for g in groups}
+    opts = build_options(fleet.client, groups[0].backend, cache_root)
+    source = source_tree(pins, opts, env)
+    tar = source_tar(source, cache_root)
+    fetched = work / "wheels"
+    fetched.mkdir(mode=0o700)
+    by_builder: dict[str, list[Group]] = {}
+    for g in groups:
+        assert g.builder is not None
+        by_builder.setdefault(g.builder, []).append(g)
+    hv = {}
+    for who, mine in by_builder.items():
+        hv[who] = {
+            **{k: v for k, v in base_vars[who].items() if k in _CONNECTION_VARS},
+            "sdrpc_root": str(INSTALL_ROOT),
+            "sdrpc_source_tar": str(tar),
+            "sdrpc_commit": source.commit,
+            "sdrpc_fetch_dir": str(fetched),
+            "sdrpc_builds": [
+                {
+                    "backend": g.backend,
+                    "argv": build_argv(
+                        str(INSTALL_ROOT / "venv/bin/sdrpc-build"),
+                        pins,
+                        g.backend,
+                        str(INSTALL_ROOT / BUILD_ROOT / "cache"),
+                        str(INSTALL_ROOT / BUILD_ROOT / "out"),
+                        fleet.client.llama_sdist,
+                    ),
+                }
+                for g in mine
+            ],
+        }
+    play = run_playbook("build.yml", hv, work, timeout=timeout)
+    built: dict[tuple[str, str], Manifest] = {}
+    failed: dict[tuple[str, str], str] = {}
+    for g in groups:
+        gk = (g.backend, g.platform)
+        who = str(g.builder)
+        o = play.host(who)
+        if not o.ok:
+            failed[gk] = f"the build on {who} failed ({o.task}): {o.reason}"
+            continue
+        try:
+            built[gk] = install_wheel(
+                fetched / f"{who}-{g.backend}.whl",
+                cache_root,
+                server_key(pins, g.backend, g.platform),
+                pins,
+                g.backend,
+                who,
+            )
+        except (SdrpcError, OSError, zipfile.BadZipFile) as exc:
+            failed[gk] = f"the server wheel {who} built is unusable: {exc}"
+    return built, failed
+
+
+_CONNECTION_VARS = (
+    "ansible_python_interpreter",
+    "ansible_connection",
+    "ansible_host",
+    "ansible_user",
+    "ansible_port",
+    "ansible_ssh_common_args",
+)
+
+
+def up(  # noqa: C901, PLR0912, PLR0915 (the phases of up, in order)
     fleet: Fleet,
     env: Mapping[str, str],
     cache_root: Path,
@@ -226,27 +420,140 @@ def up(
     timeout: float = 1800.0,
     replace: bool = False,
 ) -> UpResult:
-    """Build (or find) the servers for [client]'s pins, install and start them everywhere.
+    """Provide the servers for [client]'s pins (built here, found, or built on one host per
+    (backend, platform) group), install and start them everywhere.
 
     A host where a port is taken by a process sdrpc did not start, or where an sdrpc server
-    built for other pins runs (unless ``replace``), fails alone and is left as it was."""
+    built for other pins runs (unless ``replace``), fails alone and is left as it was; so does
+    a host whose preflight says it cannot build the server it must build."""
+    t0 = time.monotonic()
     pins = client_pins(fleet.client, env)
-    backends = sorted({s.backend for h in fleet.hosts for s in h.servers})
-    builds = {
-        b: build(pins, build_options(fleet.client, b, cache_root), env).manifest for b in backends
-    }
     wheelhouse = build_wheelhouse(cache_root, env)
     cfg = ssh_config(fleet, env)
+    prov = _Provider(fleet, pins, env, cache_root)
+    record = cache_root / "fleet" / "platforms.json"
+    facts = _load_platforms(record)
+    known = {
+        h.name: facts[_host_key(fleet, h, cfg)]
+        for h in fleet.hosts
+        if _host_key(fleet, h, cfg) in facts
+    }
+    if any(h.ssh.local for h in fleet.hosts):
+        libc, version = pyplatform.libc_ver()
+        known[next(h.name for h in fleet.hosts if h.ssh.local)] = [
+            sys.platform,
+            pyplatform.machine(),
+            libc,
+            version,
+        ]
+    tags = {n: platform_tag(*f) for n, f in known.items()}
+    failed: dict[str, HostReport] = {}
+    doctor: dict[str, dict[str, Doctor]] = {}
+    reports_b: list[BuildReport] = []
+
+    def remaining() -> float:
+        return max(1.0, timeout - (time.monotonic() - t0))
+
     with work_dir(cache_root) as work:
-        hv = {
-            h.name: _up_vars(fleet, h, pins, builds, wheelhouse, work / "payload", cfg, replace)
+        base = {
+            h.name: _up_vars(fleet, h, pins, None, wheelhouse, None, cfg, replace)
             for h in fleet.hosts
         }
-        play = run_playbook("up.yml", hv, work, timeout=timeout)
-    reports = [_report(fleet, h, play.host(h.name)) for h in fleet.hosts]
-    healthy = [h for h, r in zip(fleet.hosts, reports, strict=True) if r.ok]
+        unknown = [h for h in fleet.hosts if h.name not in tags]
+        must_build = any(
+            prov.needs_host_build(s.backend, tags[h.name])
+            for h in fleet.hosts
+            if h.name in tags
+            for s in h.servers
+        )
+        if unknown or must_build:
+            # learn the platforms; the preflight on every host before any build
+            prep = run_playbook(
+                "prepare.yml",
+                {h.name: _prepare_vars(h, base[h.name]) for h in fleet.hosts},
+                work,
+                timeout=remaining(),
+                want_outputs=[STATE_TASK, DOCTOR_TASK],
+            )
+            for h in fleet.hosts:
+                o = prep.host(h.name)
+                outs = dict(o.outputs)
+                got = _facts_of(outs.get(STATE_TASK, ""))
+                if got is not None:
+                    known[h.name] = got
+                    facts[_host_key(fleet, h, cfg)] = got
+                    tags[h.name] = platform_tag(*got)
+                if not o.ok:
+                    failed[h.name] = _report(fleet, h, o)
+                    continue
+                if DOCTOR_TASK in outs:
+                    doctor[h.name] = parse_doctor(
+                        outs[DOCTOR_TASK], sorted({s.backend for s in h.servers})
+                    )
+            _save_platforms(record, facts)
+        healthy = {
+            h.name: tags[h.name] for h in fleet.hosts if h.name not in failed and h.name in tags
+        }
+        groups = plan_groups(fleet, healthy, prov.here, doctor, prov.cached)
+        manifests: dict[tuple[str, str], Manifest] = {}
+        group_failed: dict[tuple[str, str], str] = {}
+        for g in groups:
+            tb = time.monotonic()
+            m = prov.provide(g)  # this machine cannot build its group: up stops, as sdrpc-build
+            if m is not None:
+                manifests[(g.backend, g.platform)] = m
+            reports_b.append(
+                BuildReport(
+                    g.backend, g.platform, g.hosts, g.builder, round(time.monotonic() - tb, 2)
+                )
+            )
+        on_hosts = [g for g in groups if g.builder not in (None, CLIENT, "cache")]
+        if on_hosts:
+            tb = time.monotonic()
+            built, group_failed = _build_on_hosts(
+                fleet, pins, on_hosts, base, env, cache_root, work, remaining()
+            )
+            manifests.update(built)
+            secs = round(time.monotonic() - tb, 2)
+            reports_b = [
+                dataclasses.replace(
+                    r, seconds=secs, reason=group_failed.get((r.backend, r.platform))
+                )
+                if r.builder not in (None, CLIENT, "cache")
+                else r
+                for r in reports_b
+            ]
+        for g in groups:
+            for name, why in g.failed.items():
+                failed.setdefault(name, HostReport(name, False, 0, (), "preflight", why))
+            why2 = group_failed.get((g.backend, g.platform))
+            if why2:
+                for name in g.hosts:
+                    failed.setdefault(name, HostReport(name, False, 0, (), "build", why2))
+        install = [h for h in fleet.hosts if h.name not in failed]
+        hv = {}
+        for h in install:
+            per = {s.backend: manifests[(s.backend, tags[h.name])] for s in h.servers}
+            hv[h.name] = _up_vars(fleet, h, pins, per, wheelhouse, work / "payload", cfg, replace)
+            hv[h.name]["sdrpc_host_args"]["platform"] = known[h.name]
+        play = (
+            run_playbook("up.yml", hv, work, timeout=remaining(), want_outputs=[STATE_TASK])
+            if hv
+            else None
+        )
+        if play is not None:  # a host whose platform changed: learned for the next up
+            for o in play.hosts:
+                got = _facts_of(dict(o.outputs).get(STATE_TASK, ""))
+                if got is not None:
+                    facts[_host_key(fleet, fleet.host(o.name), cfg)] = got
+            _save_platforms(record, facts)
+    reports = [
+        failed[h.name] if h.name in failed else _report(fleet, h, play.host(h.name))  # type: ignore[union-attr]
+        for h in fleet.hosts
+    ]
+    healthy_hosts = [h for h, r in zip(fleet.hosts, reports, strict=True) if r.ok]
     if fleet.client.transport == "ssh":  # reached through tunnels: their local ports
-        local = _open_tunnels(fleet, healthy, env, cache_root)
+        local = _open_tunnels(fleet, healthy_hosts, env, cache_root)
         reports = [
             dataclasses.replace(r, endpoints=local.get(r.name, r.endpoints)) for r in reports
         ]
@@ -262,7 +569,13 @@ def up(
     ]
     ok = all(r.ok for r in reports)
     rpc = ",".join(e for r in reports for e in r.endpoints) if ok else None
-    return UpResult(tuple(reports), fleet.client.transport, rpc, play.seconds)
+    return UpResult(
+        tuple(reports), fleet.client.transport, rpc, time.monotonic() - t0, tuple(reports_b)
+    )
+
+
+def _save_platforms(path: Path, facts: Mapping[str, list[str]]) -> None:
+    write_private(path, json.dumps(dict(sorted(facts.items())), indent=1) + "\n")
 
 
 def _plain_vars(fleet: Fleet, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:

@@ -139,7 +139,7 @@ def busy_idle_from_logs(lab: Lab, toml: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server_built() -> Path:
-    return build_server(VERSION, MAX_NAME)
+    return build_server(VERSION, MAX_NAME, portable=True)  # what sdrpc up builds
 
 
 def test_up_status_restart_idempotent_down(

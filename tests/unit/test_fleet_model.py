@@ -116,7 +116,11 @@ def test_bad_ssh_destinations_are_refused(text: str) -> None:
         ({}, None, ["no pins"]),
         ({"sd-cpp": "a", "sd-ref": "o/r@m"}, None, ["not both"]),
         ({**CLIENT, "exact": True}, None, ["needs a local tree"]),
-        ({**CLIENT, "build-on": "host"}, None, ["not supported yet"]),
+        (
+            {"sd-cpp": "a", "exact": True, "build-on": "host"},
+            None,
+            ["'exact = true' builds on the client"],
+        ),
         (None, [{"name": "h", "ssh": "h"}], ["has no [[host.server]]"]),
         (None, [{"ssh": "h", "server": [{}]}], ["'name' is missing"]),
         (None, [{"name": "h", "server": [{}]}], ["'ssh' is missing"]),

@@ -73,6 +73,8 @@ class BackendReport:
             "buildable_with": self.buildable_with or None,
             "missing": list(self.missing),
             "notes": list(self.notes),
+            "problem": self.problem,
+            "hint": self.hint,
         }
 
 

@@ -4,8 +4,10 @@ Standard library only (the host may not have sdrpc yet); one JSON object on stdo
 
 * ``state``: what is on the host, in one pass: the wheelhouse installed in the venv, the digest
   of the payload (servers + units), whether every wanted unit is installed, enabled and active,
-  and what to refuse: a foreign process on a configured port (sdrpc never stops what it did not
-  start) or an sdrpc server built for other pins than the client's.
+  the host's platform (``sys.platform``, ``platform.machine()``, ``platform.libc_ver()``), and
+  what to refuse: a foreign process on a configured port (sdrpc never stops what it did not
+  start), an sdrpc server built for other pins than the client's, or a payload built for
+  another platform than this host's.
 * ``status``: each installed sdrpc unit's ``systemctl show`` block and the last lines its server
   logged since its last start (its journal of the current invocation): busy/idle is read from
   them on the client, never by probing the port.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -163,10 +166,25 @@ def unit_states(names: list[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
+def platform_facts() -> list[str]:
+    libc, version = platform.libc_ver()
+    return [sys.platform, platform.machine(), libc, version]
+
+
 def state(a: dict[str, Any]) -> dict[str, Any]:
     root = Path(a["root"])
     units: list[str] = list(a["units"])
-    refuse = [
+    here = platform_facts()
+    want = a.get("platform")
+    refuse = (
+        [
+            f"this host's platform is {' '.join(here)}, the servers sdrpc brought were built "
+            f"for {' '.join(want)}: run sdrpc up again (it learns the host's platform anew)"
+        ]
+        if want and list(want) != here
+        else []
+    )
+    refuse += [
         f"port {port} is taken by {name}"
         + (f" (pid {pid})" if pid else "")
         + ", which sdrpc did not start: sdrpc leaves it running; stop it or give the server "
@@ -188,6 +206,7 @@ def state(a: dict[str, Any]) -> dict[str, Any]:
         "payload": sha256(root / "payload.tar"),
         "units_ok": units_ok,
         "refuse": refuse,
+        "platform": here,
     }
 
 
