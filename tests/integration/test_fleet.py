@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 import pytest
+import vulkan
 from lab import Lab, lab_unavailable_reason
 from servers import LLAMA_SDISTS, build_server, sdrpc_cache
 
@@ -112,6 +114,35 @@ def ssh_left(before: Collection[int] = ()) -> set[int]:
         if comm == "ssh" and (state == "Z" or b"-M" in argv or b"-oControlMaster=auto" in argv):
             found.add(int(d.name))
     return found
+
+
+# llama.cpp's test-backend-ops cases (exact names), run on each RPC device and compared with
+# the local CPU (tests/vulkan.py's rpc-ops: same sdist, same GGML_MAX_NAME as the fleet)
+OPS = (
+    "ADD(type=f32,ne=[10,5,4,3],nr=[2,2,2,2],nf=1,perm1=1,src_overlap=0)",
+    "MUL_MAT(type_a=f32,type_b=f32,m=16,n=32,k=32,bs=[1,1],nr=[1,1],per=[0,1,2,3],k_v=64,o=3)",
+)
+
+
+def ggml_client_computes_on_every_server(rpc_servers: str) -> None:
+    """A real ggml client (llama.cpp's test-backend-ops, built from the sdist) given the
+    whole ``--rpc-servers`` string computes on each server's device in turn."""
+    client = vulkan.rpc_ops_client(VERSION, MAX_NAME)
+    eps = rpc_servers.split(",")
+    for i, ep in enumerate(eps):
+        run = subprocess.run(
+            [str(client), "--rpc", rpc_servers, "-b", f"RPC{i}", "-o", ",".join(OPS)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        out = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout + run.stderr)
+        assert run.returncode == 0, out
+        assert f"{len(OPS)}/{len(OPS)} tests passed" in out, out
+        # the cases ran on RPCi, the device of the server at ep (the others skipped)
+        ran = out.split(f": RPC{i}\n", 1)[-1].split("Backend ", 1)[0]
+        assert f"Device description: {ep}\n" in ran and "passed" in ran, out
 
 
 def busy_idle_from_logs(lab: Lab, toml: Path) -> None:
@@ -304,6 +335,7 @@ def test_ssh_transport_servers_stay_on_loopback_reached_through_tunnels(
         c = check(eps)
         assert c.returncode == 0, c.stdout + c.stderr
         assert all(s["verdict"] == "compatible" for s in json.loads(c.stdout)["servers"])
+        ggml_client_computes_on_every_server(res["rpc_servers"])
         st = sdrpc("status", str(toml), "--json")
         assert st.returncode == 0, st.stdout + st.stderr
         tunnels = json.loads(st.stdout)["tunnels"]
