@@ -7,7 +7,6 @@ are the cached real cpu build of tests/servers.py (build-on = "client": pins cac
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import vulkan
+from fleetkit import MAX_NAME, VERSION, check, host_state, sdrpc
 from lab import Lab, lab_unavailable_reason
 from servers import LLAMA_SDISTS, build_server, sdrpc_cache
 
@@ -31,8 +31,6 @@ pytestmark = [
     pytest.mark.skipif(_REASON is not None, reason=_REASON or ""),
 ]
 
-VERSION = "0.3.35"
-MAX_NAME = 160
 PORTS = (50052, 50053)
 
 
@@ -59,44 +57,6 @@ def fleet_toml(
                 lines += ["  cache = true"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def sdrpc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sdrpc_build.cli.main", *args, "--cache-dir", str(sdrpc_cache())],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, "SDRPC_SSH_CONFIG": ""},
-    )
-
-
-def check(endpoints: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sdrpc_build.cli.check",
-            "--expect-max-name",
-            str(MAX_NAME),
-            "--json",
-            *endpoints,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def host_state(lab: Lab, host: str) -> str:
-    """What sdrpc left on a host: units, rpc-server processes, listening ports, /opt/sdrpc."""
-    cmd = (
-        "ls /etc/systemd/system | grep sdrpc; systemctl list-units --all --no-legend 'sdrpc*'; "
-        "pgrep -a rpc-server; ss -Hltn | grep -E ':5005[0-9]'; ls -d /opt/sdrpc; true"
-    )
-    return lab.exec(host, cmd).stdout.strip()
 
 
 def ssh_left(before: Collection[int] = ()) -> set[int]:

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fleetkit import MAX_NAME, VERSION, check, host_state, sdrpc
 from lab import Lab, lab_unavailable_reason
 from servers import LLAMA_SDISTS, sdist_path, sdrpc_cache
-from test_fleet import MAX_NAME, VERSION, check, host_state, sdrpc
 
 from sdrpc_build.build.source import cached_source
 from sdrpc_build.paths import sources_dir
