@@ -64,6 +64,7 @@ CLIENT_KEYS = (
     "transport",
     "build-on",
     "ssh-config",
+    "vulkan-headers",
 )
 HOST_KEYS = ("name", "ssh", "address", "server")
 # servers.toml keys the fleet decides itself, and why
@@ -120,6 +121,7 @@ class ClientConfig:
     transport: str = "ssh"
     build_on: str = "client"
     ssh_config: Optional[Path] = None
+    vulkan_headers: Optional[str] = None  # "auto" or a path: sdrpc-build --vulkan-headers
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ def parse_ssh(where: str, v: Any) -> SshTarget:
     return SshTarget(m.group("host").strip("[]"), m.group("user"), port)
 
 
-def _client(t: Any, base: Path) -> ClientConfig:  # noqa: C901 (one branch per key)
+def _client(t: Any, base: Path) -> ClientConfig:  # noqa: C901, PLR0912 (one branch per key)
     where = "[client]"
     if not isinstance(t, dict):
         raise _fail(where, "must be a table")
@@ -250,6 +252,9 @@ def _client(t: Any, base: Path) -> ClientConfig:  # noqa: C901 (one branch per k
         c["build_on"] = _choice(where, "build-on", t["build-on"], BUILD_ON)
     if "ssh-config" in t:
         c["ssh_config"] = _path(where, "ssh-config", t["ssh-config"], base)
+    if "vulkan-headers" in t:
+        v = _str(where, "vulkan-headers", t["vulkan-headers"])
+        c["vulkan_headers"] = "auto" if v.lower() == "auto" else str(base / Path(v).expanduser())
     cfg = ClientConfig(**c)
     _check_client(cfg)
     return cfg

@@ -301,9 +301,7 @@ class _Provider:
 
     def provide(self, g: Group) -> Optional[Manifest]:
         if g.builder == CLIENT:
-            opts = dataclasses.replace(
-                build_options(self.fleet.client, g.backend, self.cache_root), portable=True
-            )
+            opts = build_options(self.fleet.client, g.backend, self.cache_root)
             return build(self.pins, opts, self.env).manifest
         if g.builder == "cache":
             return cached_server(self.cache_root, server_key(self.pins, g.backend, g.platform))

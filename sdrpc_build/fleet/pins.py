@@ -10,6 +10,7 @@ from sdrpc_build.build.pins import Pin, SdPins, read_sd_tree
 from sdrpc_build.build.pipeline import BuildOptions
 from sdrpc_build.build.remote import RemoteConfig, read_remote_ref
 from sdrpc_build.build.url import SecretUrl
+from sdrpc_build.build.vulkan_headers import HeadersChoice
 from sdrpc_build.fleet.model import ClientConfig
 
 __all__ = ["build_options", "client_pins"]
@@ -43,6 +44,11 @@ def build_options(c: ClientConfig, backend: str, cache_root: Path) -> BuildOptio
         llama_src=c.llama_src,
         llama_sdist=c.llama_sdist,
         exact_ggml_dir=(c.sd_cpp / "ggml") if c.exact and c.sd_cpp else None,
+        # the servers go to other machines: never -march=native
+        portable=True,
+        vulkan_headers=(
+            HeadersChoice(c.vulkan_headers) if c.vulkan_headers and backend == "vulkan" else None
+        ),
     )
     if c.llama_repo:
         opts = replace(opts, llama_repo=SecretUrl.parse(c.llama_repo))

@@ -9,6 +9,7 @@ import pytest
 
 from sdrpc_build.fleet.errors import FleetConfigError
 from sdrpc_build.fleet.model import SshTarget, load_fleet, parse_fleet, parse_ssh
+from sdrpc_build.fleet.pins import build_options
 
 SHA = "4df29be4f4c3673f428170fda944a5b19f743bb8"
 CLIENT = {"llama-commit": SHA, "max-name": 160}
@@ -174,3 +175,15 @@ def test_load_fleet_reports_bad_toml(tmp_path: Path) -> None:
     p.write_text("[client\n", encoding="utf-8")
     with pytest.raises(FleetConfigError, match="not valid TOML"):
         load_fleet(p)
+
+
+def test_vulkan_headers_reach_vulkan_builds_only_and_every_build_is_portable() -> None:
+    rel = fleet({**CLIENT, "vulkan-headers": "hdrs/include"})
+    assert rel.client.vulkan_headers == "/srv/f/hdrs/include"  # relative to fleet.toml
+    auto = fleet({**CLIENT, "vulkan-headers": "AUTO"}).client
+    assert auto.vulkan_headers == "auto"
+    vk = build_options(auto, "vulkan", Path("/c"))
+    cpu = build_options(auto, "cpu", Path("/c"))
+    assert vk.vulkan_headers is not None and vk.vulkan_headers.auto
+    assert cpu.vulkan_headers is None
+    assert vk.portable and cpu.portable  # the servers go to other machines
