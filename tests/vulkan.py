@@ -197,6 +197,7 @@ def vulkan_server() -> Path:
         backend="vulkan",
         vulkan_headers=str(include),
         env={**os.environ, **lavapipe_env(3)},  # verification sees the lab's devices
+        portable=True,  # what sdrpc up builds too (test_fleet.py's Vulkan server is this one)
     )
 
 

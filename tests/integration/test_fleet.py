@@ -34,9 +34,24 @@ pytestmark = [
 PORTS = (50052, 50053)
 
 
+# a Vulkan server on a lab host: lavapipe through the system's ICD (one device, Vulkan0; ggml
+# skips CPU-type devices unless GGML_VK_VISIBLE_DEVICES names them)
+LAVAPIPE = (
+    '{ VK_ICD_FILENAMES = "/usr/share/vulkan/icd.d/lvp_icd.json", GGML_VK_VISIBLE_DEVICES = "0" }'
+)
+
+
 def fleet_toml(
-    lab: Lab, hosts: list[str], path: Path, *, servers_per_host: int = 1, transport: str = "lan"
+    lab: Lab,
+    hosts: list[str],
+    path: Path,
+    *,
+    servers_per_host: int = 1,
+    transport: str = "lan",
+    with_vulkan: bool = False,
 ) -> Path:
+    """One cpu server per host, or two with different options; ``with_vulkan``: the first host's
+    second server is a Vulkan one (lavapipe), built here with the lab's Vulkan headers."""
     commit = LLAMA_SDISTS[VERSION][0]
     lines = [
         "[client]",
@@ -47,16 +62,30 @@ def fleet_toml(
         'build-on = "client"',
         f'ssh-config = "{lab.ssh_config_path}"',
     ]
-    for h in hosts:
+    if with_vulkan:
+        lines += [f'vulkan-headers = "{vulkan.headers_include()}"']
+    for n, h in enumerate(hosts):
         lines += ["[[host]]", f'name = "{h}"', f'ssh = "{h}"', f'address = "{lab.address(h)}"']
         for i in range(servers_per_host):
+            lines += ["  [[host.server]]", f"  port = {PORTS[i]}"]
+            if with_vulkan and n == 0 and i == 1:
+                lines += ['  backend = "vulkan"', f"  env = {LAVAPIPE}"]
+                continue
             # two cpu servers with different options
-            threads = 1 + i
-            lines += ["  [[host.server]]", f"  port = {PORTS[i]}", f"  threads = {threads}"]
-            if i:
-                lines += ["  cache = true"]
+            lines += [f"  threads = {1 + i}"] + (["  cache = true"] if i else [])
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def units(hosts: list[str], with_vulkan: bool) -> dict[str, list[str]]:
+    """Each host's units as fleet_toml(..., servers_per_host=2, with_vulkan=...) makes them."""
+
+    def backend(n: int, p: int) -> str:
+        return "vulkan" if with_vulkan and n == 0 and p == PORTS[1] else "cpu"
+
+    return {
+        h: [f"sdrpc-server-{backend(n, p)}-{p}.service" for p in PORTS] for n, h in enumerate(hosts)
+    }
 
 
 def ssh_left(before: Collection[int] = ()) -> set[int]:
@@ -114,9 +143,9 @@ def busy_idle_from_logs(lab: Lab, toml: Path) -> None:
         assert s.returncode == 0, s.stdout + s.stderr
         return {(x["host"], x["unit"]): x["activity"] for x in json.loads(s.stdout)["servers"]}
 
-    held = (hosts[0], "sdrpc-server-cpu-50053.service")
+    held = (hosts[1], "sdrpc-server-cpu-50053.service")
     assert set(activity().values()) == {"idle"}
-    with socket.create_connection((lab.address(hosts[0]), PORTS[1]), timeout=10):
+    with socket.create_connection((lab.address(hosts[1]), PORTS[1]), timeout=10):
         deadline = time.monotonic() + 30
         while (now := activity())[held] != "busy":
             assert time.monotonic() < deadline, now
@@ -128,39 +157,9 @@ def busy_idle_from_logs(lab: Lab, toml: Path) -> None:
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
-def server_built() -> Path:
-    return build_server(VERSION, MAX_NAME, portable=True)  # what sdrpc up builds
-
-
-def test_up_status_restart_idempotent_down(
-    lab_factory: Callable[..., Lab], tmp_path: Path, server_built: Path
-) -> None:
-    lab = lab_factory(3)
+def restarted_by_systemd(lab: Lab, toml: Path, endpoints: list[str]) -> None:
+    """kill -9 a server: systemd restarts it (once), status shows it, the others untouched."""
     hosts = lab.hosts
-    toml = fleet_toml(lab, hosts, tmp_path / "fleet.toml", servers_per_host=2)
-
-    before = ssh_left()
-    t0 = time.monotonic()
-    r = sdrpc("up", str(toml), "--json")
-    first = time.monotonic() - t0
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert ssh_left(before) == set()  # the run's ssh masters ended and reaped
-    assert 'transport = "lan"' in r.stderr  # the loud warning
-    res = json.loads(r.stdout)
-    assert res["ok"] and all(h["ok"] for h in res["hosts"])
-    endpoints = [f"{lab.address(h)}:{p}" for h in hosts for p in PORTS]
-    assert res["rpc_servers"] == ",".join(endpoints)
-    for h in hosts:
-        for p in PORTS:
-            unit = f"sdrpc-server-cpu-{p}.service"
-            assert lab.exec(h, f"systemctl is-active {unit}").stdout.strip() == "active"
-            assert lab.exec(h, f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
-    # the client reaches every server at its host's address, compatible with the pins
-    c = check(endpoints)
-    assert c.returncode == 0, c.stdout + c.stderr
-
-    # kill -9 one server: systemd restarts it, status shows it
     victim = hosts[1]
     pid = lab.exec(victim, "systemctl show -P MainPID sdrpc-server-cpu-50052.service").stdout
     assert int(pid) > 0
@@ -182,6 +181,50 @@ def test_up_status_restart_idempotent_down(
     assert len(states) == 2 * len(hosts)
     assert all(x["restarts"] == 0 for x in states if x["host"] != victim)
     assert check(endpoints).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def vulkan_built() -> Path:
+    return vulkan.vulkan_server()  # the portable Vulkan server sdrpc up finds: a cache hit
+
+
+@pytest.fixture(scope="module")
+def server_built() -> Path:
+    return build_server(VERSION, MAX_NAME, portable=True)  # what sdrpc up builds
+
+
+def test_up_status_restart_idempotent_down(
+    lab_factory: Callable[..., Lab], tmp_path: Path, server_built: Path, vulkan_built: Path
+) -> None:
+    """Three hosts, two backends: cpu everywhere and a Vulkan server (lavapipe) on the first."""
+    lab = lab_factory(3)
+    hosts = lab.hosts
+    toml = fleet_toml(lab, hosts, tmp_path / "fleet.toml", servers_per_host=2, with_vulkan=True)
+
+    before = ssh_left()
+    t0 = time.monotonic()
+    r = sdrpc("up", str(toml), "--json")
+    first = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ssh_left(before) == set()  # the run's ssh masters ended and reaped
+    assert 'transport = "lan"' in r.stderr  # the loud warning
+    res = json.loads(r.stdout)
+    assert res["ok"] and all(h["ok"] for h in res["hosts"])
+    endpoints = [f"{lab.address(h)}:{p}" for h in hosts for p in PORTS]
+    assert res["rpc_servers"] == ",".join(endpoints)
+    for h, names in units(hosts, with_vulkan=True).items():
+        for unit in names:
+            assert lab.exec(h, f"systemctl is-active {unit}").stdout.strip() == "active"
+            assert lab.exec(h, f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
+    # the client reaches every server at its host's address, compatible with the pins
+    c = check(endpoints)
+    assert c.returncode == 0, c.stdout + c.stderr
+    # the Vulkan server serves its one device, lavapipe's (its banner, in its journal)
+    log = lab.exec(hosts[0], "journalctl -o cat -u sdrpc-server-vulkan-50053.service").stdout
+    assert re.search(r"Vulkan0: llvmpipe", log), log
+
+    # kill -9 one server: systemd restarts it, status shows it
+    restarted_by_systemd(lab, toml, endpoints)
 
     busy_idle_from_logs(lab, toml)
 
