@@ -88,8 +88,10 @@ def units(hosts: list[str], with_vulkan: bool) -> dict[str, list[str]]:
     }
 
 
-def ssh_left(before: Collection[int] = ()) -> set[int]:
-    """ssh processes that are masters (``-M`` / a ControlPath) or zombies, not in ``before``."""
+def ssh_left(lab: Lab, before: Collection[int] = ()) -> set[int]:
+    """ssh processes that are masters (``-M`` / a ControlPath) for ``lab``'s hosts (its ssh
+    config on their command line: other labs on the machine are not ours) or zombies, not in
+    ``before``."""
     found = set()
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) in before:
@@ -100,7 +102,9 @@ def ssh_left(before: Collection[int] = ()) -> set[int]:
         except OSError:
             continue
         comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
-        if comm == "ssh" and (state == "Z" or b"-M" in argv or b"-oControlMaster=auto" in argv):
+        master = b"-M" in argv or b"-oControlMaster=auto" in argv
+        ours = str(lab.ssh_config_path).encode() in argv
+        if comm == "ssh" and (state == "Z" or (master and ours)):
             found.add(int(d.name))
     return found
 
@@ -201,12 +205,12 @@ def test_up_status_restart_idempotent_down(
     hosts = lab.hosts
     toml = fleet_toml(lab, hosts, tmp_path / "fleet.toml", servers_per_host=2, with_vulkan=True)
 
-    before = ssh_left()
+    before = ssh_left(lab)
     t0 = time.monotonic()
     r = sdrpc("up", str(toml), "--json")
     first = time.monotonic() - t0
     assert r.returncode == 0, r.stdout + r.stderr
-    assert ssh_left(before) == set()  # the run's ssh masters ended and reaped
+    assert ssh_left(lab, before) == set()  # the run's ssh masters ended and reaped
     assert 'transport = "lan"' in r.stderr  # the loud warning
     res = json.loads(r.stdout)
     assert res["ok"] and all(h["ok"] for h in res["hosts"])
@@ -237,7 +241,7 @@ def test_up_status_restart_idempotent_down(
     assert r2.stdout == ",".join(endpoints) + "\n"
     report = [line.split() for line in r2.stderr.splitlines() if line.startswith(tuple(hosts))]
     # nothing changed anywhere, and no ssh master left behind
-    assert ([(w[0], w[1], w[2]) for w in report], ssh_left(before)) == (
+    assert ([(w[0], w[1], w[2]) for w in report], ssh_left(lab, before)) == (
         [(h, "ok", "changed=0") for h in hosts],
         set(),
     )
