@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,10 +15,12 @@ from typing import Any, Optional
 from sdrpc_build.build.pins import SdPins
 from sdrpc_build.build.pipeline import build
 from sdrpc_build.build.store import Manifest
+from sdrpc_build.fleet import local as local_host
 from sdrpc_build.fleet.model import Fleet, FleetServer, Host
 from sdrpc_build.fleet.payload import Member, write_payload
 from sdrpc_build.fleet.pins import build_options, client_pins
 from sdrpc_build.fleet.runner import HostOutcome, host_vars, run_playbook, work_dir
+from sdrpc_build.fleet.servers_toml import render_servers_toml
 from sdrpc_build.fleet.tunnels import (
     TunnelSpec,
     TunnelStatus,
@@ -37,6 +40,7 @@ __all__ = [
     "UpResult",
     "bind_address",
     "down",
+    "local_instance",
     "parse_show",
     "parse_status",
     "ssh_config",
@@ -49,6 +53,8 @@ __all__ = [
 READY_RETRIES = 30  # readiness on the host: this many tries, 1 s apart
 CHECK_TIMEOUT = 3.0
 STATUS_TASK = "sdrpc status"
+DETACH_CONFIG = "detach/servers.toml"  # in the payload: what sdrpc-launch runs without systemd
+DETACH_CACHE = PurePosixPath("/var/cache/sdrpc")  # a server's cache there, as its unit's
 
 
 @dataclass(frozen=True)
@@ -121,14 +127,18 @@ def _up_vars(
 ) -> dict[str, Any]:
     bind = bind_address(fleet, host)
     members: dict[str, Member] = {}
+    units = []
     for s in host.servers:
         m = builds[s.backend]
         binary = PurePosixPath("servers", m.key, "bin", m.binary.name)
-        text = render_unit(ServerUnit(s, INSTALL_ROOT / binary, bind, _build_line(m)))
+        units.append(ServerUnit(s, INSTALL_ROOT / binary, bind, _build_line(m)))
+        text = render_unit(units[-1])
         members[f"units/{s.unit}"] = Member(f"units/{s.unit}", text.encode())
         members[str(binary)] = Member(str(binary), m.binary.read_bytes(), 0o755)
         man = f"servers/{m.key}/manifest.json"
         members[man] = Member(man, (m.path / "manifest.json").read_bytes())
+    detach = render_servers_toml(units, DETACH_CACHE)  # for a host without systemd
+    members[DETACH_CONFIG] = Member(DETACH_CONFIG, detach.encode())
     payload_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     payload = payload_dir / f"{host.name}.tar"
     digest = write_payload(payload, list(members.values()))
@@ -157,6 +167,11 @@ def tunnel_instance(fleet: Fleet) -> str:
     tunnels: one per fleet.toml (its resolved path)."""
     digest = hashlib.sha256(str(fleet.path.resolve()).encode()).hexdigest()[:10]
     return f"fleet-{digest}"
+
+
+def local_instance(fleet: Fleet) -> str:
+    """The detached instance running the servers of the fleet's ``ssh = "local"`` host."""
+    return f"{tunnel_instance(fleet)}-local"
 
 
 def _tunnel_spec(h: Host, cfg: Optional[Path]) -> TunnelSpec:
@@ -231,19 +246,33 @@ def up(
     A host where a port is taken by a process sdrpc did not start, or where an sdrpc server
     built for other pins runs (unless ``replace``), fails alone and is left as it was."""
     pins = client_pins(fleet.client, env)
-    backends = sorted({s.backend for h in fleet.hosts for s in h.servers})
+    remote = [h for h in fleet.hosts if not h.ssh.local]  # "local": the launch wing, here
+    backends = sorted({s.backend for h in remote for s in h.servers})
     builds = {
         b: build(pins, build_options(fleet.client, b, cache_root), env).manifest for b in backends
     }
-    wheelhouse = build_wheelhouse(cache_root, env)
-    cfg = ssh_config(fleet, env)
-    with work_dir(cache_root) as work:
-        hv = {
-            h.name: _up_vars(fleet, h, pins, builds, wheelhouse, work / "payload", cfg, replace)
-            for h in fleet.hosts
-        }
-        play = run_playbook("up.yml", hv, work, timeout=timeout)
-    reports = [_report(fleet, h, play.host(h.name)) for h in fleet.hosts]
+    t0 = time.monotonic()
+    done = {
+        h.name: local_host.up(
+            fleet, h, pins, env, cache_root,
+            instance=local_instance(fleet), bind=bind_address(fleet, h), replace=replace,
+        )
+        for h in fleet.hosts
+        if h.ssh.local
+    }  # fmt: skip
+    seconds = time.monotonic() - t0
+    if remote:
+        wheelhouse = build_wheelhouse(cache_root, env)
+        cfg = ssh_config(fleet, env)
+        with work_dir(cache_root) as work:
+            hv = {
+                h.name: _up_vars(fleet, h, pins, builds, wheelhouse, work / "payload", cfg, replace)
+                for h in remote
+            }
+            play = run_playbook("up.yml", hv, work, timeout=timeout)
+        done.update((o.name, o) for o in play.hosts)
+        seconds += play.seconds
+    reports = [_report(fleet, h, done[h.name]) for h in fleet.hosts]
     healthy = [h for h, r in zip(fleet.hosts, reports, strict=True) if r.ok]
     if fleet.client.transport == "ssh":  # reached through tunnels: their local ports
         local = _open_tunnels(fleet, healthy, env, cache_root)
@@ -262,22 +291,36 @@ def up(
     ]
     ok = all(r.ok for r in reports)
     rpc = ",".join(e for r in reports for e in r.endpoints) if ok else None
-    return UpResult(tuple(reports), fleet.client.transport, rpc, play.seconds)
+    return UpResult(tuple(reports), fleet.client.transport, rpc, seconds)
 
 
 def _plain_vars(fleet: Fleet, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     cfg = ssh_config(fleet, env)
-    return {h.name: {**host_vars(h, cfg), "sdrpc_root": str(INSTALL_ROOT)} for h in fleet.hosts}
+    return {
+        h.name: {**host_vars(h, cfg), "sdrpc_root": str(INSTALL_ROOT)}
+        for h in fleet.hosts
+        if not h.ssh.local  # local.py's
+    }
 
 
 def down(
     fleet: Fleet, env: Mapping[str, str], cache_root: Path, *, timeout: float = 600.0
 ) -> tuple[HostOutcome, ...]:
     """Close this fleet's tunnels; stop and remove every sdrpc unit and /opt/sdrpc on every
-    host."""
+    host (the local host's instance and files)."""
     close_tunnels(tunnel_instance(fleet), cache_root)
-    with work_dir(cache_root) as work:
-        return run_playbook("down.yml", _plain_vars(fleet, env), work, timeout=timeout).hosts
+    done = {
+        h.name: local_host.down(h, cache_root, instance=local_instance(fleet))
+        for h in fleet.hosts
+        if h.ssh.local
+    }
+    hv = _plain_vars(fleet, env)
+    if hv:
+        with work_dir(cache_root) as work:
+            done.update(
+                (o.name, o) for o in run_playbook("down.yml", hv, work, timeout=timeout).hosts
+            )
+    return tuple(done[h.name] for h in fleet.hosts)
 
 
 def tunnels(fleet: Fleet, cache_root: Path) -> TunnelStatus:
@@ -311,7 +354,8 @@ def parse_status(host: str, out: str) -> list[ServerState]:
     """The host side's ``status`` JSON: state from ``systemctl show``, busy/idle from the lines
     the server logged since its last start (a server that is not running: unknown)."""
     try:
-        servers = json.loads(out)["servers"]
+        obj = json.loads(out)
+        servers = obj["servers"]
     except (ValueError, KeyError, TypeError):
         return []
     states = []
@@ -320,22 +364,32 @@ def parse_status(host: str, out: str) -> list[ServerState]:
             running = st.active == "active" and st.sub == "running"
             act = parse_activity(str(x) for x in srv.get("log", [])).state if running else "unknown"
             states.append(dataclasses.replace(st, activity=act))
-    return states
+    # a host without systemd: its sdrpc-launch instance (sdrpc-launch status --json)
+    return states + [ServerState(host, *row) for row in local_host.launch_rows(obj.get("launch"))]
 
 
 def status(
     fleet: Fleet, env: Mapping[str, str], cache_root: Path, *, timeout: float = 300.0
 ) -> tuple[list[ServerState], tuple[HostOutcome, ...]]:
     """Each server's unit state, restarts and busy/idle; no server is probed."""
-    with work_dir(cache_root) as work:
-        play = run_playbook(
-            "status.yml", _plain_vars(fleet, env), work, timeout=timeout, want_outputs=[STATUS_TASK]
-        )
-    states = [
-        st
-        for o in play.hosts
-        for task, out in o.outputs
-        if task == STATUS_TASK
-        for st in parse_status(o.name, out)
-    ]
-    return states, play.hosts
+    states: list[ServerState] = []
+    done: dict[str, HostOutcome] = {}
+    for h in fleet.hosts:
+        if h.ssh.local:
+            rows, done[h.name] = local_host.status(h, cache_root, instance=local_instance(fleet))
+            states += [ServerState(h.name, *row) for row in rows]
+    hv = _plain_vars(fleet, env)
+    if hv:
+        with work_dir(cache_root) as work:
+            play = run_playbook("status.yml", hv, work, timeout=timeout, want_outputs=[STATUS_TASK])
+        done.update((o.name, o) for o in play.hosts)
+        states += [
+            st
+            for o in play.hosts
+            for task, out in o.outputs
+            if task == STATUS_TASK
+            for st in parse_status(o.name, out)
+        ]
+    order = [h.name for h in fleet.hosts]
+    states.sort(key=lambda st: order.index(st.host))  # fleet order, servers in host order
+    return states, tuple(done[n] for n in order)
