@@ -314,7 +314,9 @@ def detach(a: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit(f"sdrpc_host: the payload has no {DETACH_CONFIG}")
     _put(root / "servers.toml", config, 0o600)
     inst = instance(root)
-    if inst["healthy"] and before == config.decode():
+    venv = _read(root / "venv" / ".sdrpc-wheelhouse")  # a new sdrpc: a new supervisor too
+    started = root / "launch" / "started-with"
+    if inst["healthy"] and before == config.decode() and _read(started) == venv:
         return {"changed": False}
     if inst["pids"]:
         stop(a)
@@ -327,6 +329,7 @@ def detach(a: dict[str, Any]) -> dict[str, Any]:
             why = ""
         tail = " | ".join(r.stderr.strip().splitlines()[-6:])
         raise SystemExit(f"sdrpc-launch --detach failed ({r.returncode}): {why} {tail}".strip())
+    _put(started, venv.encode(), 0o600)
     return {"changed": True}
 
 
