@@ -951,6 +951,8 @@ table inet {rec.table} {{
         """``systemctl reboot`` inside the host; returns once sshd answers after the new boot
         (its enabled units start again). Returns the seconds it took."""
         i = self._index(host)
+        if i in self.no_systemd:
+            raise LabError(f"lab{i} runs without systemd: it has no systemctl reboot")
         t0 = time.monotonic()
         deadline = t0 + timeout
         before = self.boots(i)
