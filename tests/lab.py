@@ -13,6 +13,9 @@ machine") say why each piece is there.
         subprocess.run(["ssh", "-F", str(lab.ssh_config_path), "lab2", "true"])
         lab.reboot("lab2"); lab.link_down("lab3"); lab.link_up("lab3")
 
+    Lab(n=2, no_systemd=["lab2"])   # lab2 without systemd: nspawn's stub init as PID 1 (no
+                                    # /run/systemd/system), sshd its only service; same keys
+
 Everything a lab creates is named after its id (``sdl`` + 5 hex digits) and recorded under
 ``/run/sdrpc-lab/<id>/`` with the owner's PID; :meth:`Lab.close` (also run on errors and Ctrl-C)
 removes it all, and a new lab first removes the labs of owners that died (``cleanup_stale``).
@@ -37,7 +40,7 @@ import stat
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -109,6 +112,10 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 UseDNS no
 """
+# A host without systemd (``Lab(no_systemd=...)``): nspawn's stub init is PID 1 (it reaps
+# orphans, as any init does), sshd runs in the foreground as its only child; the same host key,
+# key auth and known_hosts as the other hosts.
+NO_SYSTEMD_INIT = "mkdir -p -m 0755 /run/sshd && exec /usr/sbin/sshd -D -e"
 # The wrapper: joins the host's cgroups, then boots the container again each time it reboots
 # (a reboot from inside makes systemd-nspawn exit 133 instead of restarting).
 WRAPPER = r"""
@@ -460,11 +467,14 @@ def _cleanup_stale_locked() -> list[str]:
 class Lab:
     """N booted hosts ``lab1..labN`` reachable over ssh; a context manager (see module doc)."""
 
-    def __init__(self, n: int = 3, *, boot_timeout: float = 60.0) -> None:
+    def __init__(
+        self, n: int = 3, *, boot_timeout: float = 60.0, no_systemd: Collection[str] = ()
+    ) -> None:
         if not 1 <= n <= 200:
             raise ValueError("a lab has 1 to 200 hosts")
         self.n = n
         self.boot_timeout = boot_timeout
+        self.no_systemd = frozenset(self._index(h) for h in no_systemd)
         self._rec: _Record | None = None
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self.boot_seconds: float | None = None
@@ -821,7 +831,7 @@ table inet {rec.table} {{
             "--settings=no",
             f"--directory={self.dir / 'rootfs'}",
             "--read-only",
-            "--boot",
+            *(["--as-pid2"] if i in self.no_systemd else ["--boot"]),
             "--register=no",
             "--keep-unit",
             f"--machine={rec.machine(i)}",
@@ -838,6 +848,8 @@ table inet {rec.table} {{
         for d in OVERLAID:
             if Path(d).is_dir():
                 argv.append(f"--overlay={d}:{hdir / d.strip('/')}:{d}")
+        if i in self.no_systemd:  # no init: nspawn's stub reaps, sshd is the only service
+            argv += ["/bin/sh", "-c", NO_SYSTEMD_INIT]
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "LAB_CGROUP_PROCS": " ".join(procs),
@@ -939,6 +951,8 @@ table inet {rec.table} {{
         """``systemctl reboot`` inside the host; returns once sshd answers after the new boot
         (its enabled units start again). Returns the seconds it took."""
         i = self._index(host)
+        if i in self.no_systemd:
+            raise LabError(f"lab{i} runs without systemd: it has no systemctl reboot")
         t0 = time.monotonic()
         deadline = t0 + timeout
         before = self.boots(i)

@@ -341,7 +341,8 @@ def _host(t: Any, where: str, client: ClientConfig, base: Path) -> Host:
         raise _fail(where, "'ssh' is missing", hint='give user@host, an alias, or "local"')
     ssh = parse_ssh(where, t["ssh"])
     address = _ipv4(where, _str(where, "address", t["address"])) if "address" in t else None
-    if address is None and client.transport == "lan":
+    # this machine under lan: 127.0.0.1 unless an address is given (the client is here)
+    if address is None and client.transport == "lan" and not ssh.local:
         try:
             address = str(ipaddress.IPv4Address(ssh.host or ""))
         except ValueError:

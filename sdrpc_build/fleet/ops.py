@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import platform as pyplatform
-import sys
 import time
 import zipfile
 from collections.abc import Mapping
@@ -19,6 +17,7 @@ from sdrpc_build.build.pins import SdPins
 from sdrpc_build.build.pipeline import build, source_tree
 from sdrpc_build.build.store import Manifest
 from sdrpc_build.errors import SdrpcError
+from sdrpc_build.fleet import local as local_host
 from sdrpc_build.fleet.groups import (
     CLIENT,
     Doctor,
@@ -40,6 +39,7 @@ from sdrpc_build.fleet.model import Fleet, FleetServer, Host
 from sdrpc_build.fleet.payload import Member, write_payload
 from sdrpc_build.fleet.pins import build_options, client_pins
 from sdrpc_build.fleet.runner import HostOutcome, host_vars, run_playbook, work_dir
+from sdrpc_build.fleet.servers_toml import render_servers_toml
 from sdrpc_build.fleet.tunnels import (
     TunnelSpec,
     TunnelStatus,
@@ -61,6 +61,7 @@ __all__ = [
     "UpResult",
     "bind_address",
     "down",
+    "local_instance",
     "parse_show",
     "parse_status",
     "ssh_config",
@@ -75,6 +76,8 @@ CHECK_TIMEOUT = 3.0
 STATUS_TASK = "sdrpc status"
 STATE_TASK = "sdrpc host state"
 DOCTOR_TASK = "sdrpc doctor"
+DETACH_CONFIG = "detach/servers.toml"  # in the payload: what sdrpc-launch runs without systemd
+DETACH_CACHE = PurePosixPath("/var/cache/sdrpc")  # a server's cache there, as its unit's
 
 
 @dataclass(frozen=True)
@@ -179,14 +182,18 @@ def _up_vars(
     if builds is None or payload_dir is None:
         return v
     members: dict[str, Member] = {}
+    units = []
     for s in host.servers:
         m = builds[s.backend]
         binary = PurePosixPath("servers", m.key, "bin", m.binary.name)
-        text = render_unit(ServerUnit(s, INSTALL_ROOT / binary, bind, _build_line(m)))
+        units.append(ServerUnit(s, INSTALL_ROOT / binary, bind, _build_line(m)))
+        text = render_unit(units[-1])
         members[f"units/{s.unit}"] = Member(f"units/{s.unit}", text.encode())
         members[str(binary)] = Member(str(binary), m.binary.read_bytes(), 0o755)
         man = f"servers/{m.key}/manifest.json"
         members[man] = Member(man, (m.path / "manifest.json").read_bytes())
+    detach = render_servers_toml(units, DETACH_CACHE)  # for a host without systemd
+    members[DETACH_CONFIG] = Member(DETACH_CONFIG, detach.encode())
     payload_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     payload = payload_dir / f"{host.name}.tar"
     v["sdrpc_payload"] = str(payload)
@@ -199,6 +206,11 @@ def tunnel_instance(fleet: Fleet) -> str:
     tunnels: one per fleet.toml (its resolved path)."""
     digest = hashlib.sha256(str(fleet.path.resolve()).encode()).hexdigest()[:10]
     return f"fleet-{digest}"
+
+
+def local_instance(fleet: Fleet) -> str:
+    """The detached instance running the servers of the fleet's ``ssh = "local"`` host."""
+    return f"{tunnel_instance(fleet)}-local"
 
 
 def _tunnel_spec(h: Host, cfg: Optional[Path]) -> TunnelSpec:
@@ -410,41 +422,58 @@ _CONNECTION_VARS = (
 )
 
 
-def up(  # noqa: C901, PLR0912, PLR0915 (the phases of up, in order)
+def _learn(
     fleet: Fleet,
+    hosts: list[Host],
+    base: Mapping[str, Mapping[str, Any]],
+    work: Path,
+    timeout: float,
+) -> tuple[dict[str, list[str]], dict[str, dict[str, Doctor]], dict[str, HostReport]]:
+    """The prepare play: sdrpc's venv on every host, each host's platform facts and its build
+    preflight (sdrpc doctor). Facts, doctor verdicts, and the hosts that failed."""
+    prep = run_playbook(
+        "prepare.yml",
+        {h.name: _prepare_vars(h, base[h.name]) for h in hosts},
+        work,
+        timeout=timeout,
+        want_outputs=[STATE_TASK, DOCTOR_TASK],
+    )
+    facts: dict[str, list[str]] = {}
+    doctor: dict[str, dict[str, Doctor]] = {}
+    failed: dict[str, HostReport] = {}
+    for h in hosts:
+        o = prep.host(h.name)
+        outs = dict(o.outputs)
+        got = _facts_of(outs.get(STATE_TASK, ""))
+        if got is not None:
+            facts[h.name] = got
+        if not o.ok:
+            failed[h.name] = _report(fleet, h, o)
+        elif DOCTOR_TASK in outs:
+            doctor[h.name] = parse_doctor(outs[DOCTOR_TASK], sorted({s.backend for s in h.servers}))
+    return facts, doctor, failed
+
+
+def _up_remote(  # noqa: PLR0915 (the phases of up on remote hosts, in order)
+    fleet: Fleet,
+    hosts: list[Host],
+    pins: SdPins,
     env: Mapping[str, str],
     cache_root: Path,
-    *,
-    timeout: float = 1800.0,
-    replace: bool = False,
-) -> UpResult:
-    """Provide the servers for [client]'s pins (built here, found, or built on one host per
-    (backend, platform) group), install and start them everywhere.
-
-    A host where a port is taken by a process sdrpc did not start, or where an sdrpc server
-    built for other pins runs (unless ``replace``), fails alone and is left as it was; so does
-    a host whose preflight says it cannot build the server it must build."""
+    timeout: float,
+    replace: bool,
+) -> tuple[dict[str, HostReport], tuple[BuildReport, ...]]:
+    """Learn the hosts' platforms (once), provide each (backend, platform) group's server
+    (here, from the cache, or built on a host), install and start them: a report per host."""
     t0 = time.monotonic()
-    pins = client_pins(fleet.client, env)
     wheelhouse = build_wheelhouse(cache_root, env)
     cfg = ssh_config(fleet, env)
     prov = _Provider(fleet, pins, env, cache_root)
     record = cache_root / "fleet" / "platforms.json"
     facts = _load_platforms(record)
     known = {
-        h.name: facts[_host_key(fleet, h, cfg)]
-        for h in fleet.hosts
-        if _host_key(fleet, h, cfg) in facts
+        h.name: facts[_host_key(fleet, h, cfg)] for h in hosts if _host_key(fleet, h, cfg) in facts
     }
-    if any(h.ssh.local for h in fleet.hosts):
-        libc, version = pyplatform.libc_ver()
-        known[next(h.name for h in fleet.hosts if h.ssh.local)] = [
-            sys.platform,
-            pyplatform.machine(),
-            libc,
-            version,
-        ]
-    tags = {n: platform_tag(*f) for n, f in known.items()}
     failed: dict[str, HostReport] = {}
     doctor: dict[str, dict[str, Doctor]] = {}
     reports_b: list[BuildReport] = []
@@ -454,44 +483,21 @@ def up(  # noqa: C901, PLR0912, PLR0915 (the phases of up, in order)
 
     with work_dir(cache_root) as work:
         base = {
-            h.name: _up_vars(fleet, h, pins, None, wheelhouse, None, cfg, replace)
-            for h in fleet.hosts
+            h.name: _up_vars(fleet, h, pins, None, wheelhouse, None, cfg, replace) for h in hosts
         }
-        unknown = [h for h in fleet.hosts if h.name not in tags]
         must_build = any(
-            prov.needs_host_build(s.backend, tags[h.name])
-            for h in fleet.hosts
-            if h.name in tags
+            prov.needs_host_build(s.backend, platform_tag(*known[h.name]))
+            for h in hosts
+            if h.name in known
             for s in h.servers
         )
-        if unknown or must_build:
-            # learn the platforms; the preflight on every host before any build
-            prep = run_playbook(
-                "prepare.yml",
-                {h.name: _prepare_vars(h, base[h.name]) for h in fleet.hosts},
-                work,
-                timeout=remaining(),
-                want_outputs=[STATE_TASK, DOCTOR_TASK],
-            )
-            for h in fleet.hosts:
-                o = prep.host(h.name)
-                outs = dict(o.outputs)
-                got = _facts_of(outs.get(STATE_TASK, ""))
-                if got is not None:
-                    known[h.name] = got
-                    facts[_host_key(fleet, h, cfg)] = got
-                    tags[h.name] = platform_tag(*got)
-                if not o.ok:
-                    failed[h.name] = _report(fleet, h, o)
-                    continue
-                if DOCTOR_TASK in outs:
-                    doctor[h.name] = parse_doctor(
-                        outs[DOCTOR_TASK], sorted({s.backend for s in h.servers})
-                    )
+        if must_build or any(h.name not in known for h in hosts):
+            learned, doctor, failed = _learn(fleet, hosts, base, work, remaining())
+            known.update(learned)
+            facts.update((_host_key(fleet, fleet.host(n), cfg), f) for n, f in learned.items())
             _save_platforms(record, facts)
-        healthy = {
-            h.name: tags[h.name] for h in fleet.hosts if h.name not in failed and h.name in tags
-        }
+        tags = {n: platform_tag(*f) for n, f in known.items()}
+        healthy = {h.name: tags[h.name] for h in hosts if h.name not in failed and h.name in tags}
         groups = plan_groups(fleet, healthy, prov.here, doctor, prov.cached)
         manifests: dict[tuple[str, str], Manifest] = {}
         group_failed: dict[tuple[str, str], str] = {}
@@ -500,11 +506,8 @@ def up(  # noqa: C901, PLR0912, PLR0915 (the phases of up, in order)
             m = prov.provide(g)  # this machine cannot build its group: up stops, as sdrpc-build
             if m is not None:
                 manifests[(g.backend, g.platform)] = m
-            reports_b.append(
-                BuildReport(
-                    g.backend, g.platform, g.hosts, g.builder, round(time.monotonic() - tb, 2)
-                )
-            )
+            secs = round(time.monotonic() - tb, 2)
+            reports_b.append(BuildReport(g.backend, g.platform, g.hosts, g.builder, secs))
         on_hosts = [g for g in groups if g.builder not in (None, CLIENT, "cache")]
         if on_hosts:
             tb = time.monotonic()
@@ -524,31 +527,68 @@ def up(  # noqa: C901, PLR0912, PLR0915 (the phases of up, in order)
         for g in groups:
             for name, why in g.failed.items():
                 failed.setdefault(name, HostReport(name, False, 0, (), "preflight", why))
-            why2 = group_failed.get((g.backend, g.platform))
-            if why2:
-                for name in g.hosts:
-                    failed.setdefault(name, HostReport(name, False, 0, (), "build", why2))
-        install = [h for h in fleet.hosts if h.name not in failed]
+            for name in g.hosts if (g.backend, g.platform) in group_failed else ():
+                why = group_failed[(g.backend, g.platform)]
+                failed.setdefault(name, HostReport(name, False, 0, (), "build", why))
         hv = {}
-        for h in install:
+        for h in hosts:
+            if h.name in failed:
+                continue
             per = {s.backend: manifests[(s.backend, tags[h.name])] for s in h.servers}
             hv[h.name] = _up_vars(fleet, h, pins, per, wheelhouse, work / "payload", cfg, replace)
             hv[h.name]["sdrpc_host_args"]["platform"] = known[h.name]
-        play = (
-            run_playbook("up.yml", hv, work, timeout=remaining(), want_outputs=[STATE_TASK])
-            if hv
-            else None
-        )
-        if play is not None:  # a host whose platform changed: learned for the next up
-            for o in play.hosts:
+        if hv:
+            play = run_playbook("up.yml", hv, work, timeout=remaining(), want_outputs=[STATE_TASK])
+            for o in play.hosts:  # a host whose platform changed: learned for the next up
+                failed[o.name] = _report(fleet, fleet.host(o.name), o)
                 got = _facts_of(dict(o.outputs).get(STATE_TASK, ""))
                 if got is not None:
                     facts[_host_key(fleet, fleet.host(o.name), cfg)] = got
             _save_platforms(record, facts)
-    reports = [
-        failed[h.name] if h.name in failed else _report(fleet, h, play.host(h.name))  # type: ignore[union-attr]
+    return failed, tuple(reports_b)
+
+
+def up(
+    fleet: Fleet,
+    env: Mapping[str, str],
+    cache_root: Path,
+    *,
+    timeout: float = 1800.0,
+    replace: bool = False,
+) -> UpResult:
+    """Provide the servers for [client]'s pins (built here, found, or built on one host per
+    (backend, platform) group), install and start them everywhere.
+
+    A host where a port is taken by a process sdrpc did not start, or where an sdrpc server
+    built for other pins runs (unless ``replace``), fails alone and is left as it was; so does
+    a host whose preflight says it cannot build the server it must build."""
+    t0 = time.monotonic()
+    pins = client_pins(fleet.client, env)
+    remote = [h for h in fleet.hosts if not h.ssh.local]  # "local": the launch wing, here
+    done: dict[str, HostReport] = {
+        h.name: _report(
+            fleet,
+            h,
+            local_host.up(
+                fleet,
+                h,
+                pins,
+                env,
+                cache_root,
+                instance=local_instance(fleet),
+                bind=bind_address(fleet, h),
+                replace=replace,
+            ),
+        )
         for h in fleet.hosts
-    ]
+        if h.ssh.local
+    }
+    builds: tuple[BuildReport, ...] = ()
+    if remote:
+        remaining = max(1.0, timeout - (time.monotonic() - t0))
+        got, builds = _up_remote(fleet, remote, pins, env, cache_root, remaining, replace)
+        done.update(got)
+    reports = [done[h.name] for h in fleet.hosts]
     healthy_hosts = [h for h, r in zip(fleet.hosts, reports, strict=True) if r.ok]
     if fleet.client.transport == "ssh":  # reached through tunnels: their local ports
         local = _open_tunnels(fleet, healthy_hosts, env, cache_root)
@@ -567,9 +607,7 @@ def up(  # noqa: C901, PLR0912, PLR0915 (the phases of up, in order)
     ]
     ok = all(r.ok for r in reports)
     rpc = ",".join(e for r in reports for e in r.endpoints) if ok else None
-    return UpResult(
-        tuple(reports), fleet.client.transport, rpc, time.monotonic() - t0, tuple(reports_b)
-    )
+    return UpResult(tuple(reports), fleet.client.transport, rpc, time.monotonic() - t0, builds)
 
 
 def _save_platforms(path: Path, facts: Mapping[str, list[str]]) -> None:
@@ -578,17 +616,31 @@ def _save_platforms(path: Path, facts: Mapping[str, list[str]]) -> None:
 
 def _plain_vars(fleet: Fleet, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     cfg = ssh_config(fleet, env)
-    return {h.name: {**host_vars(h, cfg), "sdrpc_root": str(INSTALL_ROOT)} for h in fleet.hosts}
+    return {
+        h.name: {**host_vars(h, cfg), "sdrpc_root": str(INSTALL_ROOT)}
+        for h in fleet.hosts
+        if not h.ssh.local  # local.py's
+    }
 
 
 def down(
     fleet: Fleet, env: Mapping[str, str], cache_root: Path, *, timeout: float = 600.0
 ) -> tuple[HostOutcome, ...]:
     """Close this fleet's tunnels; stop and remove every sdrpc unit and /opt/sdrpc on every
-    host."""
+    host (the local host's instance and files)."""
     close_tunnels(tunnel_instance(fleet), cache_root)
-    with work_dir(cache_root) as work:
-        return run_playbook("down.yml", _plain_vars(fleet, env), work, timeout=timeout).hosts
+    done = {
+        h.name: local_host.down(h, cache_root, instance=local_instance(fleet))
+        for h in fleet.hosts
+        if h.ssh.local
+    }
+    hv = _plain_vars(fleet, env)
+    if hv:
+        with work_dir(cache_root) as work:
+            done.update(
+                (o.name, o) for o in run_playbook("down.yml", hv, work, timeout=timeout).hosts
+            )
+    return tuple(done[h.name] for h in fleet.hosts)
 
 
 def tunnels(fleet: Fleet, cache_root: Path) -> TunnelStatus:
@@ -622,7 +674,8 @@ def parse_status(host: str, out: str) -> list[ServerState]:
     """The host side's ``status`` JSON: state from ``systemctl show``, busy/idle from the lines
     the server logged since its last start (a server that is not running: unknown)."""
     try:
-        servers = json.loads(out)["servers"]
+        obj = json.loads(out)
+        servers = obj["servers"]
     except (ValueError, KeyError, TypeError):
         return []
     states = []
@@ -631,22 +684,32 @@ def parse_status(host: str, out: str) -> list[ServerState]:
             running = st.active == "active" and st.sub == "running"
             act = parse_activity(str(x) for x in srv.get("log", [])).state if running else "unknown"
             states.append(dataclasses.replace(st, activity=act))
-    return states
+    # a host without systemd: its sdrpc-launch instance (sdrpc-launch status --json)
+    return states + [ServerState(host, *row) for row in local_host.launch_rows(obj.get("launch"))]
 
 
 def status(
     fleet: Fleet, env: Mapping[str, str], cache_root: Path, *, timeout: float = 300.0
 ) -> tuple[list[ServerState], tuple[HostOutcome, ...]]:
     """Each server's unit state, restarts and busy/idle; no server is probed."""
-    with work_dir(cache_root) as work:
-        play = run_playbook(
-            "status.yml", _plain_vars(fleet, env), work, timeout=timeout, want_outputs=[STATUS_TASK]
-        )
-    states = [
-        st
-        for o in play.hosts
-        for task, out in o.outputs
-        if task == STATUS_TASK
-        for st in parse_status(o.name, out)
-    ]
-    return states, play.hosts
+    states: list[ServerState] = []
+    done: dict[str, HostOutcome] = {}
+    for h in fleet.hosts:
+        if h.ssh.local:
+            rows, done[h.name] = local_host.status(h, cache_root, instance=local_instance(fleet))
+            states += [ServerState(h.name, *row) for row in rows]
+    hv = _plain_vars(fleet, env)
+    if hv:
+        with work_dir(cache_root) as work:
+            play = run_playbook("status.yml", hv, work, timeout=timeout, want_outputs=[STATUS_TASK])
+        done.update((o.name, o) for o in play.hosts)
+        states += [
+            st
+            for o in play.hosts
+            for task, out in o.outputs
+            if task == STATUS_TASK
+            for st in parse_status(o.name, out)
+        ]
+    order = [h.name for h in fleet.hosts]
+    states.sort(key=lambda st: order.index(st.host))  # fleet order, servers in host order
+    return states, tuple(done[n] for n in order)

@@ -9,6 +9,7 @@ import pytest
 
 from sdrpc_build.fleet.errors import FleetConfigError
 from sdrpc_build.fleet.model import SshTarget, load_fleet, parse_fleet, parse_ssh
+from sdrpc_build.fleet.ops import bind_address
 from sdrpc_build.fleet.pins import build_options
 
 SHA = "4df29be4f4c3673f428170fda944a5b19f743bb8"
@@ -70,6 +71,18 @@ def test_servers_take_servers_toml_keys_and_number_ports() -> None:
 def test_lan_takes_the_address_from_a_literal_ssh_target() -> None:
     f = fleet(client={**CLIENT, "transport": "lan"})
     assert f.hosts[0].address == "10.0.0.1"
+
+
+def test_lan_on_this_machine_binds_loopback_unless_an_address_is_given() -> None:
+    """The client is this machine: it needs no LAN address to reach a local host's servers,
+    so a local host under lan binds 127.0.0.1 (nothing exposed) unless given an address."""
+    lan = {**CLIENT, "transport": "lan"}
+    f = fleet(client=lan, hosts=[{"name": "me", "ssh": "local", "server": [{}]}])
+    assert f.hosts[0].address is None
+    assert bind_address(f, f.hosts[0]) == "127.0.0.1"
+    given = [{"name": "me", "ssh": "local", "address": "192.168.1.5", "server": [{}]}]
+    f = fleet(client=lan, hosts=given)
+    assert bind_address(f, f.hosts[0]) == "192.168.1.5"
 
 
 def test_relative_paths_are_relative_to_the_file() -> None:
