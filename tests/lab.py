@@ -16,6 +16,10 @@ machine") say why each piece is there.
     Lab(n=2, no_systemd=["lab2"])   # lab2 without systemd: nspawn's stub init as PID 1 (no
                                     # /run/systemd/system), sshd its only service; same keys
 
+Every host also has an operator who is not root, ``sdrpc-op`` (:data:`OPERATOR`; same key, sudo
+without a password through ``/etc/sudoers.d/sdrpc-op``, which a test may remove):
+``ssh -F CONFIG sdrpc-op@lab1 sudo -n true``.
+
 Everything a lab creates is named after its id (``sdl`` + 5 hex digits) and recorded under
 ``/run/sdrpc-lab/<id>/`` with the owner's PID; :meth:`Lab.close` (also run on errors and Ctrl-C)
 removes it all, and a new lab first removes the labs of owners that died (``cleanup_stale``).
@@ -46,6 +50,7 @@ from pathlib import Path
 from types import TracebackType
 
 __all__ = [
+    "OPERATOR",
     "STATE_ROOT",
     "Lab",
     "LabError",
@@ -57,6 +62,8 @@ STATE_ROOT = Path("/run/sdrpc-lab")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SUBNET_POOL = ipaddress.IPv4Network("10.231.0.0/16")  # one /24 per lab: 10.231.K.0/24
 OVERLAID = ("/etc", "/var", "/opt", "/srv", "/home")
+OPERATOR = "sdrpc-op"  # a user who is not root, with passwordless sudo, on every host
+OPERATOR_ID = 1500
 PROPAGATE = Path("/run/systemd/nspawn/propagate")
 LOCK = STATE_ROOT / ".lock"
 ID_PREFIX = "sdl"
@@ -288,6 +295,27 @@ def _upper_dir(upper: Path, lower: Path, rel: str) -> Path:
             path.mkdir()
             path.chmod(below.stat().st_mode & 0o7777 if below.is_dir() else 0o755)
     return path
+
+
+def _add_operator(etc: Path, home_upper: Path, key: str) -> None:
+    """:data:`OPERATOR` in a host's /etc (passwd, group, shadow: ``*``, no password but not
+    locked, so sshd takes the key) with ``key`` authorized and passwordless sudo."""
+    n = OPERATOR_ID
+    for name, line, mode in (
+        ("passwd", f"{OPERATOR}:x:{n}:{n}:sdrpc lab operator:/home/{OPERATOR}:/bin/sh", 0o644),
+        ("group", f"{OPERATOR}:x:{n}:", 0o644),
+        ("shadow", f"{OPERATOR}:*:19000:0:99999:7:::", 0o600),
+    ):
+        _write(etc / name, Path("/etc", name).read_text() + line + "\n", mode)
+    sudoers = _upper_dir(etc, Path("/etc"), "sudoers.d")
+    _write(sudoers / OPERATOR, f"{OPERATOR} ALL=(ALL) NOPASSWD: ALL\n", 0o440)
+    home = _upper_dir(home_upper, Path("/home"), OPERATOR)
+    ssh = home / ".ssh"
+    _write(ssh / "authorized_keys", key, 0o600)
+    for path in (home, ssh, ssh / "authorized_keys"):
+        os.chown(path, n, n)
+    home.chmod(0o755)
+    ssh.chmod(0o700)
 
 
 def _private_dir(path: Path) -> Path:
@@ -779,6 +807,7 @@ table inet {rec.table} {{
             known.append(f"{name},{addr} {host_pub}")
             root = _private_dir(hdir / "root")
             _write(_private_dir(root / ".ssh") / "authorized_keys", client_pub, 0o600)
+            _add_operator(etc, hdir / "home", client_pub)
             config.append(f"Host {name}\n  HostName {addr}\n")
             inventory.append(f"{name} ansible_host={addr}")
         _write(self.known_hosts, "\n".join(known) + "\n", 0o600)
