@@ -137,6 +137,25 @@ def busy_idle_from_logs(lab: Lab, toml: Path) -> None:
         time.sleep(0.5)
 
 
+def assert_installed(lab: Lab, host: str) -> None:
+    """Every unit active and enabled; the host's venv unpacked from the wheelhouse without pip
+    (files/sdrpc_venv.py), its console scripts working, the tar gone."""
+    for p in PORTS:
+        unit = f"sdrpc-server-cpu-{p}.service"
+        state = lab.exec(host, f"systemctl is-active {unit}; systemctl is-enabled {unit}")
+        assert state.stdout.split() == ["active", "enabled"], (host, unit, state.stdout)
+    venv = lab.exec(
+        host,
+        "cat /opt/sdrpc/venv/lib/python3*/site-packages/sdrpc-*.dist-info/INSTALLER "
+        "/opt/sdrpc/venv/.sdrpc-wheelhouse && /opt/sdrpc/venv/bin/sdrpc-check --version && "
+        "ls /opt/sdrpc /opt/sdrpc/venv/bin",
+    )
+    assert venv.returncode == 0, venv.stdout + venv.stderr
+    words = venv.stdout.split()
+    assert words[0] == "sdrpc" and words[2] == "sdrpc-check", words
+    assert "wheelhouse.tar" not in words and "pip" not in words and "sdrpc" in words[4:]
+
+
 @pytest.fixture(scope="module")
 def server_built() -> Path:
     return build_server(VERSION, MAX_NAME)
@@ -161,10 +180,7 @@ def test_up_status_restart_idempotent_down(
     endpoints = [f"{lab.address(h)}:{p}" for h in hosts for p in PORTS]
     assert res["rpc_servers"] == ",".join(endpoints)
     for h in hosts:
-        for p in PORTS:
-            unit = f"sdrpc-server-cpu-{p}.service"
-            assert lab.exec(h, f"systemctl is-active {unit}").stdout.strip() == "active"
-            assert lab.exec(h, f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
+        assert_installed(lab, h)
     # the client reaches every server at its host's address, compatible with the pins
     c = check(endpoints)
     assert c.returncode == 0, c.stdout + c.stderr
