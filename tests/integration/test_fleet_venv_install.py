@@ -1,26 +1,25 @@
-"""The host side's venv install (files/sdrpc_venv.py), run as Ansible runs it on a host
-(``python -c SOURCE JSON``) on small wheelhouses built here: a venv of this machine's Python with
-working console scripts, without ensurepip; pip where the fast way does not judge."""
+"""The host side's venv install (files/sdrpc_venv.py), run as Ansible runs it on a host: the
+wheelhouse zip the client writes (fleet/wheelhouse.py), ``python3 WHEELHOUSE.pyz JSON``, here on
+small wheelhouses built in the test: a venv of this machine's Python with working console
+scripts, without ensurepip; pip where the fast way does not judge."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
-import tarfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sdrpc_build.fleet.runner import PLAYBOOK_DIR
+from sdrpc_build.fleet.wheelhouse import write_zipapp
 
 pytestmark = pytest.mark.integration
-
-SOURCE = PLAYBOOK_DIR / "roles/sdrpc_server/files/sdrpc_venv.py"
 
 
 def wheel(
@@ -58,27 +57,34 @@ def wheel(
     return f"{name}-1.0-{tag}.whl", buf.getvalue()
 
 
-def wheelhouse(root: Path, wheels: list[tuple[str, bytes]]) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(root / "wheelhouse.tar", "w") as tar:
-        for name, data in wheels:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tar.addfile(ti, io.BytesIO(data))
+def wheelhouse(tmp: Path, wheels: list[tuple[str, bytes]]) -> Path:
+    """The client's wheelhouse zip of these wheels."""
+    d = tmp / "wheels"
+    d.mkdir(parents=True, exist_ok=True)
+    for old in d.iterdir():
+        old.unlink()
+    for name, data in wheels:
+        (d / name).write_bytes(data)
+    write_zipapp(d, tmp / "wheelhouse-d1g35t.pyz")
+    return tmp / "wheelhouse-d1g35t.pyz"
 
 
-def run_host_side(root: Path, project: str = "demo") -> dict[str, Any]:
-    """As Ansible runs it: ``python -c SOURCE JSON``; its one JSON line."""
+def host_side(pyz: Path, root: Path, project: str = "demo") -> subprocess.CompletedProcess[str]:
+    """As Ansible's script runs it: ``python3 WHEELHOUSE.pyz JSON``."""
     args = json.dumps({"root": str(root), "digest": "d1g35t", "project": project})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_"))}
-    r = subprocess.run(
-        [sys.executable, "-c", SOURCE.read_text(), args],
+    return subprocess.run(
+        [sys.executable, str(pyz), args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
         env=env,
     )
+
+
+def run_host_side(pyz: Path, root: Path) -> dict[str, Any]:
+    r = host_side(pyz, root)
     assert r.returncode == 0, r.stdout + r.stderr
     out: dict[str, Any] = json.loads(r.stdout)
     return out
@@ -103,14 +109,13 @@ def demo_wheels(helper_marker: str = 'python_version >= "3"') -> list[tuple[str,
 
 
 def test_fast_install_gives_working_console_scripts_and_a_record(tmp_path: Path) -> None:
-    root = tmp_path / "opt"
-    wheelhouse(root, demo_wheels())
-    out = run_host_side(root)
+    root = tmp_path / "opt" / "sdrpc"
+    out = run_host_side(wheelhouse(tmp_path, demo_wheels()), root)
     assert out["installer"] == "sdrpc" and out["why"] is None
     assert out["wheels"] == ["demo-1.0-py3-none-any.whl", "helper-1.0-py3-none-any.whl"]
     venv = root / "venv"
     assert (venv / ".sdrpc-wheelhouse").read_text() == "d1g35t\n"
-    assert not (root / "wheelhouse.tar").exists()
+    assert stat.S_IMODE(root.stat().st_mode) == 0o755  # created
     assert not (venv / "bin" / "pip").exists()  # no ensurepip
     # the console script: pip's shim, the venv's python, the entry point's exit status
     r = subprocess.run([venv / "bin" / "demo"], capture_output=True, text=True, check=False)
@@ -140,22 +145,20 @@ def test_executable_bits_kept_and_a_second_install_replaces_the_venv(tmp_path: P
         tag="py3-none-linux_x86_64" if os.uname().machine == "x86_64" else "py3-none-any",
         exec_files=("demo/data/bin/native",),
     )
-    wheelhouse(root, [demo])
-    run_host_side(root)
+    pyz = wheelhouse(tmp_path, [demo])
+    run_host_side(pyz, root)
     site = next((root / "venv/lib").glob("python3.*/site-packages"))
     native = site / "demo/data/bin/native"
     assert subprocess.run([native], capture_output=True, check=True).stdout == b"native\n"
     (root / "venv" / "stale").write_text("from an older venv")
-    wheelhouse(root, [demo])
-    run_host_side(root)
+    run_host_side(pyz, root)
     assert not (root / "venv" / "stale").exists()
 
 
 def test_a_dependency_it_cannot_judge_is_installed_by_pip(tmp_path: Path) -> None:
     """An unknown marker: pip decides (ensurepip, pip install --no-index), as before."""
     root = tmp_path / "opt"
-    wheelhouse(root, demo_wheels('platform_release < "abc"'))
-    out = run_host_side(root)
+    out = run_host_side(wheelhouse(tmp_path, demo_wheels('platform_release < "abc"')), root)
     assert out["installer"] == "pip"
     assert "platform_release" in out["why"]
     venv = root / "venv"
@@ -166,15 +169,7 @@ def test_a_dependency_it_cannot_judge_is_installed_by_pip(tmp_path: Path) -> Non
 
 def test_a_missing_dependency_is_pips_error(tmp_path: Path) -> None:
     root = tmp_path / "opt"
-    wheelhouse(root, demo_wheels()[:1])  # demo without helper
-    args = json.dumps({"root": str(root), "digest": "d", "project": "demo"})
-    r = subprocess.run(
-        [sys.executable, "-c", SOURCE.read_text(), args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    r = host_side(wheelhouse(tmp_path, demo_wheels()[:1]), root)  # demo without helper
     assert r.returncode == 1
     assert "sdrpc_venv: pip install failed" in r.stderr and "helper" in r.stderr
     assert not (root / "venv" / ".sdrpc-wheelhouse").exists()  # the next up tries again
@@ -182,14 +177,6 @@ def test_a_missing_dependency_is_pips_error(tmp_path: Path) -> None:
 
 def test_unsafe_member_paths_are_refused(tmp_path: Path) -> None:
     root = tmp_path / "opt"
-    wheelhouse(root, [wheel("demo", {"../../escape.py": b"x = 1\n"})])
-    args = json.dumps({"root": str(root), "digest": "d", "project": "demo"})
-    r = subprocess.run(
-        [sys.executable, "-c", SOURCE.read_text(), args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    r = host_side(wheelhouse(tmp_path, [wheel("demo", {"../../escape.py": b"x = 1\n"})]), root)
     assert r.returncode == 1 and "unsafe path '../../escape.py'" in r.stderr
     assert not (tmp_path / "escape.py").exists()

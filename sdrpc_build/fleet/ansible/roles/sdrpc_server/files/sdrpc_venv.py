@@ -1,10 +1,13 @@
 """sdrpc's host side of ``sdrpc up``: sdrpc's venv, installed offline from the wheelhouse.
 
-Run by Ansible (tasks/venv.yml) as ``python3 -c SOURCE JSON``; standard library only (the host
-has no sdrpc yet); one JSON object on stdout. ``JSON``: ``{"root", "digest", "project"}``:
-``ROOT/wheelhouse.tar`` (the wheels of ``project`` and of its dependencies, resolved by pip on
-the client) becomes ``ROOT/venv``; ``ROOT/venv/.sdrpc-wheelhouse`` (``digest``) is written last,
-so an install cut short is done again by the next ``up``; the tar is removed.
+Standard library only (the host has no sdrpc yet); one JSON object on stdout. The client ships
+it as the ``__main__.py`` of the wheelhouse (sdrpc_build/fleet/wheelhouse.py: a zip of it and of
+the wheels of sdrpc and its dependencies, resolved by pip on the client), which Ansible's
+``script`` copies and runs (tasks/venv.yml): ``python3 WHEELHOUSE.pyz JSON``, one task, no
+module. ``JSON``: ``{"root", "digest", "project"}`` (and ``"wheelhouse"``, a path, to read the
+wheels of another zip). ``ROOT`` (0755) is created; ``ROOT/venv`` is made anew; its marker
+``ROOT/venv/.sdrpc-wheelhouse`` (``digest``) is written last, so an install cut short is done
+again by the next ``up``.
 
 The fast way does what pip does with wheels it has already chosen, without ensurepip and
 without pip (starting pip costs seconds of CPU per host, the whole of a first ``up``):
@@ -30,7 +33,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import venv
@@ -471,15 +473,15 @@ def install_wheel(w: Wheel, paths: dict[str, str], python: str, umask: int) -> i
 # ------------------------------------------------------------------------------------- the venv
 
 
-def _wheels_of(tar_path: Path) -> dict[str, bytes]:
+def _wheels_of(path: Path) -> dict[str, bytes]:
+    """file name -> bytes of each wheel of the wheelhouse zip (its other members: the code)."""
     out = {}
-    with tarfile.open(tar_path) as tar:
-        for m in tar.getmembers():
-            if not m.isfile() or "/" in m.name or not m.name.endswith(".whl"):
-                raise SystemExit(f"sdrpc_venv: bad wheelhouse member {m.name!r}")
-            f = tar.extractfile(m)
-            assert f is not None
-            out[m.name] = f.read()
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if info.filename.endswith(".whl"):
+                if "/" in info.filename or info.is_dir():
+                    raise SystemExit(f"sdrpc_venv: bad wheelhouse member {info.filename!r}")
+                out[info.filename] = z.read(info)
     return out
 
 
@@ -539,10 +541,11 @@ def pip_install(root: Path, target: Path, wheels: dict[str, bytes], project: str
 
 def install(a: dict[str, Any]) -> dict[str, Any]:
     t0 = time.monotonic()
-    root = Path(a["root"])
-    tar_path, target = root / "wheelhouse.tar", root / "venv"
-    files = _wheels_of(tar_path)
+    root, target = Path(a["root"]), Path(a["root"]) / "venv"
+    files = _wheels_of(Path(a.get("wheelhouse") or sys.argv[0]))
     it = this_interp()
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
     _remove(target)
     why = None
     try:
@@ -561,7 +564,6 @@ def install(a: dict[str, Any]) -> dict[str, Any]:
         pip_install(root, target, files, a["project"])
         installer, n, chosen = "pip", 0, []
     (target / ".sdrpc-wheelhouse").write_text(a["digest"] + "\n", encoding="utf-8")
-    tar_path.unlink()
     return {
         "installer": installer,
         "why": why,
