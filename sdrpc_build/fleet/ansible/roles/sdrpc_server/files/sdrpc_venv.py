@@ -39,7 +39,7 @@ import venv
 import zipfile
 from base64 import urlsafe_b64encode
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Optional
 
 WHEEL_NAME = re.compile(
@@ -394,62 +394,71 @@ def _hash(data: bytes) -> str:
     return "sha256=" + urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def _write(path: Path, data: bytes, executable: bool, umask: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, (0o777 if executable else 0o666) & ~umask)
+class Writer:
+    """Files into a fresh venv, as pip makes them: 0666 or 0777 (executable) less the umask;
+    5000 files: plain strings and one makedirs per directory."""
+
+    def __init__(self) -> None:
+        self.dirs: set[str] = set()
+
+    def write(self, path: str, data: bytes, executable: bool) -> None:
+        d = os.path.dirname(path)
+        if d not in self.dirs:
+            os.makedirs(d, exist_ok=True)
+            self.dirs.add(d)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o777 if executable else 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
 
 
-def _inside(base: Path, rel: str) -> Path:
-    p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or not p.parts or "\\" in rel:
+def _join(base: str, rel: str) -> str:
+    """``base/rel`` for a path named in a wheel, which must stay below ``base``."""
+    parts = rel.split("/")
+    if rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
         raise SystemExit(f"sdrpc_venv: unsafe path {rel!r} in a wheel")
-    return base.joinpath(*p.parts)
+    return f"{base}/{rel}"
 
 
-def install_wheel(w: Wheel, paths: dict[str, str], python: str, umask: int) -> int:
+def install_wheel(w: Wheel, paths: dict[str, str], python: str, out: Writer) -> int:
     """Unpack one wheel into the venv whose scheme is ``paths``; files written."""
-    root = Path(paths["purelib" if w.purelib else "platlib"])
+    root = paths["purelib" if w.purelib else "platlib"]
     data_dir = w.dist_info[: -len(".dist-info")] + ".data"
-    record_rows: list[list[str]] = []
+    own = (f"{w.dist_info}/RECORD", f"{w.dist_info}/INSTALLER")
+    rows: list[list[str]] = []
     with zipfile.ZipFile(io.BytesIO(w.data)) as z:
         try:
-            given = {
-                row[0]: row[1:3]
-                for row in csv.reader(io.StringIO(z.read(f"{w.dist_info}/RECORD").decode()))
-                if row
-            }
+            record = z.read(f"{w.dist_info}/RECORD").decode()
         except KeyError:
-            given = {}
+            record = ""
+        given = {row[0]: row[1:3] for row in csv.reader(io.StringIO(record)) if row}
         for info in z.infolist():
             name = info.filename
-            if name.endswith("/") or name in (f"{w.dist_info}/RECORD", f"{w.dist_info}/INSTALLER"):
+            if name.endswith("/") or name in own:
                 continue
             data = z.read(info)
             executable = bool((info.external_attr >> 16) & 0o111)
             parts = name.split("/", 2)
-            if parts[0] == data_dir:
-                if len(parts) < 3 or parts[1] not in SCHEME_KEYS:
-                    raise SystemExit(f"sdrpc_venv: {w.filename}: unknown data file {name!r}")
-                dest = _inside(Path(paths[parts[1]]), parts[2])
-                if parts[1] == "scripts":
-                    executable = True
-                    if data.startswith(b"#!python"):
-                        data = f"#!{python}\n".encode() + data.split(b"\n", 1)[-1]
-            else:
-                dest = _inside(root, name)
-            _write(dest, data, executable, umask)
-            kept = given.get(name, [])
-            if parts[0] == data_dir or len(kept) != 2 or not kept[0]:
-                kept = [_hash(data), str(len(data))]
-            record_rows.append([os.path.relpath(dest, root), *kept])
-        entry_text = (
-            z.read(f"{w.dist_info}/entry_points.txt").decode("utf-8")
-            if f"{w.dist_info}/entry_points.txt" in z.namelist()
-            else ""
-        )
+            if parts[0] != data_dir:
+                out.write(_join(root, name), data, executable)
+                kept = given.get(name, [])
+                ok = len(kept) == 2 and kept[0]
+                rows.append([name, *(kept if ok else [_hash(data), str(len(data))])])
+                continue
+            if len(parts) < 3 or parts[1] not in SCHEME_KEYS:
+                raise SystemExit(f"sdrpc_venv: {w.filename}: unknown data file {name!r}")
+            if parts[1] == "scripts":
+                executable = True
+                if data.startswith(b"#!python"):
+                    data = f"#!{python}\n".encode() + data.split(b"\n", 1)[-1]
+            dest = _join(paths[parts[1]], parts[2])
+            out.write(dest, data, executable)
+            rows.append([os.path.relpath(dest, root), _hash(data), str(len(data))])
+        entry_points = f"{w.dist_info}/entry_points.txt"
+        entry_text = z.read(entry_points).decode() if entry_points in z.namelist() else ""
     if entry_text:
         cp = configparser.ConfigParser(delimiters=("=",), interpolation=None)
         cp.optionxform = str  # type: ignore[assignment,method-assign]
@@ -457,17 +466,17 @@ def install_wheel(w: Wheel, paths: dict[str, str], python: str, umask: int) -> i
         for section in ("console_scripts", "gui_scripts"):
             for script, entry in cp.items(section) if cp.has_section(section) else []:
                 data = shim(python, entry).encode()
-                dest = _inside(Path(paths["scripts"]), script)
-                _write(dest, data, True, umask)
-                record_rows.append([os.path.relpath(dest, root), _hash(data), str(len(data))])
+                dest = _join(paths["scripts"], script)
+                out.write(dest, data, True)
+                rows.append([os.path.relpath(dest, root), _hash(data), str(len(data))])
     installer = b"sdrpc\n"
-    _write(root / w.dist_info / "INSTALLER", installer, False, umask)
-    record_rows.append([f"{w.dist_info}/INSTALLER", _hash(installer), str(len(installer))])
-    record_rows.append([f"{w.dist_info}/RECORD", "", ""])
+    out.write(f"{root}/{w.dist_info}/INSTALLER", installer, False)
+    rows.append([f"{w.dist_info}/INSTALLER", _hash(installer), str(len(installer))])
+    rows.append([f"{w.dist_info}/RECORD", "", ""])
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(record_rows)
-    _write(root / w.dist_info / "RECORD", buf.getvalue().encode(), False, umask)
-    return len(record_rows)
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    out.write(f"{root}/{w.dist_info}/RECORD", buf.getvalue().encode(), False)
+    return len(rows)
 
 
 # ------------------------------------------------------------------------------------- the venv
@@ -520,12 +529,9 @@ def fast_install(target: Path, wheels: list[Wheel]) -> int:
     )
     if len(python) + 2 > SHEBANG_MAX or " " in python:
         raise Unsure(f"{python}: too long or spaced for a #! line")
-    umask = os.umask(0o022)
-    os.umask(umask)
-    n = 0
+    out, n = Writer(), 0
     for w in wheels:
-        p = dict(paths, headers=str(Path(paths["headers"]) / w.name))
-        n += install_wheel(w, p, python, umask)
+        n += install_wheel(w, dict(paths, headers=f"{paths['headers']}/{w.name}"), python, out)
     return n
 
 
