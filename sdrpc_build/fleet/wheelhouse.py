@@ -1,7 +1,10 @@
 """A wheelhouse of sdrpc itself and its dependencies, built on the client for offline hosts.
 
-One tar file per source digest under ``<cache>/fleet/``: the same sources give the same file
-(sorted members, fixed times and owners), so Ansible's copy changes nothing the second time.
+One file per source digest under ``<cache>/fleet/``, ``wheelhouse-DIGEST.pyz``: a zip (Python
+runs it) of the wheels, stored as they are, and of ``__main__.py``, the host side that installs
+them into sdrpc's venv (ansible/roles/sdrpc_server/files/sdrpc_venv.py): Ansible's ``script``
+copies and runs it in one task. The same sources give the same bytes (sorted members, fixed
+times and modes).
 """
 
 from __future__ import annotations
@@ -11,15 +14,18 @@ import io
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import sdrpc_build
 from sdrpc_build.fleet.errors import FleetWheelhouseError
+from sdrpc_build.fleet.runner import PLAYBOOK_DIR
 
-__all__ = ["build_wheelhouse", "project_root", "source_digest"]
+__all__ = ["INSTALLER", "build_wheelhouse", "project_root", "source_digest", "write_zipapp"]
+
+INSTALLER = PLAYBOOK_DIR / "roles" / "sdrpc_server" / "files" / "sdrpc_venv.py"
 
 PIP_TIMEOUT = 900.0
 
@@ -48,25 +54,27 @@ def source_digest(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _tar(src: Path, dest: Path) -> None:
+def write_zipapp(wheels: Path, dest: Path) -> None:
+    """The wheels of ``wheels`` (a directory) and the installer as ``__main__.py``."""
+    members = [("__main__.py", INSTALLER.read_bytes())]
+    members += [(p.name, p.read_bytes()) for p in sorted(wheels.iterdir()) if p.suffix == ".whl"]
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for p in sorted(src.iterdir()):
-            info = tarfile.TarInfo(p.name)
-            data = p.read_bytes()
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tar.addfile(info, io.BytesIO(data))
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:  # wheels are compressed already
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            z.writestr(info, data)
     dest.write_bytes(buf.getvalue())
 
 
 def build_wheelhouse(cache_root: Path, env: Mapping[str, str]) -> Path:
-    """The wheelhouse tar of this sdrpc (built once per source digest)."""
+    """The wheelhouse of this sdrpc (built once per source digest)."""
     root = project_root()
     what = str(root) if root else f"sdrpc=={sdrpc_build.__version__}"
     digest = source_digest(root) if root else sdrpc_build.__version__
     out_dir = cache_root / "fleet"
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"wheelhouse-{digest}.tar"
+    target = out_dir / f"wheelhouse-{digest}.pyz"
     if target.is_file():
         return target
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".wheelhouse-") as tmp:
@@ -94,7 +102,7 @@ def build_wheelhouse(cache_root: Path, env: Mapping[str, str]) -> Path:
                 "package index (or PIP_FIND_LINKS)",
                 details=tail,
             )
-        part = Path(tmp) / "wheelhouse.tar"
-        _tar(wheels, part)
+        part = Path(tmp) / "wheelhouse.pyz"
+        write_zipapp(wheels, part)
         os.replace(part, target)
     return target

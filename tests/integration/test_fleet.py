@@ -23,7 +23,7 @@ from servers import LLAMA_SDISTS, build_server, sdrpc_cache
 
 from sdrpc_build.fleet.model import load_fleet
 from sdrpc_build.fleet.ops import tunnel_instance
-from sdrpc_build.fleet.tunnels import tunnel_file
+from sdrpc_build.fleet.tunnels import HostStatus, tunnel_file, tunnel_status
 
 _REASON = lab_unavailable_reason()
 pytestmark = [
@@ -161,6 +161,24 @@ def busy_idle_from_logs(lab: Lab, toml: Path) -> None:
         time.sleep(0.5)
 
 
+def assert_installed(lab: Lab, host: str, names: list[str]) -> None:
+    """Every unit active and enabled; the host's venv unpacked from the wheelhouse without pip
+    (files/sdrpc_venv.py), its console scripts working, the tar gone."""
+    for unit in names:
+        state = lab.exec(host, f"systemctl is-active {unit}; systemctl is-enabled {unit}")
+        assert state.stdout.split() == ["active", "enabled"], (host, unit, state.stdout)
+    venv = lab.exec(
+        host,
+        "cat /opt/sdrpc/venv/lib/python3*/site-packages/sdrpc-*.dist-info/INSTALLER "
+        "/opt/sdrpc/venv/.sdrpc-wheelhouse && /opt/sdrpc/venv/bin/sdrpc-check --version && "
+        "ls /opt/sdrpc /opt/sdrpc/venv/bin",
+    )
+    assert venv.returncode == 0, venv.stdout + venv.stderr
+    words = venv.stdout.split()
+    assert words[0] == "sdrpc" and words[2] == "sdrpc-check", words
+    assert "wheelhouse.tar" not in words and "pip" not in words and "sdrpc" in words[4:]
+
+
 def restarted_by_systemd(lab: Lab, toml: Path, endpoints: list[str]) -> None:
     """kill -9 a server: systemd restarts it (once), status shows it, the others untouched."""
     hosts = lab.hosts
@@ -217,9 +235,7 @@ def test_up_status_restart_idempotent_down(
     endpoints = [f"{lab.address(h)}:{p}" for h in hosts for p in PORTS]
     assert res["rpc_servers"] == ",".join(endpoints)
     for h, names in units(hosts, with_vulkan=True).items():
-        for unit in names:
-            assert lab.exec(h, f"systemctl is-active {unit}").stdout.strip() == "active"
-            assert lab.exec(h, f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
+        assert_installed(lab, h, names)
     # the client reaches every server at its host's address, compatible with the pins
     c = check(endpoints)
     assert c.returncode == 0, c.stdout + c.stderr
@@ -406,5 +422,92 @@ def test_foreign_listener_and_other_pins_are_refused_not_touched(
     lab.exec(busy, "systemctl stop foreign-http")
     d = sdrpc("down", str(toml))
     assert d.returncode == 0, d.stdout + d.stderr
+    for h in lab.hosts:
+        assert host_state(lab, h) == "", h
+
+
+# bounds (on failure only): ssh notices a dead link after ServerAliveInterval 1 x CountMax 3
+# (~4 s); a reconnect is the attempt in flight (ConnectTimeout 5) + backoff (<= 5 s) + HELLO
+DROP_S = 20.0
+BACK_S = 40.0
+
+
+def tunnels_now(instance: str) -> dict[str, HostStatus]:
+    return {h.host: h for h in tunnel_status(instance, sdrpc_cache()).hosts}
+
+
+def wait_tunnels(
+    instance: str, pred: Callable[[dict[str, HostStatus]], bool], timeout: float, what: str
+) -> dict[str, HostStatus]:
+    """The tunnels' state (their files: no RPC port is touched) once ``pred`` holds."""
+    deadline = time.monotonic() + timeout
+    while not pred(now := tunnels_now(instance)):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s: {now}"
+        time.sleep(0.1)
+    return now
+
+
+def test_ssh_fleet_comes_back_after_a_host_reboot_and_a_cut_link(
+    lab_factory: Callable[..., Lab], tmp_path: Path, server_built: Path
+) -> None:
+    """transport = "ssh", after a real up: a rebooted host's unit comes back (systemd) and its
+    tunnel reconnects on the same local port; a host whose link is cut backs off alone while
+    the other host serves, and comes back on the same port when the link is back."""
+    lab = lab_factory(2)
+    rebooted, cut = lab.hosts
+    toml = fleet_toml(lab, lab.hosts, tmp_path / "fleet.toml", transport="ssh")
+    instance = tunnel_instance(load_fleet(toml))
+    r = sdrpc("up", str(toml), "--print-rpc-servers")
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        servers = r.stdout.strip()
+        endpoint = dict(zip(lab.hosts, servers.split(","), strict=True))
+        ports = {h: t.forwards for h, t in tunnels_now(instance).items()}
+        assert [f"127.0.0.1:{ports[h][0].local}" for h in lab.hosts] == servers.split(",")
+
+        # (a) a host reboots: its unit starts again at boot, its tunnel reconnects
+        before = tunnels_now(instance)[rebooted].pid
+        assert before is not None
+        lab.reboot(rebooted)
+        back = wait_tunnels(
+            instance,
+            lambda t: t[rebooted].phase == "up" and t[rebooted].pid not in (None, before),
+            BACK_S,
+            "the tunnel to the rebooted host",
+        )
+        assert {h: t.forwards for h, t in back.items()} == ports  # the same local ports
+        st = sdrpc("status", str(toml), "--json")
+        assert st.returncode == 0, st.stdout + st.stderr
+        units = {(x["host"], x["active"], x["sub"]) for x in json.loads(st.stdout)["servers"]}
+        assert units == {(h, "active", "running") for h in lab.hosts}
+        c = check(servers.split(","))
+        assert c.returncode == 0, c.stdout + c.stderr
+
+        # (b) a host's link is cut: its tunnel backs off, the other host keeps serving
+        before = tunnels_now(instance)[cut].pid
+        lab.link_down(cut)
+        try:
+            wait_tunnels(
+                instance,
+                lambda t: t[cut].phase == "reconnecting" and t[cut].pid != before,
+                DROP_S,
+                "the tunnel over the cut link backing off",
+            )
+            c = check([endpoint[rebooted]])
+            assert c.returncode == 0, c.stdout + c.stderr
+            assert tunnels_now(instance)[rebooted].phase == "up"
+            assert tunnels_now(instance)[cut].phase == "reconnecting"  # still trying
+        finally:
+            lab.link_up(cut)
+        back = wait_tunnels(
+            instance, lambda t: t[cut].phase == "up", BACK_S, "the tunnel after the link is back"
+        )
+        assert {h: t.forwards for h, t in back.items()} == ports
+        c = check(servers.split(","))
+        assert c.returncode == 0, c.stdout + c.stderr
+    finally:
+        d = sdrpc("down", str(toml))
+    assert d.returncode == 0, d.stdout + d.stderr
+    assert not tunnel_file(sdrpc_cache(), instance).exists()
     for h in lab.hosts:
         assert host_state(lab, h) == "", h
