@@ -89,6 +89,14 @@ def wheel_version(entry: Manifest) -> str:
     return f"{public}+{local}"
 
 
+_BUILD_HOOK = """\
+import os, sys
+from scikit_build_core.build import build_wheel
+os.chdir(sys.argv[1])
+os.makedirs(sys.argv[2], exist_ok=True)
+print(build_wheel(sys.argv[2]))
+"""
+
 _CMAKELISTS = """\
 cmake_minimum_required(VERSION 3.15)
 project({dist} LANGUAGES NONE)
@@ -232,8 +240,9 @@ def build_wheel(
 ) -> Path:
     """Package ``entry`` as a wheel in ``out_dir``; return the wheel's path.
 
-    Runs ``python -m pip wheel --no-deps --no-build-isolation --no-index``, so
-    it works offline; scikit-build-core (``sdrpc[wheel]``) must be installed.
+    Calls scikit-build-core's ``build_wheel`` hook in a child Python (what ``pip wheel
+    --no-build-isolation`` does, without needing pip), so it works offline;
+    scikit-build-core (``sdrpc[wheel]``) must be installed.
     ``scratch_root`` (the cache's ``tmp/``) holds the work directory.
     """
     if importlib.util.find_spec("scikit_build_core") is None:
@@ -276,22 +285,11 @@ def build_wheel(
         )
         (payload / MANIFEST).write_text(carried.to_json())
         build_out = tmp / "dist"
-        argv = [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--disable-pip-version-check",
-            "-w",
-            str(build_out),
-            str(project),
-        ]
+        # scikit-build-core's PEP 517 hook, called the way a frontend without build isolation
+        # calls it (what `pip wheel --no-build-isolation` does): no pip needed, nothing fetched
+        argv = [sys.executable, "-c", _BUILD_HOOK, str(project), str(build_out)]
         log_path = tmp / "wheel.log"
         benv = dict(os.environ if env is None else env)
-        benv.setdefault("PIP_NO_INPUT", "1")
         with log_path.open("w") as log:
             run_logged(
                 argv,
@@ -304,7 +302,7 @@ def build_wheel(
         built = sorted(build_out.glob(f"{dist}-*.whl"))
         if len(built) != 1:
             raise BuildError(
-                f"pip wheel produced {len(built)} wheels for {dist}",
+                f"the wheel build produced {len(built)} wheels for {dist}",
                 hint="run again with --debug and report it",
             )
         final = out_dir / built[0].name

@@ -75,7 +75,7 @@ def test_build_on_host_builds_once_per_group_and_ships_the_wheel(
     assert r.returncode == 42, r.stdout + r.stderr
     res = json.loads(r.stdout)
     by_host = {h["name"]: h for h in res["hosts"]}
-    assert [by_host[h]["ok"] for h in (h0, h1, h2)] == [False, True, True]
+    assert [by_host[h]["ok"] for h in (h0, h1, h2)] == [False, True, True], r.stdout
     assert by_host[h0]["task"] == "preflight"
     assert "cannot build cuda" in by_host[h0]["reason"]
     assert "hint:" in by_host[h0]["reason"]  # the install hint, from the host's sdrpc doctor
