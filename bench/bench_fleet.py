@@ -34,28 +34,19 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from fleetkit import MAX_NAME, VERSION, client_lines  # noqa: E402
 from lab import Lab  # noqa: E402
-from servers import LLAMA_SDISTS, build_server, sdrpc_cache  # noqa: E402
+from servers import build_server, sdrpc_cache  # noqa: E402
 
 from sdrpc_build.fleet.wheelhouse import build_wheelhouse  # noqa: E402
 
-VERSION = "0.3.35"
-MAX_NAME = 160
 PORT = 50052
 GOAL_RATIO = 1.5
 GOAL_AGAIN = 10.0
 
 
 def _toml(lab: Lab, path: Path) -> Path:
-    lines = [
-        "[client]",
-        f'llama-commit = "{LLAMA_SDISTS[VERSION][0]}"',
-        f"max-name = {MAX_NAME}",
-        f'llama-sdist = "llama-cpp-python=={VERSION}"',
-        'transport = "lan"',
-        'build-on = "client"',
-        f'ssh-config = "{lab.ssh_config_path}"',
-    ]
+    lines = client_lines(lab)
     for h in lab.hosts:
         lines += ["[[host]]", f'name = "{h}"', f'ssh = "{h}"', f'address = "{lab.address(h)}"']
         lines += ["  [[host.server]]", f"  port = {PORT}"]

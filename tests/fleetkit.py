@@ -7,12 +7,25 @@ import subprocess
 import sys
 
 from lab import Lab
-from servers import sdrpc_cache
+from servers import LLAMA_SDISTS, sdrpc_cache
 
-__all__ = ["MAX_NAME", "VERSION", "check", "host_state", "sdrpc"]
+__all__ = ["MAX_NAME", "VERSION", "check", "client_lines", "host_state", "sdrpc"]
 
 VERSION = "0.3.35"
 MAX_NAME = 160
+
+
+def client_lines(lab: Lab, *, transport: str = "lan", build_on: str = "client") -> list[str]:
+    """fleet.toml's [client] for the lab: the pins of the lab's servers, its ssh config."""
+    return [
+        "[client]",
+        f'llama-commit = "{LLAMA_SDISTS[VERSION][0]}"',
+        f"max-name = {MAX_NAME}",
+        f'llama-sdist = "llama-cpp-python=={VERSION}"',
+        f'transport = "{transport}"',
+        f'build-on = "{build_on}"',
+        f'ssh-config = "{lab.ssh_config_path}"',
+    ]
 
 
 def sdrpc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -30,8 +30,7 @@ from typing import Optional
 from sdrpc_build.build.pins import SdPins
 from sdrpc_build.build.recipes import load_recipe
 from sdrpc_build.build.source import MARKER, Source
-from sdrpc_build.build.store import MANIFEST, Manifest
-from sdrpc_build.errors import StoreError
+from sdrpc_build.build.store import MANIFEST, Manifest, lookup
 from sdrpc_build.fleet.errors import FleetHostsError
 
 __all__ = [
@@ -64,14 +63,8 @@ def _servers_dir(cache_root: Path) -> Path:
 
 
 def cached_server(cache_root: Path, key: str) -> Optional[Manifest]:
-    entry = _servers_dir(cache_root) / key
-    if not (entry / MANIFEST).is_file():
-        return None
-    try:
-        m = Manifest.load(entry)
-    except StoreError:
-        return None
-    return m if m.binary.is_file() else None
+    """A server a host built at an earlier up (a store entry's layout), or None."""
+    return lookup(_servers_dir(cache_root), key)
 
 
 def _reset(info: tarfile.TarInfo) -> tarfile.TarInfo:

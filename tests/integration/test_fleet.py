@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import vulkan
-from fleetkit import MAX_NAME, VERSION, check, host_state, sdrpc
+from fleetkit import MAX_NAME, VERSION, check, client_lines, host_state, sdrpc
 from lab import Lab, lab_unavailable_reason
 from servers import LLAMA_SDISTS, build_server, sdrpc_cache
 
@@ -52,16 +52,7 @@ def fleet_toml(
 ) -> Path:
     """One cpu server per host, or two with different options; ``with_vulkan``: the first host's
     second server is a Vulkan one (lavapipe), built here with the lab's Vulkan headers."""
-    commit = LLAMA_SDISTS[VERSION][0]
-    lines = [
-        "[client]",
-        f'llama-commit = "{commit}"',
-        f"max-name = {MAX_NAME}",
-        f'llama-sdist = "llama-cpp-python=={VERSION}"',
-        f'transport = "{transport}"',
-        'build-on = "client"',
-        f'ssh-config = "{lab.ssh_config_path}"',
-    ]
+    lines = client_lines(lab, transport=transport)
     if with_vulkan:
         lines += [f'vulkan-headers = "{vulkan.headers_include()}"']
     for n, h in enumerate(hosts):

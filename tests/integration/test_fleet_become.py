@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fleetkit import MAX_NAME, VERSION, check, host_state, sdrpc
+from fleetkit import MAX_NAME, VERSION, check, client_lines, host_state, sdrpc
 from lab import OPERATOR, Lab, lab_unavailable_reason
-from servers import LLAMA_SDISTS, build_server
+from servers import build_server
 
 _REASON = lab_unavailable_reason()
 pytestmark = [
@@ -28,13 +28,7 @@ def server_built() -> Path:
 
 
 def fleet_toml(lab: Lab, path: Path) -> Path:
-    lines = [
-        "[client]",
-        f'llama-commit = "{LLAMA_SDISTS[VERSION][0]}"',
-        f"max-name = {MAX_NAME}",
-        f'llama-sdist = "llama-cpp-python=={VERSION}"',
-        f'ssh-config = "{lab.ssh_config_path}"',
-    ]
+    lines = client_lines(lab, transport="ssh")
     for h in lab.hosts:
         lines += ["[[host]]", f'name = "{h}"', f'ssh = "{OPERATOR}@{h}"']
         lines += ["  [[host.server]]", f"  port = {PORT}"]

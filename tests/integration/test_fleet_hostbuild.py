@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fleetkit import MAX_NAME, VERSION, check, host_state, sdrpc
+from fleetkit import MAX_NAME, VERSION, check, client_lines, host_state, sdrpc
 from lab import Lab, lab_unavailable_reason
 from servers import LLAMA_SDISTS, sdist_path, sdrpc_cache
 
@@ -26,15 +26,7 @@ PORT = 50052
 
 
 def fleet_toml(lab: Lab, path: Path, backends: list[str]) -> Path:
-    lines = [
-        "[client]",
-        f'llama-commit = "{LLAMA_SDISTS[VERSION][0]}"',
-        f"max-name = {MAX_NAME}",
-        f'llama-sdist = "llama-cpp-python=={VERSION}"',
-        'transport = "lan"',
-        'build-on = "host"',
-        f'ssh-config = "{lab.ssh_config_path}"',
-    ]
+    lines = client_lines(lab, build_on="host")
     for h, b in zip(lab.hosts, backends, strict=True):
         lines += ["[[host]]", f'name = "{h}"', f'ssh = "{h}"', f'address = "{lab.address(h)}"']
         lines += ["  [[host.server]]", f'  backend = "{b}"', f"  port = {PORT}"]
