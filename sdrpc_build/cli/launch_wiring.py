@@ -7,25 +7,22 @@ probe, judged by protocol.compat's name-length rule.
 
 from __future__ import annotations
 
-import platform
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from sdrpc_build.build import store
 from sdrpc_build.build.exact import tree_digest
+from sdrpc_build.build.locator import BUILDS, server_build
 from sdrpc_build.build.pipeline import BuildOptions, build
 from sdrpc_build.build.source import DEFAULT_LLAMA_REPO
-from sdrpc_build.build.toolchain import current_platform
 from sdrpc_build.build.url import SecretUrl
-from sdrpc_build.build.wheel import installed_servers
 from sdrpc_build.cli.build import exact_ggml_dir, read_pins
 from sdrpc_build.cli.build_report import build_reporter
-from sdrpc_build.errors import SdrpcError, UsageError
+from sdrpc_build.errors import UsageError
 from sdrpc_build.launch.readiness import Readiness, RemoteDevice
-from sdrpc_build.launch.resolve import Build, BuildLocator, BuildMissing, ClientPins
+from sdrpc_build.launch.resolve import Build, BuildMissing, ClientPins
 from sdrpc_build.launch.spec import ServerSpec, client_host
 from sdrpc_build.protocol.compat import name_length_problem
 from sdrpc_build.protocol.layouts import format_version
@@ -43,22 +40,6 @@ __all__ = [
 
 PROBE_TIMEOUT = 3.0  # seconds per exchange of one readiness probe
 DEFAULT_BACKEND = "cpu"  # what is built for the client's pins when no --backend is given
-
-
-def server_build(m: store.Manifest) -> Build:
-    """A store manifest as launch sees it (a protocol written "unknown" is not known)."""
-    protocol = m.protocol if m.protocol and m.protocol != "unknown" else None
-    return Build(
-        m.binary,
-        m.backend,
-        m.max_name,
-        protocol,
-        m.key,
-        m.created,
-        m.platform,
-        commit=m.commit or None,
-        exact=m.exact.ggml_digest if m.exact else None,
-    )
 
 
 @dataclass(frozen=True)
@@ -138,33 +119,6 @@ def client_pins(
             return server_build(build(sd, opts, env, reporter).manifest)
 
     return pins, build_missing
-
-
-def _platform() -> str:
-    return f"{current_platform()}-{platform.machine().lower()}"
-
-
-def _entry_of(binary: Path) -> Optional[Build]:
-    entry = binary.parent.parent  # <entry>/bin/<binary>
-    if not (entry / store.MANIFEST).is_file():
-        return None
-    try:
-        return server_build(store.Manifest.load(entry))
-    except SdrpcError:
-        return None
-
-
-def _find(artifacts_root: Path, selector: str) -> Build:
-    return server_build(store.find_manifest(artifacts_root, selector))
-
-
-def _available(artifacts_root: Path) -> list[Build]:
-    stored = store.list_manifests(artifacts_root)  # OSError first: installed wheels need none
-    return [server_build(m) for m in (*stored, *installed_servers())]
-
-
-#: the build locator sdrpc-launch gives launch/
-BUILDS = BuildLocator(platform=_platform, entry_of=_entry_of, find=_find, available=_available)
 
 
 def readiness_check(spec: ServerSpec, timeout: float = PROBE_TIMEOUT) -> Readiness:

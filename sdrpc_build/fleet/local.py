@@ -28,9 +28,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple, Optional
 
 from sdrpc_build.build.exact import tree_digest
+from sdrpc_build.build.locator import BUILDS, server_build
 from sdrpc_build.build.pins import SdPins
 from sdrpc_build.build.pipeline import build
-from sdrpc_build.cli.launch_wiring import BUILDS, server_build
 from sdrpc_build.errors import LaunchConfigError, SdrpcError
 from sdrpc_build.fleet.model import Fleet, Host
 from sdrpc_build.fleet.pins import build_options
