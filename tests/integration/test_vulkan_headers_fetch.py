@@ -167,10 +167,15 @@ def sdrpc(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 
 
 def lab_build(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """sdrpc-build of the lab's server (same pins, sdist and cache as tests/vulkan.py)."""
+    """sdrpc-build of the lab's server (same pins, sdist, --portable and cache as
+    tests/vulkan.py)."""
     cache = servers.sdrpc_cache()
     return sdrpc(
-        *LAB_PINS, *LAB_SDIST, "--backend", "vulkan", "--cache-dir", str(cache), *args, env=env
+        *LAB_PINS,
+        *LAB_SDIST,
+        *("--backend", "vulkan", "--portable", "--cache-dir", str(cache)),
+        *args,
+        env=env,
     )
 
 
